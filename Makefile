@@ -1,0 +1,51 @@
+# Two commands for a newcomer: `make reproduce` and `make test` (README.md).
+# Both create the local CPU environment in .venv when it is missing or out of date.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+# Where this machine's pip does not find the CPU wheel by itself, point it there, e.g.
+# TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu" (check-cpu-only fails otherwise).
+TORCH_PIP_ARGS ?=
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Full run of the embedded default; papermill_runs/<set>.yaml names notebooks and parameters.
+RUNSET ?= papermill_runs/toy-cpu.yaml
+export PYTHONHASHSEED := 0
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export MPLBACKEND := Agg
+
+.PHONY: env reproduce test test-unit test-notebooks check-cpu-only clean-runs
+
+env: $(STAMP)
+
+# torch is installed first and alone: `torch==2.13.0` is then satisfied by the CPU build, so no
+# later requirement can pull the CUDA build and its nvidia-* packages. check-cpu-only proves it.
+$(STAMP): pyproject.toml constraints-cpu.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "torch==2.13.0" $(TORCH_PIP_ARGS)
+	$(BIN)/pip install -q -c constraints-cpu.txt -e ".[dev,text]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 > /dev/null
+	$(BIN)/python -m acdc_lib.envcheck --cpu-only
+	touch $(STAMP)
+
+check-cpu-only: env
+	$(BIN)/python -m acdc_lib.envcheck --cpu-only
+
+reproduce: env
+	$(BIN)/python -m acdc_lib.runs $(RUNSET)
+
+test: test-unit test-notebooks
+
+test-unit: env
+	$(BIN)/python -m pytest -q tests/unit
+
+# Every notebook, with its default (smoke) parameters, under nbval; check cells compare outputs.
+test-notebooks: env
+	@if ls notebooks/*.ipynb > /dev/null 2>&1; then \
+	  $(BIN)/python -m pytest -q --nbval-lax -p no:cacheprovider --nbval-cell-timeout=600 notebooks/; \
+	else echo "no notebooks yet"; fi
+
+clean-runs:
+	rm -rf papermill_runs/out figures/smoke

@@ -1,0 +1,237 @@
+"""Core data types and the three protocols every backend implements (DESIGN.md section 3).
+
+The ACDC loop (`acdc_lib.loop`) sees models only through these protocols, so the embedded toy world
+and the real models (Stable Diffusion, AnimateDiff, transformers ARMs, an LLM memory) are
+interchangeable:
+
+    ARM        generate(texts, prev_tokens, generators) -> tokens    v^i ~ p(v^i | v^{1:i-1}, u^{1:i})  (Eq. 1)
+               decode(tokens) -> images                              x_0^i = D(v^i)
+               encode(images) -> tokens                              v~^i = E(x~_0^i)
+    Corrector  correct(images, prompts, ...) -> images               SDEdit, Eq. (2)
+    VideoCorrector  correct_video(videos, prompts, ...) -> videos    Eq. (5)
+    Memory     refine(sentences) -> MemoryOutput                     y^i ~ p(y^i | y^{1:i-1}, d), Eq. (3)
+
+Images are float tensors in [0, 1], shape (B, C, H, W); videos (B, L, C, H, W); image tokens are
+long tensors (B, n). Every stochastic call takes one `torch.Generator` per batch row, so a story's
+numbers never depend on which other stories share its batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, Sequence, Union, runtime_checkable
+
+import torch
+
+SCHEMA_VERSION = 1
+
+
+# --------------------------------------------------------------------------------------------
+# Stories
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Story:
+    """A multi-sentence story u^{1:N}; one sentence per frame.
+
+    Args:
+        story_id: unique id within its file.
+        sentences: the story text, one sentence per frame (6 in the paper's benchmark).
+        states: ground-truth scene state per sentence (toy world; JSON-serialisable dicts) or None.
+        source: where the story came from: "grammar", "llm", "referential", "seed", ...
+        meta: free-form, JSON-serialisable extras (seed, generator settings, parent story ...).
+    """
+
+    story_id: str
+    sentences: list[str]
+    states: list[dict[str, Any]] | None = None
+    source: str = "grammar"
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.sentences)
+
+
+# --------------------------------------------------------------------------------------------
+# Protocols
+# --------------------------------------------------------------------------------------------
+@runtime_checkable
+class ARM(Protocol):
+    """A multimodal autoregressive model over text and discrete image tokens (Eq. 1)."""
+
+    def generate(
+        self,
+        texts: Sequence[Sequence[str]],
+        prev_tokens: torch.LongTensor,
+        generators: Sequence[torch.Generator],
+    ) -> torch.LongTensor:
+        """Sample the next frame's tokens for every story in the batch.
+
+        Args:
+            texts: per story, the text so far u^{1:i} (i strings for a story; one prompt for video).
+            prev_tokens: (B, i-1, n) the tokens of the frames already in context (possibly corrected
+                and re-encoded); (B, 0, n) at the first frame.
+            generators: one per story; row b draws its randomness from generators[b] only.
+        Returns:
+            (B, n) long tensor of image tokens v^i.
+        """
+        ...
+
+    def decode(self, tokens: torch.LongTensor) -> torch.Tensor:
+        """(B, n) tokens -> (B, C, H, W) images in [0, 1]  (x_0^i = D(v^i))."""
+        ...
+
+    def encode(self, images: torch.Tensor) -> torch.LongTensor:
+        """(B, C, H, W) images in [0, 1] -> (B, n) tokens  (v~^i = E(x~_0^i))."""
+        ...
+
+
+@runtime_checkable
+class Corrector(Protocol):
+    """A text-conditional image diffusion model used as a local corrector through SDEdit (Eq. 2)."""
+
+    def correct(
+        self,
+        images: torch.Tensor,
+        prompts: Sequence[str],
+        *,
+        strength: float = 0.5,
+        guidance_scale: float = 7.5,
+        num_inference_steps: int = 50,
+        generators: Sequence[torch.Generator] | None = None,
+    ) -> torch.Tensor:
+        """(B, C, H, W) images in [0, 1] and B prompts -> corrected (B, C, H, W) images in [0, 1].
+
+        t' = `strength` follows diffusers: int(num_inference_steps * strength) denoising steps run.
+        """
+        ...
+
+
+@runtime_checkable
+class VideoCorrector(Protocol):
+    """A text-to-video diffusion model used to correct a chunk of L frames (Eq. 5)."""
+
+    def correct_video(
+        self,
+        videos: torch.Tensor,
+        prompts: Sequence[str],
+        *,
+        strength: float = 0.5,
+        guidance_scale: float = 7.5,
+        num_inference_steps: int = 50,
+        generators: Sequence[torch.Generator] | None = None,
+    ) -> torch.Tensor:
+        """(B, L, C, H, W) videos in [0, 1] and B prompts -> corrected (B, L, C, H, W) in [0, 1]."""
+        ...
+
+
+@dataclass
+class MemoryOutput:
+    """What a memory module made of one story's sentences.
+
+    Args:
+        prompts: one refined prompt y^i per sentence, same length as the input.
+        source: which module produced them: "none", "rules", "llm", "llm-cache", "fallback-rules".
+        fallback_reason: why the LLM's answer was not used (None when it was, or no LLM is involved).
+        requests: how many requests reached a server for this story (0 for a cache hit).
+    """
+
+    prompts: list[str]
+    source: str
+    fallback_reason: str | None = None
+    requests: int = 0
+
+
+@runtime_checkable
+class Memory(Protocol):
+    """Rewrites a story's sentences so each carries the context it needs (Eq. 3). One call per story."""
+
+    def refine(self, sentences: Sequence[str]) -> MemoryOutput:
+        ...
+
+
+# --------------------------------------------------------------------------------------------
+# Loop configuration and results
+# --------------------------------------------------------------------------------------------
+CorrectPolicy = Union[Literal["all", "none"], int, frozenset, set, tuple, list]
+"""Which frames get corrected: "all", "none", an int k (the first k frames, Table 2's "ACDC #"), or
+an explicit collection of 0-based frame indices."""
+
+
+@dataclass
+class LoopConfig:
+    """Settings of the ACDC loop. Defaults are the paper's (DDIM, CFG 7.5, t' = 0.5).
+
+    Args:
+        correct_frames: the correction policy (see `CorrectPolicy`).
+        strength: SDEdit's t' in (0, 1]; int(num_inference_steps * strength) steps run.
+        guidance_scale: classifier-free guidance scale of the corrector.
+        num_inference_steps: N, the scheduler's full number of steps.
+        use_memory: ask the memory module for refined prompts (else the raw sentences are used).
+    """
+
+    correct_frames: CorrectPolicy = "all"
+    strength: float = 0.5
+    guidance_scale: float = 7.5
+    num_inference_steps: int = 50
+    use_memory: bool = True
+
+
+@dataclass
+class FrameResult:
+    """Every intermediate of one frame of one story.
+
+    Args:
+        index: 0-based frame index i.
+        text: the story sentence u^i.
+        arm_tokens: (n,) tokens the ARM sampled.
+        arm_image: (C, H, W) decoded ARM frame x_0^i in [0, 1].
+        corrected: whether the corrector ran on this frame.
+        prompt: the prompt the corrector used (None when not corrected).
+        corrected_image: (C, H, W) SDEdit output x~_0^i, None when not corrected.
+        context_tokens: (n,) tokens the ARM continued from (re-encoded corrected frame, or arm_tokens).
+        steps_run: denoising steps that actually ran (int(N * t')), 0 when not corrected.
+    """
+
+    index: int
+    text: str
+    arm_tokens: torch.Tensor
+    arm_image: torch.Tensor
+    corrected: bool
+    prompt: str | None
+    corrected_image: torch.Tensor | None
+    context_tokens: torch.Tensor
+    steps_run: int = 0
+
+    @property
+    def final_image(self) -> torch.Tensor:
+        """The frame that the story shows: the corrected one where correction ran."""
+        return self.corrected_image if self.corrected_image is not None else self.arm_image
+
+
+@dataclass
+class StoryResult:
+    """One story's output: its frames, the memory's output and the seed that made them."""
+
+    story_id: str
+    seed: int
+    frames: list[FrameResult]
+    memory: MemoryOutput | None = None
+
+    def final_images(self) -> torch.Tensor:
+        """(N, C, H, W) the frames the story shows."""
+        return torch.stack([f.final_image for f in self.frames])
+
+    def arm_images(self) -> torch.Tensor:
+        """(N, C, H, W) the ARM's own decoded frames."""
+        return torch.stack([f.arm_image for f in self.frames])
+
+
+STAGES = ("arm", "decode", "memory", "correction", "encode")
+
+
+@dataclass
+class LoopOutput:
+    """Results of one batched loop call, with wall time per stage (seconds, whole batch)."""
+
+    stories: list[StoryResult]
+    config: LoopConfig
+    timings: dict[str, float] = field(default_factory=lambda: {s: 0.0 for s in STAGES})
