@@ -1,0 +1,416 @@
+"""The ACDC loop, model-agnostic and batched: stories (Eq. 1-3) and video chunks (Eq. 4-6).
+
+The loop sees models only through the protocols of `acdc_lib.types` (ARM, Corrector,
+VideoCorrector, Memory). Randomness: every story (or video) has one integer seed, from which two
+independent `torch.Generator`s are derived (see `story_generators`): one feeds the ARM, one feeds
+the corrector. The ARM's stream therefore does not move when correction is switched on or off
+(ARM-alone and ACDC runs are paired, common random numbers), and row b of a batch draws only from
+its own generators, so a story's output does not depend on which stories share its batch.
+
+Result tensors are stored on the CPU (copies), so a long run does not pile up intermediates on a GPU.
+"""
+from __future__ import annotations
+
+import numbers
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from acdc_lib.sdedit import steps_for_strength
+from acdc_lib.types import (ARM, STAGES, Corrector, CorrectPolicy, FrameResult, LoopConfig, LoopOutput, Memory,
+                            MemoryOutput, Story, StoryResult, VideoCorrector)
+
+
+# --------------------------------------------------------------------------------------------
+# Policies, seeds, timing
+# --------------------------------------------------------------------------------------------
+def _indices_from_policy(policy, n: int, what: str) -> frozenset[int]:
+    """Shared by frames_to_correct (frames) and run_video (chunks)."""
+    if isinstance(policy, str):
+        if policy == "all":
+            return frozenset(range(n))
+        if policy == "none":
+            return frozenset()
+        raise ValueError(f"unknown correction policy {policy!r}; allowed: 'all', 'none', an int k in "
+                         f"[0, {n}] (first k {what}s) or a collection of 0-based {what} indices")
+    if isinstance(policy, bool) or not isinstance(policy, (numbers.Integral, set, frozenset, list, tuple)):
+        raise ValueError(f"correction policy {policy!r} of type {type(policy).__name__} is not allowed; use "
+                         f"'all', 'none', an int k or a set/list/tuple of 0-based {what} indices")
+    if isinstance(policy, numbers.Integral):
+        if not 0 <= policy <= n:
+            raise ValueError(f"correction policy k={policy} (first k {what}s) must be in [0, {n}] for {n} {what}s")
+        return frozenset(range(int(policy)))
+    bad = [i for i in policy if isinstance(i, bool) or not isinstance(i, numbers.Integral) or not 0 <= i < n]
+    if bad:
+        raise ValueError(f"{what} indices {bad} in correction policy {sorted(policy, key=repr)} are not allowed; "
+                         f"indices must be ints in [0, {n - 1}] for {n} {what}s")
+    return frozenset(int(i) for i in policy)
+
+
+def frames_to_correct(policy: CorrectPolicy, n_frames: int) -> frozenset[int]:
+    """The 0-based frame indices a correction policy selects out of `n_frames`.
+
+    Args:
+        policy: "all", "none", an int k (the first k frames, Table 2's "ACDC #"), or a
+            set/frozenset/list/tuple of 0-based frame indices.
+        n_frames: N, the number of frames of the story (>= 1).
+    """
+    if isinstance(n_frames, bool) or not isinstance(n_frames, numbers.Integral) or n_frames < 1:
+        raise ValueError(f"n_frames must be a positive int, got {n_frames!r}")
+    return _indices_from_policy(policy, int(n_frames), "frame")
+
+
+def story_generators(seed: int, device: str | torch.device = "cpu") -> tuple[torch.Generator, torch.Generator]:
+    """The (ARM, correction) generator pair of one story, derived deterministically from its seed.
+
+    numpy's SeedSequence(seed).spawn(2) gives two statistically independent child streams; each
+    child's first 64-bit state word seeds a torch.Generator on `device`. The ARM uses only the
+    first, the corrector only the second, so switching correction on leaves the ARM's draws intact.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    children = np.random.SeedSequence(int(seed)).spawn(2)
+    gens = []
+    for child in children:
+        g = torch.Generator(device=device)
+        g.manual_seed(int(child.generate_state(1, dtype=np.uint64)[0]))
+        gens.append(g)
+    return gens[0], gens[1]
+
+
+def _check_seeds(seeds, batch: int) -> list[int]:
+    seeds = list(range(batch)) if seeds is None else list(seeds)
+    if len(seeds) != batch:
+        raise ValueError(f"got {len(seeds)} seeds for a batch of {batch}; pass one seed per row or seeds=None")
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 0:
+            raise ValueError(f"seed {s!r} is not allowed; seeds must be non-negative ints")
+    return [int(s) for s in seeds]
+
+
+class _Stopwatch:
+    """Wall time per stage; synchronises CUDA before reading the clock so GPU work is counted."""
+
+    def __init__(self, device):
+        self.cuda = torch.device(device).type == "cuda"
+        self.timings = {s: 0.0 for s in STAGES}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        if self.cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        yield
+        if self.cuda:
+            torch.cuda.synchronize()
+        self.timings[name] += time.perf_counter() - t0
+
+
+def _keep(x: torch.Tensor) -> torch.Tensor:
+    """A CPU copy for the results (never a view of a tensor a model might later modify in place)."""
+    return x.detach().to("cpu", copy=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Checks on what the plugged-in models return
+# --------------------------------------------------------------------------------------------
+def _check_tokens(tokens, batch: int, n: int | None, who: str) -> int:
+    if not isinstance(tokens, torch.Tensor) or tokens.dtype.is_floating_point or tokens.dtype.is_complex \
+            or tokens.dtype == torch.bool:
+        what = tokens.dtype if isinstance(tokens, torch.Tensor) else type(tokens).__name__
+        raise ValueError(f"{who} must return an integer token tensor of shape (B, n), got {what}")
+    if tokens.ndim != 2 or tokens.shape[0] != batch or tokens.shape[1] < 1 or (n is not None and tokens.shape[1] != n):
+        want = f"({batch}, {n})" if n is not None else f"({batch}, n)"
+        raise ValueError(f"{who} returned tokens of shape {tuple(tokens.shape)}; expected {want}")
+    return tokens.shape[1]
+
+
+def _check_images(images, shape: tuple | None, ndim: int, batch: int, who: str) -> None:
+    if not isinstance(images, torch.Tensor) or not images.dtype.is_floating_point:
+        what = images.dtype if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"{who} must return a float tensor in [0, 1], got {what}")
+    dims = "(B, C, H, W)" if ndim == 4 else "(B, L, C, H, W)"
+    if images.ndim != ndim or images.shape[0] != batch or (shape is not None and tuple(images.shape) != tuple(shape)):
+        want = tuple(shape) if shape is not None else f"{dims} with B={batch}"
+        raise ValueError(f"{who} returned shape {tuple(images.shape)}; expected {want}")
+    lo, hi = images.min().item(), images.max().item()
+    if not (0.0 <= lo and hi <= 1.0):  # also catches NaN
+        raise ValueError(f"{who} returned values in [{lo:.4g}, {hi:.4g}]; images must lie in [0, 1]")
+
+
+def _check_common(config: LoopConfig) -> None:
+    if not isinstance(config, LoopConfig):
+        raise ValueError(f"config must be a LoopConfig, got {type(config).__name__}")
+    if isinstance(config.guidance_scale, bool) or not isinstance(config.guidance_scale, numbers.Real):
+        raise ValueError(f"guidance_scale must be a number, got {config.guidance_scale!r}")
+
+
+def _prev(contexts: list[torch.Tensor], batch: int, n0: int, device) -> torch.Tensor:
+    if contexts:
+        return torch.stack(contexts, dim=1)                              # (B, i, n)
+    return torch.empty((batch, 0, n0), dtype=torch.long, device=device)  # (B, 0, n)
+
+
+# --------------------------------------------------------------------------------------------
+# Stories: Eq. (1)-(3)
+# --------------------------------------------------------------------------------------------
+def _as_stories(stories) -> list[Story]:
+    if isinstance(stories, (str, Story)) or len(stories) == 0:
+        raise ValueError(f"stories must be a non-empty sequence of Story or of sentence lists, got {stories!r:.80}")
+    out = []
+    for b, s in enumerate(stories):
+        if not isinstance(s, Story):
+            if isinstance(s, str) or not all(isinstance(t, str) for t in s):
+                raise ValueError(f"story {b} must be a Story or a list of sentences (str), got {s!r:.80}")
+            s = Story(story_id=f"story-{b}", sentences=list(s), source="inline")
+        if len(s) == 0:
+            raise ValueError(f"story {s.story_id!r} has no sentences")
+        out.append(s)
+    return out
+
+
+def run_stories(
+    stories: Sequence[Story] | Sequence[Sequence[str]],
+    arm: ARM,
+    corrector: Corrector | None = None,
+    memory: Memory | None = None,
+    config: LoopConfig = LoopConfig(),
+    seeds: Sequence[int] | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> LoopOutput:
+    """Generate a batch of stories frame by frame with the ARM, correcting frames by SDEdit (ACDC).
+
+    Args:
+        stories: B stories (`Story` or lists of sentences), all with the same number of frames N.
+        arm: the autoregressive model (generate / decode / encode). If it has an int attribute
+            `tokens_per_frame`, the empty first-frame context is (B, 0, tokens_per_frame), else (B, 0, 0).
+        corrector: the image DM used for Eq. (2); required when the policy corrects any frame.
+        memory: refines each story's sentences into corrector prompts (Eq. 3); None -> raw sentences.
+        config: policy, t', CFG scale, N steps, use_memory.
+        seeds: one non-negative int per story (default 0..B-1); see `story_generators`.
+        device: where the generators live and which device to synchronise for timings.
+        progress: show a tqdm bar over frames.
+    Returns:
+        LoopOutput with one StoryResult per story (every intermediate per frame) and stage timings.
+    """
+    # 1. Validate inputs: stories of equal length, seeds, policy, corrector and t' / N.
+    _check_common(config)
+    stories = _as_stories(stories)
+    lengths = [len(s) for s in stories]
+    if len(set(lengths)) != 1:
+        raise ValueError(f"all stories in a batch need the same number of frames; got lengths "
+                         f"{dict(zip([s.story_id for s in stories], lengths))} (batch stories by length)")
+    B, N = len(stories), lengths[0]
+    seeds = _check_seeds(seeds, B)
+    todo = frames_to_correct(config.correct_frames, N)
+    if todo and corrector is None:
+        raise ValueError(f"correct_frames={config.correct_frames!r} corrects frames {sorted(todo)} but corrector is "
+                         f"None; pass a Corrector or use correct_frames='none'")
+    steps = steps_for_strength(config.num_inference_steps, config.strength) if todo else 0
+    gens = [story_generators(s, device) for s in seeds]
+    arm_gens, corr_gens = [g[0] for g in gens], [g[1] for g in gens]
+    clock = _Stopwatch(device)
+
+    # 2. Memory (Eq. 3): one refine() per story, only if some frame is corrected with memory on.
+    memory_out: list[MemoryOutput | None] = [None] * B
+    prompts = [list(s.sentences) for s in stories]  # raw sentences u^i unless memory refines them
+    if todo and config.use_memory and memory is not None:
+        for b, s in enumerate(stories):
+            with clock.stage("memory"):
+                out = memory.refine(list(s.sentences))
+            got = getattr(out, "prompts", None)
+            if not isinstance(got, list) or len(got) != N or not all(isinstance(p, str) for p in got):
+                n_got = len(got) if isinstance(got, list) else got
+                raise ValueError(f"memory returned {n_got!r} prompts for story {s.story_id!r}; expected a list of "
+                                 f"{N} strings, one per sentence")
+            memory_out[b], prompts[b] = out, list(got)
+
+    # 3. Frame loop (Eq. 1): v^i ~ p(v^i | v~^{1:i-1}, u^{1:i}), correct, re-encode.
+    n0 = int(getattr(arm, "tokens_per_frame", 0) or 0)
+    n: int | None = n0 or None
+    contexts: list[torch.Tensor] = []  # per frame (B, n): what the ARM continues from
+    frame_shape = None  # (B, C, H, W) of frame 0; later frames must match
+    frames: list[list[FrameResult]] = [[] for _ in range(B)]
+    for i in tqdm(range(N), desc="ACDC frames", disable=not progress):
+        texts = [s.sentences[: i + 1] for s in stories]                         # B lists of i+1 sentences
+        prev = _prev(contexts, B, n0, device)                                   # (B, i, n)
+        with clock.stage("arm"):
+            tokens = arm.generate(texts, prev, arm_gens)                        # (B, n)
+        n = _check_tokens(tokens, B, n, "arm.generate")
+        with clock.stage("decode"):
+            images = arm.decode(tokens)                                         # (B, C, H, W)  x_0^i = D(v^i)
+        _check_images(images, frame_shape, 4, B, "arm.decode")
+        frame_shape = images.shape
+        arm_images = _keep(images)                                              # (B, C, H, W) before correction
+        context, corrected = tokens, None
+        if i in todo:
+            frame_prompts = [p[i] for p in prompts]
+            with clock.stage("correction"):                                     # Eq. (2)/(3): SDEdit from t'
+                corrected = corrector.correct(images, frame_prompts, strength=config.strength,
+                                              guidance_scale=config.guidance_scale,
+                                              num_inference_steps=config.num_inference_steps,
+                                              generators=corr_gens)             # (B, C, H, W)  x~_0^i
+            _check_images(corrected, images.shape, 4, B, "corrector.correct")
+            # v~^i = E(x~_0^i): the ARM continues from the corrected frame's tokens. The last frame
+            # needs no re-encoding to continue; it is encoded anyway so context_tokens always holds
+            # v~^i (what a continuation of the story would start from).
+            with clock.stage("encode"):
+                context = arm.encode(corrected)                                 # (B, n)
+            _check_tokens(context, B, n, "arm.encode")
+            corrected = _keep(corrected)
+        contexts.append(context)
+        for b in range(B):
+            frames[b].append(FrameResult(
+                index=i, text=stories[b].sentences[i], arm_tokens=_keep(tokens[b]), arm_image=arm_images[b].clone(),
+                corrected=corrected is not None, prompt=prompts[b][i] if corrected is not None else None,
+                corrected_image=corrected[b].clone() if corrected is not None else None,
+                context_tokens=_keep(context[b]), steps_run=steps if corrected is not None else 0))
+
+    # 4. Collect per-story results.
+    results = [StoryResult(story_id=s.story_id, seed=seeds[b], frames=frames[b], memory=memory_out[b])
+               for b, s in enumerate(stories)]
+    return LoopOutput(stories=results, config=config, timings=clock.timings)
+
+
+# --------------------------------------------------------------------------------------------
+# Video: Eq. (4)-(6)
+# --------------------------------------------------------------------------------------------
+@dataclass
+class VideoResult:
+    """One video: the ARM's frames, the frames it shows, and what the ARM continued from.
+
+    Args:
+        prompt: the single text prompt u.
+        seed: the video's seed (see `story_generators`).
+        arm_tokens: (N, n) tokens the ARM sampled.
+        arm_frames: (N, C, H, W) decoded ARM frames x_0^j in [0, 1].
+        final_frames: (N, C, H, W) corrected frames where a chunk was corrected, else the ARM's.
+        corrected: per frame, whether the video corrector produced it.
+        context_tokens: (N, n) tokens the ARM continued from (v~^j = E(X~_0) in corrected chunks).
+        steps_run: denoising steps each corrected chunk ran (int(N_steps * t')), 0 if none was corrected.
+    """
+
+    prompt: str
+    seed: int
+    arm_tokens: torch.Tensor
+    arm_frames: torch.Tensor
+    final_frames: torch.Tensor
+    corrected: list[bool]
+    context_tokens: torch.Tensor
+    steps_run: int = 0
+
+
+@dataclass
+class VideoOutput:
+    """Results of one batched video call; timings (seconds, whole batch) use the story stages."""
+
+    videos: list[VideoResult]
+    config: LoopConfig
+    num_frames: int
+    chunk_length: int
+    corrected_chunks: tuple[int, ...]
+    timings: dict[str, float] = field(default_factory=lambda: {s: 0.0 for s in STAGES})
+
+
+def run_video(
+    prompts: Sequence[str],
+    arm: ARM,
+    video_corrector: VideoCorrector | None = None,
+    num_frames: int = 32,
+    chunk_length: int = 16,
+    correct_chunks: str | int | set | frozenset | list | tuple = "first",
+    config: LoopConfig = LoopConfig(),
+    seeds: Sequence[int] | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> VideoOutput:
+    """Generate B videos frame by frame from one prompt each, correcting chunks of L frames (Eq. 4-6).
+
+    Args:
+        prompts: B text prompts u, one per video; the ARM sees texts [[u]] for every frame.
+        arm: the autoregressive model (generate / decode / encode), as in `run_stories`.
+        video_corrector: the video DM of Eq. (5); required unless correct_chunks is "none".
+        num_frames: N, frames per video (the paper: 32).
+        chunk_length: L, frames the video DM takes (the paper: 16); 1 <= L <= N.
+        correct_chunks: "first" (the paper: only frames 1..L), "all" (every complete chunk of L; a
+            trailing partial chunk of N % L frames stays uncorrected, as a video DM takes exactly L),
+            "none", an int k (first k chunks) or a collection of 0-based chunk indices.
+        config: only strength, guidance_scale and num_inference_steps are used here (the policy is
+            `correct_chunks`; a single prompt per video has no memory).
+        seeds: one non-negative int per video (default 0..B-1).
+        device: where the generators live and which device to synchronise for timings.
+        progress: show a tqdm bar over frames.
+    """
+    # 1. Validate inputs.
+    _check_common(config)
+    if isinstance(prompts, str) or len(prompts) == 0 or not all(isinstance(p, str) for p in prompts):
+        raise ValueError(f"prompts must be a non-empty sequence of strings, got {prompts!r:.80}")
+    for name, v in (("num_frames", num_frames), ("chunk_length", chunk_length)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    if chunk_length > num_frames:
+        raise ValueError(f"chunk_length L={chunk_length} exceeds num_frames N={num_frames}; need 1 <= L <= N")
+    B, N, L = len(prompts), int(num_frames), int(chunk_length)
+    n_chunks = N // L  # complete chunks only
+    chunks = frozenset({0}) if correct_chunks == "first" else _indices_from_policy(correct_chunks, n_chunks, "chunk")
+    if chunks and video_corrector is None:
+        raise ValueError(f"correct_chunks={correct_chunks!r} corrects chunks {sorted(chunks)} but video_corrector is "
+                         f"None; pass a VideoCorrector or use correct_chunks='none'")
+    steps = steps_for_strength(config.num_inference_steps, config.strength) if chunks else 0
+    seeds = _check_seeds(seeds, B)
+    gens = [story_generators(s, device) for s in seeds]
+    arm_gens, corr_gens = [g[0] for g in gens], [g[1] for g in gens]
+    clock = _Stopwatch(device)
+    texts = [[p] for p in prompts]  # Eq. (4): the same prompt u conditions every frame
+
+    # 2. Frame loop (Eq. 4), with chunk correction (Eq. 5) and re-encoding (Eq. 6).
+    n0 = int(getattr(arm, "tokens_per_frame", 0) or 0)
+    n: int | None = n0 or None
+    contexts: list[torch.Tensor] = []  # per frame (B, n)
+    arm_tokens, arm_frames, finals, corrected = [], [], [], [False] * N
+    for j in tqdm(range(N), desc="ACDC video frames", disable=not progress):
+        prev = _prev(contexts, B, n0, device)                                   # (B, j, n)
+        with clock.stage("arm"):
+            tokens = arm.generate(texts, prev, arm_gens)                        # (B, n)
+        n = _check_tokens(tokens, B, n, "arm.generate")
+        with clock.stage("decode"):
+            images = arm.decode(tokens)                                         # (B, C, H, W)  x_0^j
+        _check_images(images, arm_frames[0].shape if arm_frames else None, 4, B, "arm.decode")
+        arm_tokens.append(tokens)
+        arm_frames.append(images)
+        contexts.append(tokens)
+        finals.append(images)
+        start = j + 1 - L
+        if (j + 1) % L == 0 and j // L in chunks:
+            chunk = torch.stack(arm_frames[start: j + 1], dim=1)                # (B, L, C, H, W)  X_0^{1:L}
+            with clock.stage("correction"):                                     # Eq. (5)
+                fixed = video_corrector.correct_video(chunk, list(prompts), strength=config.strength,
+                                                      guidance_scale=config.guidance_scale,
+                                                      num_inference_steps=config.num_inference_steps,
+                                                      generators=corr_gens)     # (B, L, C, H, W)
+            _check_images(fixed, chunk.shape, 5, B, "video_corrector.correct_video")
+            # Eq. (6): v~ = E(X~_0), frame by frame; the ARM resumes from these tokens.
+            with clock.stage("encode"):
+                re = arm.encode(fixed.flatten(0, 1))                            # (B*L, n)
+            _check_tokens(re, B * L, n, "arm.encode")
+            re = re.view(B, L, n)                                               # (B, L, n)
+            contexts[start: j + 1] = list(re.unbind(1))
+            finals[start: j + 1] = list(fixed.unbind(1))
+            corrected[start: j + 1] = [True] * L
+
+    # 3. Collect per-video results (CPU copies).
+    arm_tok = _keep(torch.stack(arm_tokens, dim=1))                             # (B, N, n)
+    arm_img = _keep(torch.stack(arm_frames, dim=1))                             # (B, N, C, H, W)
+    fin_img = _keep(torch.stack(finals, dim=1))                                 # (B, N, C, H, W)
+    ctx_tok = _keep(torch.stack(contexts, dim=1))                               # (B, N, n)
+    videos = [VideoResult(prompt=prompts[b], seed=seeds[b], arm_tokens=arm_tok[b].clone(),
+                          arm_frames=arm_img[b].clone(), final_frames=fin_img[b].clone(), corrected=list(corrected),
+                          context_tokens=ctx_tok[b].clone(), steps_run=steps) for b in range(B)]
+    return VideoOutput(videos=videos, config=config, num_frames=N, chunk_length=L,
+                       corrected_chunks=tuple(sorted(chunks)), timings=clock.timings)
