@@ -82,8 +82,17 @@ def load_run_set(path: str | Path) -> RunSet:
         if unknown:
             raise ValueError(f"{path}: notebooks[{k}] has unknown keys {sorted(unknown)}; allowed: {sorted(ALLOWED_ENTRY_KEYS)}")
         params = {**defaults, **(entry.get("parameters") or {})}
-        runs.append(NotebookRun(REPO_ROOT / entry["notebook"], params, entry.get("timeout_s")))
+        nb = Path(entry["notebook"])
+        runs.append(NotebookRun(nb if nb.is_absolute() else REPO_ROOT / nb, params, entry.get("timeout_s")))
     return RunSet(name=data.get("name", path.stem), runs=runs, description=data.get("description", ""), defaults=defaults)
+
+
+def _shown(p: Path) -> str:
+    """`p` relative to the repository when inside it, else as is (for messages and params.json)."""
+    try:
+        return str(p.relative_to(REPO_ROOT))
+    except ValueError:
+        return str(p)
 
 
 def run_dir(set_name: str, run: NotebookRun, out_root: Path = OUT_ROOT) -> Path:
@@ -118,15 +127,15 @@ def execute(run_set: RunSet, only: list[str] | None = None, force: bool = False,
         d = run_dir(run_set.name, run, out_root)
         params = {**run.parameters, "OUT_DIR": str(d), "FIG_DIR": fig_dir}
         if (d / "results.json").is_file() and not force:
-            print(f"[runs] {run.stem}: results present in {d.relative_to(REPO_ROOT)}, skipped (use --force to rerun)")
+            print(f"[runs] {run.stem}: results present in {_shown(d)}, skipped (use --force to rerun)")
             rows.append({**row, "status": "cached", "out_dir": str(d)})
             continue
         d.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(d / "params.json", {"set": run_set.name, "notebook": str(run.notebook.relative_to(REPO_ROOT)), "parameters": params})
+        atomic_write_json(d / "params.json", {"set": run_set.name, "notebook": _shown(run.notebook), "parameters": params})
         t0 = time.perf_counter()
-        print(f"[runs] {run.stem}: running -> {d.relative_to(REPO_ROOT)}", flush=True)
+        print(f"[runs] {run.stem}: running -> {_shown(d)}", flush=True)
         pm.execute_notebook(str(run.notebook), str(d / run.notebook.name), parameters=params,
-                            cwd=str(run.notebook.parent), kernel_name=kernel_name,
+                            cwd=str(run.notebook.parent), kernel_name=kernel_name, language="python",
                             execution_timeout=run.timeout_s, progress_bar=False)
         dt = time.perf_counter() - t0
         if not (d / "results.json").is_file():
