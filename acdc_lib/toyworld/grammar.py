@@ -52,7 +52,8 @@ ACTION_ENDINGS: dict[str, tuple[str, ...]] = {
     "lie": ("", " to rest"),
     "sniff": ("", " curiously"),
 }
-RUN_STEP = 0.15  # a running character moves this fraction of the width in the direction it faces
+RUN_STEP = 0.15
+MAX_TIME_CHANGES = 1  # day and night swap at most once per story, as in the paper's examples  # a running character moves this fraction of the width in the direction it faces
 
 
 @dataclass
@@ -146,9 +147,10 @@ def _move(rng: np.random.Generator, s: SceneState, action: str) -> tuple[float, 
     return x, facing
 
 
-def _later_sentence(rng: np.random.Generator, prev: SceneState) -> GrammarSentence:
+def _later_sentence(rng: np.random.Generator, prev: SceneState, allow_time: bool = True) -> GrammarSentence:
     # A later sentence: change the action, the place or the time; mention by pronoun/species/name.
-    event = _pick_weighted(rng, EVENT_PROBS)
+    probs = EVENT_PROBS if allow_time else {k: p for k, p in EVENT_PROBS.items() if k != "time"}
+    event = _pick_weighted(rng, probs)
     mention = _pick_weighted(rng, MENTION_PROBS)
     if event == "action":
         action = _pick(rng, [a for a in ACTIONS if a != prev.action])
@@ -207,7 +209,8 @@ def generate_sentences(rng: np.random.Generator, n_sentences: int = 6) -> list[G
     )
     out = [_first_sentence(rng, state)]
     while len(out) < n_sentences:
-        out.append(_later_sentence(rng, out[-1].state))
+        n_time_changes = sum(a.state.time != b.state.time for a, b in zip(out, out[1:]))
+        out.append(_later_sentence(rng, out[-1].state, allow_time=n_time_changes < MAX_TIME_CHANGES))
     return out
 
 

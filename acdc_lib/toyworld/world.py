@@ -233,6 +233,11 @@ class SceneState:
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_COUNT:
                 raise ValueError(f"{key} must be an int in [0, {MAX_COUNT}], got {v!r}")
+        if self.n_suns + self.n_moons > MAX_COUNT:
+            raise ValueError(
+                f"n_suns + n_moons must be <= {MAX_COUNT} (the sky has {MAX_COUNT} slots), "
+                f"got {self.n_suns} + {self.n_moons}"
+            )
 
     @property
     def pronoun(self) -> str:
