@@ -14,7 +14,7 @@ from __future__ import annotations
 import numbers
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -143,11 +143,13 @@ def _check_images(images, shape: tuple | None, ndim: int, batch: int, who: str) 
         raise ValueError(f"{who} returned values in [{lo:.4g}, {hi:.4g}]; images must lie in [0, 1]")
 
 
-def _check_common(config: LoopConfig) -> None:
+def _check_common(config: LoopConfig | None) -> LoopConfig:
+    config = LoopConfig() if config is None else config
     if not isinstance(config, LoopConfig):
         raise ValueError(f"config must be a LoopConfig, got {type(config).__name__}")
     if isinstance(config.guidance_scale, bool) or not isinstance(config.guidance_scale, numbers.Real):
         raise ValueError(f"guidance_scale must be a number, got {config.guidance_scale!r}")
+    return replace(config)
 
 
 def _prev(contexts: list[torch.Tensor], batch: int, n0: int, device) -> torch.Tensor:
@@ -179,7 +181,7 @@ def run_stories(
     arm: ARM,
     corrector: Corrector | None = None,
     memory: Memory | None = None,
-    config: LoopConfig = LoopConfig(),
+    config: LoopConfig | None = None,
     seeds: Sequence[int] | None = None,
     device: str | torch.device = "cpu",
     progress: bool = False,
@@ -192,7 +194,8 @@ def run_stories(
             `tokens_per_frame`, the empty first-frame context is (B, 0, tokens_per_frame), else (B, 0, 0).
         corrector: the image DM used for Eq. (2); required when the policy corrects any frame.
         memory: refines each story's sentences into corrector prompts (Eq. 3); None -> raw sentences.
-        config: policy, t', CFG scale, N steps, use_memory.
+        config: policy, t', CFG scale, N steps, use_memory; None -> LoopConfig() (the paper's values).
+            A copy is stored on the output, so later edits of `config` do not change the record.
         seeds: one non-negative int per story (default 0..B-1); see `story_generators`.
         device: where the generators live and which device to synchronise for timings.
         progress: show a tqdm bar over frames.
@@ -200,7 +203,7 @@ def run_stories(
         LoopOutput with one StoryResult per story (every intermediate per frame) and stage timings.
     """
     # 1. Validate inputs: stories of equal length, seeds, policy, corrector and t' / N.
-    _check_common(config)
+    config = _check_common(config)
     stories = _as_stories(stories)
     lengths = [len(s) for s in stories]
     if len(set(lengths)) != 1:
@@ -325,7 +328,7 @@ def run_video(
     num_frames: int = 32,
     chunk_length: int = 16,
     correct_chunks: str | int | set | frozenset | list | tuple = "first",
-    config: LoopConfig = LoopConfig(),
+    config: LoopConfig | None = None,
     seeds: Sequence[int] | None = None,
     device: str | torch.device = "cpu",
     progress: bool = False,
@@ -341,14 +344,14 @@ def run_video(
         correct_chunks: "first" (the paper: only frames 1..L), "all" (every complete chunk of L; a
             trailing partial chunk of N % L frames stays uncorrected, as a video DM takes exactly L),
             "none", an int k (first k chunks) or a collection of 0-based chunk indices.
-        config: only strength, guidance_scale and num_inference_steps are used here (the policy is
+        config: None -> LoopConfig(); only strength, guidance_scale and num_inference_steps are used here (the policy is
             `correct_chunks`; a single prompt per video has no memory).
         seeds: one non-negative int per video (default 0..B-1).
         device: where the generators live and which device to synchronise for timings.
         progress: show a tqdm bar over frames.
     """
     # 1. Validate inputs.
-    _check_common(config)
+    config = _check_common(config)
     if isinstance(prompts, str) or len(prompts) == 0 or not all(isinstance(p, str) for p in prompts):
         raise ValueError(f"prompts must be a non-empty sequence of strings, got {prompts!r:.80}")
     for name, v in (("num_frames", num_frames), ("chunk_length", chunk_length)):

@@ -42,6 +42,14 @@ def test_policy_selects_frames_and_steps(policy, expected):
     assert all(c["num_inference_steps"] == 10 and c["strength"] == 0.3 for c in corr.calls)
 
 
+def test_defaults_are_the_papers():
+    corr = DummyCorrector()
+    out = run_stories([story(0).sentences], DummyARM(), corr)  # config=None, seeds=None
+    assert out.stories[0].story_id == "story-0" and out.stories[0].seed == 0
+    assert [f.steps_run for f in out.stories[0].frames] == [25] * N  # all frames, int(50 * 0.5)
+    assert {(c["guidance_scale"], c["strength"], c["num_inference_steps"]) for c in corr.calls} == {(7.5, 0.5, 50)}
+
+
 # ---------------------------------------------------------------------------------------- continuation
 def test_arm_continues_from_reencoded_corrected_tokens():
     out, arm, _ = run({0, 3, 5})
@@ -141,6 +149,16 @@ def test_video_corrects_chunks_and_continues_from_them(n_frames, L, chunks, corr
             assert v.arm_tokens[j, 2] == checksum(seen)
         if corrected[:L] == [1] * L and n_frames > L:  # the frame after the first chunk: from corrected tokens
             assert v.arm_tokens[L, 2] != checksum(v.arm_tokens[:L])
+
+
+def test_video_independent_of_its_batch():
+    def video(prompts, seeds):
+        return run_video(prompts, DummyARM(), DummyVideoCorrector(), num_frames=5, chunk_length=2,
+                         correct_chunks="all", seeds=seeds).videos
+    alone, batched = video(["a cat"], [9])[0], video(["a dog", "a cat"], [4, 9])[1]
+    for name in ("arm_tokens", "arm_frames", "final_frames", "context_tokens"):
+        assert torch.equal(getattr(alone, name), getattr(batched, name)), name
+    assert not torch.equal(alone.arm_tokens, video(["a cat"], [4])[0].arm_tokens)
 
 
 # ---------------------------------------------------------------------------------------- validation
