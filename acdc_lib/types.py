@@ -55,7 +55,13 @@ class Story:
 # --------------------------------------------------------------------------------------------
 @runtime_checkable
 class ARM(Protocol):
-    """A multimodal autoregressive model over text and discrete image tokens (Eq. 1)."""
+    """A multimodal autoregressive model over text and discrete image tokens (Eq. 1).
+
+    `tokens_per_frame` is n, the number of image tokens of one frame; the loop uses it to shape the
+    empty context (B, 0, n) of the first frame and checks every frame against it.
+    """
+
+    tokens_per_frame: int
 
     def generate(
         self,
