@@ -322,12 +322,12 @@ FRAME_USER_TEMPLATE = '''Earlier prompts:
 Next sentence: {sentence}
 Rewritten sentence:'''
 
-_MARKER_RE = re.compile(r"^\s*(?:\*\*)?(?:(?:sentence|line)\s*)?(\(?(\d{1,3})\s*[.):\]]|[-*•–])(?:\*\*)?\s+(.*)$", re.I)
+_MARKER_RE = re.compile(r"^\s*(?:\*\*)?(\(?(\d{1,3})\s*[.):\]]|[-*•–])(?:\*\*)?(?:\s+(.*))?$", re.I)
 _HEADER_RE = re.compile(r"^\s*(\(.*\)|[^.!?]*:)\s*$")
 
 
 def _clean_line(s: str) -> str:
-    s = s.strip().strip("*").strip()
+    s = s.replace("**", "").strip()  # markdown bold
     if len(s) >= 2 and s[0] == s[-1] and s[0] in "\"'“”":
         s = s[1:-1].strip()
     if s[:1] == "“" and s[-1:] == "”":
@@ -339,7 +339,8 @@ def parse_numbered_lines(text: str) -> list[str]:
     """The sentences of an LLM answer: numbered ("1." "1)" "(1)"), bulleted ("-") or plain lines.
 
     Prose before or after the list, blank lines, code fences and headers such as "(Rewritten)" are
-    dropped; a numbered item wrapped over several lines is joined. When the numbering restarts at 1
+    dropped; a numbered item wrapped over several lines is joined; an empty numbered item is kept
+    as "" (for the validator to reject). When the numbering restarts at 1
     (the model echoed the story before its rewrite) the last run is taken.
     """
     lines = [ln for ln in text.replace("\r\n", "\n").split("\n") if not ln.strip().startswith("```")]
@@ -357,7 +358,7 @@ def parse_numbered_lines(text: str) -> list[str]:
             if items is None or (number == 1 and items):
                 items = []
                 runs.append(items)
-            items.append(m.group(3))
+            items.append(m.group(3) or "")
             current = len(items) - 1
         elif current is not None and items is not None and not re.search(r"[.!?][\"'”]?\s*$", items[current]):
             items[current] += " " + ln.strip()  # an item wrapped over two lines
@@ -365,8 +366,8 @@ def parse_numbered_lines(text: str) -> list[str]:
             current = None
             if not _HEADER_RE.match(ln):
                 plain.append(ln)
-    if runs:
-        return [_clean_line(s) for s in runs[-1] if _clean_line(s)]
+    if runs:  # numbered items are kept even when empty, so a validator can reject "3." alone
+        return [_clean_line(s) for s in runs[-1]]
     return [_clean_line(s) for s in plain if _clean_line(s)]
 
 
