@@ -193,11 +193,19 @@ def _looks_like_local_path(name: str | os.PathLike) -> bool:
     return isinstance(name, Path) or os.path.isabs(text) or text.startswith(("./", "../", "~", ".\\"))
 
 
-def _load_or_explain(loader, model_id_or_path, what: str, **kwargs):
-    """Call loader(model_id_or_path, **kwargs); turn a missing model into ONE clear error."""
-    hint = (f"pass `model_id_or_path`: a local folder written by `{what}.save_pretrained(...)`, or a "
-            "Hugging Face Hub id whose weights are in the local cache or reachable from this machine "
-            "(e.g. a Stable Diffusion v1.5 id on a GPU node); set HF_HUB_OFFLINE=1 to fail fast offline")
+def _load_or_explain(loader, model_id_or_path, what: str, param: str, example: str = "", **kwargs):
+    """Call loader(model_id_or_path, **kwargs); turn a missing model into ONE clear error.
+
+    Args:
+        loader: e.g. `AutoPipelineForImage2Image.from_pretrained`.
+        model_id_or_path: what the user passed.
+        what: the thing being loaded, for the message ("a diffusers MotionAdapter").
+        param: the argument the user should change.
+        example: an example of a valid value, appended to the message.
+    """
+    hint = (f"pass `{param}`: a local folder written by save_pretrained, or a Hugging Face Hub id whose "
+            f"weights are in the local cache or reachable from this machine{example}; "
+            "set HF_HUB_OFFLINE=1 to fail fast without a network")
     if _looks_like_local_path(model_id_or_path) and not Path(model_id_or_path).expanduser().exists():
         raise ModelNotAvailableError(f"cannot load {what} from {str(model_id_or_path)!r}: no such folder; {hint}")
     try:
@@ -226,6 +234,7 @@ class _PipelineWrapper:
     """Shared by the pipeline correctors: DDIM scheduler, eta = 0, resolution handling, loading."""
 
     _auto_class_name = "AutoPipelineForImage2Image"
+    _example = " (a Stable Diffusion v1.5 checkpoint on a GPU node)"
 
     def __init__(self, pipe, *, resolution: int | tuple[int, int] | None = None, eta: float = 0.0,
                  progress_bar: bool = False):
@@ -267,7 +276,8 @@ class _PipelineWrapper:
             ModelNotAvailableError when the model cannot be found, saying what to pass.
         """
         pipe = _load_or_explain(cls._auto_class().from_pretrained, model_id_or_path,
-                                f"a diffusers {cls._auto_class_name} pipeline", dtype=dtype, **kwargs)
+                                f"a diffusers {cls._auto_class_name} pipeline", "model_id_or_path",
+                                cls._example, dtype=dtype, **kwargs)
         return cls(pipe.to(device), resolution=resolution)
 
     @property
@@ -346,6 +356,7 @@ class InpaintCorrector(_PipelineWrapper):
     """
 
     _auto_class_name = "AutoPipelineForInpainting"
+    _example = " (a Stable Diffusion v1.5 inpainting checkpoint on a GPU node)"
 
     def inpaint(self, images: torch.Tensor, masks: torch.Tensor, prompts: Sequence[str], *,
                 strength: float = 1.0, guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
@@ -390,6 +401,8 @@ class VideoPipelineCorrector(_PipelineWrapper):
     is noised to t' and denoised jointly by a motion-aware UNet."""
 
     _auto_class_name = "AnimateDiffVideoToVideoPipeline"
+    _example = (" (a saved AnimateDiff pipeline, or a Stable Diffusion v1.5 checkpoint together with "
+                "`motion_adapter`)")
 
     @classmethod
     def from_pretrained(cls, model_id_or_path: str | os.PathLike, device: str | torch.device = "cpu",
@@ -406,8 +419,9 @@ class VideoPipelineCorrector(_PipelineWrapper):
         if motion_adapter is not None:
             from diffusers import MotionAdapter
 
-            kwargs["motion_adapter"] = _load_or_explain(MotionAdapter.from_pretrained, motion_adapter,
-                                                        "a diffusers MotionAdapter", dtype=dtype)
+            kwargs["motion_adapter"] = _load_or_explain(
+                MotionAdapter.from_pretrained, motion_adapter, "a diffusers MotionAdapter", "motion_adapter",
+                " (an AnimateDiff v1.5 motion adapter)", dtype=dtype)
         return super().from_pretrained(model_id_or_path, device, dtype, resolution=resolution, **kwargs)
 
     def correct_video(self, videos: torch.Tensor, prompts: Sequence[str], *, strength: float = DEFAULT_STRENGTH,
@@ -473,9 +487,14 @@ class UNetCorrector:
     def __init__(self, unet, text_encoder, tokenizer, scheduler, vae=None, *, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32, eta: float = 0.0):
         self.device, self.dtype = torch.device(device), dtype
-        self.unet = unet.to(self.device, dtype).eval()
-        self.text_encoder = text_encoder.to(self.device, dtype).eval()
-        self.vae = vae.to(self.device, dtype).eval() if vae is not None else None
+
+        def place(module):  # cast only when needed: diffusers warns on every dtype cast
+            module = module.to(self.device)
+            return (module if module.dtype == dtype else module.to(dtype)).eval()
+
+        self.unet = place(unet)
+        self.text_encoder = place(text_encoder)
+        self.vae = place(vae) if vae is not None else None
         self.tokenizer, self.scheduler, self.eta = tokenizer, scheduler, eta
         self.last_steps_run = 0
         unet_in = unet.config.in_channels

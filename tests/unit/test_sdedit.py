@@ -53,6 +53,7 @@ def saved(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny_models")
     td.tiny_sd_img2img_pipeline().save_pretrained(root / "sd_img2img")
     td.tiny_sd_inpaint_pipeline().save_pretrained(root / "sd_inpaint")
+    td.tiny_animatediff_v2v_pipeline().motion_adapter.save_pretrained(root / "motion_adapter")
     for name, latent in (("unet_pixel", None), ("unet_kl", "kl"), ("unet_vq", "vq")):
         td.save_unet_corrector_parts(td.tiny_unet_corrector_parts(latent), root / name)
     return root
@@ -66,6 +67,12 @@ def img2img(saved):
 @pytest.fixture(scope="module")
 def inpainter(saved):
     return InpaintCorrector.from_pretrained(saved / "sd_inpaint")
+
+
+@pytest.fixture(scope="module")
+def video(saved):
+    """AnimateDiff as on a GPU node: a Stable Diffusion checkpoint plus a separate motion adapter."""
+    return VideoPipelineCorrector.from_pretrained(saved / "sd_img2img", motion_adapter=saved / "motion_adapter")
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +93,10 @@ def test_reloaded_pipeline_uses_ddim_with_steps_offset(img2img, inpainter):
 
 
 def test_missing_model_gives_one_clear_error(tmp_path):
-    with pytest.raises(ModelNotAvailableError, match="no such folder.*save_pretrained"):
+    with pytest.raises(ModelNotAvailableError, match="no such folder; pass `model_id_or_path`"):
         PipelineCorrector.from_pretrained(tmp_path / "missing")
+    with pytest.raises(ModelNotAvailableError, match="MotionAdapter .*no such folder; pass `motion_adapter`"):
+        VideoPipelineCorrector.from_pretrained(tmp_path, motion_adapter=tmp_path / "no_adapter")
     (tmp_path / "half" / "unet").mkdir(parents=True)
     with pytest.raises(ModelNotAvailableError, match=r"missing subfolder\(s\) \['text_encoder', 'tokenizer'"):
         UNetCorrector.from_pretrained(tmp_path / "half")
@@ -162,6 +171,24 @@ def test_cfg_changes_output_and_w1_skips_the_unconditional_half(unet_correctors,
     a = img2img.correct(x, PROMPTS[:2], guidance_scale=7.5, num_inference_steps=4, generators=gens(0, 1))
     b = img2img.correct(x, PROMPTS[:2], guidance_scale=2.0, num_inference_steps=4, generators=gens(0, 1))
     assert (a - b).abs().max() > 1e-3
+
+
+def test_guidance_zero_is_the_unconditional_model(unet_correctors):
+    """w = 0 leaves eps_u alone: the same as conditioning every row on the empty prompt."""
+    corrector, x = unet_correctors["pixel"], frames(2)
+    w0 = corrector.correct(x, PROMPTS[:2], guidance_scale=0.0, num_inference_steps=4, generators=gens(0, 1))
+    empty = corrector.correct(x, ["", ""], guidance_scale=1.0, num_inference_steps=4, generators=gens(0, 1))
+    conditional = corrector.correct(x, PROMPTS[:2], guidance_scale=1.0, num_inference_steps=4, generators=gens(0, 1))
+    torch.testing.assert_close(w0, empty, atol=BATCH_ATOL, rtol=0)
+    assert (w0 - conditional).abs().max() > 1e-2
+
+
+def test_larger_t_prime_moves_further_from_the_frame(unet_correctors):
+    """SDEdit's trade-off (Theorem 2): the deviation from the input grows with t'."""
+    corrector, x = unet_correctors["pixel"], frames(2)
+    dev = [(corrector.correct(x, PROMPTS[:2], strength=t, num_inference_steps=10, generators=gens(0, 1)) - x)
+           .abs().mean().item() for t in (0.1, 0.3, 0.6, 1.0)]
+    assert dev == sorted(dev) and dev[0] < 0.05 < dev[-1]
 
 
 def test_prompt_conditions_the_output(unet_correctors):
@@ -284,8 +311,8 @@ def test_grayscale_pixel_model():
 # --------------------------------------------------------------------------------------------
 # Video (Eq. 5)
 # --------------------------------------------------------------------------------------------
-def test_video_corrector_counts_steps_and_keeps_shape():
-    corrector = VideoPipelineCorrector.from_pipeline(td.tiny_animatediff_v2v_pipeline())
+def test_video_corrector_counts_steps_and_keeps_shape(video):
+    corrector = video
     assert isinstance(corrector, VideoCorrector)
     videos = torch.rand(2, 3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     shapes, handle = count_unet_calls(corrector.pipe.unet)
@@ -356,8 +383,8 @@ def test_bad_masks_are_refused(inpainter, masks, match):
         inpainter.inpaint(frames(3), masks, PROMPTS, num_inference_steps=10, generators=gens(0, 1, 2))
 
 
-def test_bad_videos_are_refused():
-    corrector = VideoPipelineCorrector.from_pipeline(td.tiny_animatediff_v2v_pipeline())
+def test_bad_videos_are_refused(video):
+    corrector = video
     with pytest.raises(ValueError, match=r"5-D \(B, L, C, H, W\), got 4-D"):
         corrector.correct_video(frames(2), PROMPTS[:2])
     with pytest.raises(ValueError, match=r"values must lie in \[0, 1\].*max=2"):
