@@ -18,6 +18,7 @@ from __future__ import annotations
 import inspect
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -29,6 +30,7 @@ __all__ = [
     "ModelNotAvailableError", "steps_for_strength", "validate_images", "validate_videos",
     "validate_prompts", "validate_generators", "validate_guidance_scale", "validate_masks",
     "PipelineCorrector", "UNetCorrector", "InpaintCorrector", "VideoPipelineCorrector", "count_unet_calls",
+    "encode_text",
 ]
 
 # The paper's correction settings: DDIM sampling, CFG scale 7.5, t' = 0.5 (t' in [0.4, 0.5] for
@@ -465,6 +467,32 @@ class VideoPipelineCorrector(_PipelineWrapper):
 # --------------------------------------------------------------------------------------------
 # Our own SDEdit loop over any UNet2DConditionModel
 # --------------------------------------------------------------------------------------------
+def encode_text(tokenizer, text_encoder, prompts: Sequence[str], device: str | torch.device | None = None) -> torch.Tensor:
+    """(B, T, D) conditioning of a UNet: the text encoder's last hidden state, as Stable Diffusion does it.
+
+    Token ids are padded to `tokenizer.model_max_length` (T) and no attention mask is passed, so a model
+    trained with this function (gradients flow; wrap it in no_grad for inference) sees at sampling
+    exactly what it saw in training. The unconditional input of CFG is the empty prompt "".
+    Prompts longer than T tokens are cut to T, with a warning naming them (CLIP's hard limit).
+
+    Args:
+        tokenizer: a transformers tokenizer with a pad token and `model_max_length`.
+        text_encoder: a transformers text model whose first output is (B, T, D).
+        prompts: B strings.
+        device: where the ids go (default: the text encoder's device).
+    """
+    prompts = list(prompts)
+    max_len = tokenizer.model_max_length
+    ids = tokenizer(prompts, padding="max_length", max_length=max_len, truncation=True,
+                    return_overflowing_tokens=False, return_length=False, return_tensors="pt").input_ids
+    too_long = [p for p in prompts if len(tokenizer(p).input_ids) > max_len]
+    if too_long:
+        warnings.warn(f"{len(too_long)} prompt(s) exceed the text encoder's {max_len} tokens and were cut: "
+                      f"{[p[:80] for p in too_long[:3]]}", stacklevel=2)
+    device = device if device is not None else next(text_encoder.parameters()).device
+    return text_encoder(ids.to(device))[0]
+
+
 class UNetCorrector:
     """SDEdit (Eq. 2) for any UNet2DConditionModel + text encoder + tokenizer + diffusers scheduler.
 
@@ -583,10 +611,8 @@ class UNetCorrector:
 
     @torch.no_grad()
     def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
-        """(B, T, D) text embeddings: the text encoder's last hidden state on padded token ids."""
-        ids = self.tokenizer(list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt").input_ids.to(self.device)
-        return self.text_encoder(ids)[0].to(self.dtype)
+        """(B, T, D) text embeddings of `prompts` (see `encode_text`)."""
+        return encode_text(self.tokenizer, self.text_encoder, prompts, self.device).to(self.dtype)
 
     # ---- the sampler -----------------------------------------------------------------------
     def _denoise(self, x: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor, guidance_scale: float,

@@ -191,6 +191,14 @@ def test_larger_t_prime_moves_further_from_the_frame(unet_correctors):
     assert dev == sorted(dev) and dev[0] < 0.05 < dev[-1]
 
 
+def test_overlong_prompt_warns_and_is_cut(unet_correctors):
+    corrector = unet_correctors["pixel"]
+    long = "a fox " * 20  # 120 characters: far over the tiny tokenizer's 32 tokens
+    with pytest.warns(UserWarning, match="exceed the text encoder's 32 tokens"):
+        emb = corrector.encode_prompts([long, "a fox"])
+    assert emb.shape == (2, td.MAX_TOKENS, td.TEXT_DIM)
+
+
 def test_prompt_conditions_the_output(unet_correctors):
     corrector, x = unet_correctors["pixel"], frames(1)
     a = corrector.correct(x, ["a fox"], num_inference_steps=4, generators=gens(0))

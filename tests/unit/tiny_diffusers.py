@@ -28,7 +28,7 @@ from diffusers import (
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 TEXT_DIM = 16  # hidden size of the tiny text encoder = the UNet's cross_attention_dim
-MAX_TOKENS = 16  # tiny model_max_length: prompts are padded / truncated to this many tokens
+MAX_TOKENS = 32  # tiny model_max_length: prompts are padded / truncated to this many tokens
 BLOCKS = (16, 32)  # UNet channels per resolution level (2 levels: sizes must be even)
 
 
