@@ -678,7 +678,9 @@ class UNetCorrector:
         x = self.scheduler.add_noise(x0, noise, timesteps[:1].repeat(x0.shape[0]))
         # 5. Denoising loop (Eq. 2): x~_0 ~ p_theta(x_0 | x_t', y), DDIM eta = 0 with CFG
         x = self._denoise(x, timesteps, cond, guidance_scale, generators)
-        self.last_steps_run = len(timesteps) // self.scheduler.order
+        # UNet calls that ran: int(N t') for first-order samplers such as DDIM (Heun-type samplers
+        # with order 2, or PNDM's Runge-Kutta warm-up, call the UNet more often per step)
+        self.last_steps_run = len(timesteps)
         # 6. Back to [0, 1] images
         return self._to_images(x).to(images.device, images.dtype)
 
@@ -717,7 +719,7 @@ class UNetCorrector:
         x = randn_tensor(shape, generator=generators, device=self.device, dtype=self.dtype)
         x = x * self.scheduler.init_noise_sigma
         x = self._denoise(x, self.scheduler.timesteps, cond, guidance_scale, generators)
-        self.last_steps_run = steps
+        self.last_steps_run = len(self.scheduler.timesteps)
         return self._to_images(x)
 
 

@@ -310,6 +310,23 @@ def test_unet_corrector_generate_runs_all_steps(unet_correctors):
     assert (a[0] - a[1]).abs().max() > 1e-3
 
 
+# diffusers' Euler scheduler calls np.array on a torch tensor in a way numpy 2 flags; not ours.
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+@pytest.mark.parametrize("scheduler", ["EulerDiscreteScheduler", "DPMSolverMultistepScheduler", "DDPMScheduler"])
+def test_unet_corrector_takes_other_diffusers_schedulers(scheduler):
+    import diffusers
+
+    parts = td.tiny_unet_corrector_parts("kl")
+    parts["scheduler"] = getattr(diffusers, scheduler).from_config(parts["scheduler"].config)
+    corrector = UNetCorrector(**parts)
+    shapes, handle = count_unet_calls(corrector.unet)
+    try:
+        _row_checks(lambda x, p, g: corrector.correct(x, p, num_inference_steps=10, strength=0.3, generators=g))
+    finally:
+        handle.remove()
+    assert corrector.last_steps_run == 3 and len(shapes) == 5 * 3  # 5 corrections of int(10 * 0.3) calls
+
+
 def test_grayscale_pixel_model():
     corrector = UNetCorrector(**td.tiny_unet_corrector_parts(None, channels=1))
     out = corrector.correct(frames(2, c=1), PROMPTS[:2], num_inference_steps=4, generators=gens(0, 1))
