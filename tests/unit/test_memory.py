@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 
 import numpy as np
@@ -310,3 +311,35 @@ def test_memory_never_leaks_the_key(monkeypatch, fake_server, tmp_path, caplog):
     for f in tmp_path.rglob("*"):
         if f.is_file():
             assert KEY.encode() not in f.read_bytes(), f
+
+
+@pytest.mark.slow
+@pytest.mark.network
+def test_notebook_04_runs_with_a_fake_llm_and_never_writes_the_key(monkeypatch, fake_server, tmp_path):
+    import json
+
+    import papermill
+
+    from acdc_lib.io import REPO_ROOT
+
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("PYTHONPATH", str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    fake_server.responder = rule_answer
+    out_dir, fig_dir, cache = tmp_path / "out", tmp_path / "fig", tmp_path / "llm.sqlite"
+    executed = tmp_path / "04_executed.ipynb"
+    papermill.execute_notebook(
+        str(REPO_ROOT / "notebooks" / "04_memory_module.ipynb"), str(executed), kernel_name="python3",
+        cwd=str(REPO_ROOT / "notebooks"), progress_bar=False,
+        parameters={"N_SMOKE": 8, "OUT_DIR": str(out_dir), "FIG_DIR": str(fig_dir),
+                    "LLM_BASE_URL": fake_server.url, "LLM_CACHE": str(cache)})
+    results = json.loads((out_dir / "results.json").read_text())
+    assert results["llm"]["used"] and results["n_stories"] == 8
+    assert results["quality"]["LLM"]["all"] == 1.0 and results["quality"]["LLM"]["fallbacks"] == 0
+    assert results["quality"]["rule-based"]["stories_exact"] == 8
+    assert fake_server.count == 8  # one request per story (the Fig. 3 example is story 1, then cached)
+    assert (fig_dir / "04_memory_distances.png").exists()
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert executed in written and cache in written
+    for p in written:
+        assert KEY.encode() not in p.read_bytes(), p
