@@ -233,7 +233,15 @@ def _resize(x: torch.Tensor, size: tuple[int, int], *, nearest: bool = False) ->
 # Correctors over diffusers pipelines (Stable Diffusion img2img, inpainting, AnimateDiff)
 # --------------------------------------------------------------------------------------------
 class _PipelineWrapper:
-    """Shared by the pipeline correctors: DDIM scheduler, eta = 0, resolution handling, loading."""
+    """Shared by the pipeline correctors: DDIM scheduler, eta = 0, resolution handling, loading.
+
+    Args:
+        pipe: the diffusers pipeline; its scheduler is replaced by a DDIMScheduler built from its config.
+        resolution: (H, W) (int: square) the model runs at, e.g. 512 for SD v1.5; None runs at the
+            input's size rounded up to `size_multiple`. Inputs are resized there and back.
+        eta: DDIM's eta; 0 (deterministic DDIM) is the paper's sampler.
+        progress_bar: show diffusers' progress bar.
+    """
 
     _auto_class_name = "AutoPipelineForImage2Image"
     _example = " (a Stable Diffusion v1.5 checkpoint on a GPU node)"
@@ -273,14 +281,16 @@ class _PipelineWrapper:
             device: where the pipeline runs.
             dtype: its torch dtype (float16 on GPU nodes, float32 on CPU).
             resolution: run the model at this (H, W) (int: square); None keeps the input size.
-            **kwargs: passed to diffusers' from_pretrained (e.g. `safety_checker=None`, `variant="fp16"`).
+            **kwargs: `eta` and `progress_bar` go to the constructor, the rest to diffusers'
+                from_pretrained (e.g. `safety_checker=None`, `variant="fp16"`).
         Raises:
             ModelNotAvailableError when the model cannot be found, saying what to pass.
         """
+        own = {key: kwargs.pop(key) for key in ("eta", "progress_bar") if key in kwargs}
         pipe = _load_or_explain(cls._auto_class().from_pretrained, model_id_or_path,
                                 f"a diffusers {cls._auto_class_name} pipeline", "model_id_or_path",
                                 cls._example, dtype=dtype, **kwargs)
-        return cls(pipe.to(device), resolution=resolution)
+        return cls(pipe.to(device), resolution=resolution, **own)
 
     @property
     def size_multiple(self) -> int:
@@ -290,9 +300,11 @@ class _PipelineWrapper:
 
     def model_size(self, height: int, width: int) -> tuple[int, int]:
         """The (H, W) the model runs at: `resolution` if set, else the input rounded up to `size_multiple`."""
-        if self.resolution is not None:
-            return tuple(self.resolution)
         m = self.size_multiple
+        if self.resolution is not None:
+            if any(side % m for side in self.resolution):
+                raise ValueError(f"resolution sides must be multiples of {m} for this pipeline, got {self.resolution}")
+            return tuple(self.resolution)
         return (math.ceil(height / m) * m, math.ceil(width / m) * m)
 
     def _check_channels(self, channels: int) -> None:

@@ -294,6 +294,8 @@ def test_pipeline_resizes_to_the_model_and_back(img2img):
     assert shapes[0] == (2, 4, 8, 6)  # 14x10 rounded up to multiples of 4 = 16x12 pixels = 8x6 latents
     assert shapes[-1] == (2, 4, 12, 12)  # resolution 24 -> 12x12 latents
     assert 0.0 <= odd.min() and odd.max() <= 1.0 and 0.0 <= fixed.min() and fixed.max() <= 1.0
+    with pytest.raises(ValueError, match=r"multiples of 4 for this pipeline, got \(18, 18\)"):
+        PipelineCorrector(img2img.pipe, resolution=18).correct(frames(1), PROMPTS[:1], generators=gens(0))
 
 
 def test_unet_corrector_generate_runs_all_steps(unet_correctors):
