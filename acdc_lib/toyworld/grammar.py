@@ -52,7 +52,7 @@ ACTION_ENDINGS: dict[str, tuple[str, ...]] = {
     "lie": ("", " to rest"),
     "sniff": ("", " curiously"),
 }
-RUN_STEP = 0.15
+RUN_STEP = 0.12
 MAX_TIME_CHANGES = 1  # day and night swap at most once per story, as in the paper's examples  # a running character moves this fraction of the width in the direction it faces
 
 
@@ -164,7 +164,7 @@ def _later_sentence(rng: np.random.Generator, prev: SceneState, allow_time: bool
         place = _pick(rng, [p for p in PLACES if p != prev.place])
         template = int(rng.integers(3))
         action = "run" if template < 2 else _pick(rng, ACTIONS)
-        x = round(float(rng.uniform(0.3, 0.7)), 4)
+        x = round(float(rng.uniform(*X_RANGE)), 4)
         s = prev.replace(place=place, action=action, x=x, facing=_pick(rng, FACINGS))
         if template == 0:
             text = f"Then {_subject(s, mention, False)} ran to the {place}."
@@ -205,7 +205,7 @@ def generate_sentences(rng: np.random.Generator, n_sentences: int = 6) -> list[G
     state = SceneState(
         place=_pick(rng, PLACES), time=_pick(rng, TIMES), name=name, species=_pick(rng, SPECIES),
         gender=NAMES[name], action=_pick(rng, ACTIONS),
-        x=round(float(rng.uniform(0.3, 0.7)), 4), facing=_pick(rng, FACINGS),
+        x=round(float(rng.uniform(*X_RANGE)), 4), facing=_pick(rng, FACINGS),
     )
     out = [_first_sentence(rng, state)]
     while len(out) < n_sentences:

@@ -56,7 +56,7 @@ PLACE_LOOKS: dict[str, PlaceLook] = {
 TIMES: tuple[str, ...] = ("day", "night")
 TIME_PHRASES: dict[str, str] = {"day": "during the day", "night": "at night"}
 SKY_COLORS: dict[str, tuple[float, float, float]] = {"day": (0.55, 0.78, 0.98), "night": (0.05, 0.06, 0.22)}
-NIGHT_GROUND_FACTOR = 0.45  # the ground at night is this fraction of its day colour
+NIGHT_GROUND_FACTOR = 0.5  # the ground at night is this fraction of its day colour
 
 # --------------------------------------------------------------------------------------------
 # Species. Each differs from the others in body colour AND in shape, ears or tail, so that a
@@ -96,7 +96,7 @@ SPECIES_LOOKS: dict[str, SpeciesLook] = {
     "rabbit": SpeciesLook((0.68, 0.68, 0.72), (1.00, 0.70, 0.75), shape="round", ears="long", tail="puff"),
     "owl": SpeciesLook((0.45, 0.32, 0.62), (1.00, 0.85, 0.30), shape="tall", ears="tufts", tail="fan"),
     "corgi": SpeciesLook((0.98, 0.78, 0.25), (1.00, 1.00, 1.00), shape="long", ears="pointed", tail="stub"),
-    "cat": SpeciesLook((0.12, 0.12, 0.14), (0.95, 0.90, 0.20), shape="long", ears="pointed", tail="thin"),
+    "cat": SpeciesLook((0.24, 0.24, 0.30), (0.95, 0.90, 0.20), shape="long", ears="pointed", tail="thin"),
     "pig": SpeciesLook((0.98, 0.58, 0.70), (0.85, 0.35, 0.50), shape="round", ears="floppy", tail="curly"),
     "bear": SpeciesLook((0.40, 0.22, 0.07), (0.20, 0.10, 0.03), shape="round", ears="round", tail="stub"),
 }
@@ -144,14 +144,14 @@ FACINGS: tuple[str, ...] = ("left", "right")
 
 # Position bounds (fractions of the image): the character's centre x, and y the line its feet
 # stand on (0 = top, 1 = bottom). Values outside are refused, not clamped.
-X_RANGE: tuple[float, float] = (0.2, 0.8)
-Y_RANGE: tuple[float, float] = (0.7, 0.95)
+X_RANGE: tuple[float, float] = (0.32, 0.68)
+Y_RANGE: tuple[float, float] = (0.75, 0.92)
 DEFAULT_Y = 0.85
 
 # Physical counts of a normal frame (DESIGN.md section 4: one sun or moon, two ears, one tail).
 NORMAL_EARS = 2
 NORMAL_TAILS = 1
-MAX_COUNT = 4  # the renderer can draw up to this many suns, moons, ears or tails
+MAX_COUNT = 3  # the renderer draws up to this many suns, moons, ears or tails, all inside the frame
 
 
 def normal_celestials(time: str) -> tuple[int, int]:
