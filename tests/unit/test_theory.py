@@ -166,3 +166,23 @@ def test_wasserstein2_of_shifted_cloud_is_shift():
     rng = np.random.default_rng(8)
     a = rng.normal(size=(50, 2))
     assert th.wasserstein2_empirical(a, a + np.array([3.0, 4.0])) == pytest.approx(5.0, rel=1e-9)
+
+
+def test_theorem3_grid_true_condition_and_wrong_condition():
+    rng = np.random.default_rng(9)
+    rows = th.theorem3_grid([2], [0.5], [0.0, 1.0], 32, rng)
+    same, wrong = rows
+    assert same.cond_dist == 0.0 and same.K == 0.0 and same.mean_gap == 0.0
+    assert same.mean_dev == pytest.approx(same.mean_dev_true)
+    assert wrong.cond_dist == pytest.approx(np.sqrt(2)) and wrong.K > 0 and wrong.mean_gap > 0
+    # the corrected bound is never below the true-condition bound it extends
+    assert wrong.bound_corrected > th.theorem2_bound_corrected(wrong.alpha_bar, 2, wrong.C)
+
+
+def test_sdedit_tradeoff_criteria_move_in_opposite_directions():
+    rng = np.random.default_rng(10)
+    p = th.GaussianMixture([0.5, 0.5], [[-1.0, 0.0], [1.0, 0.0]], np.full((2, 2), 0.01))
+    x = th.corrupt(p.sample(100, rng), rng, noise_std=0.3, shift=0.0)
+    res = th.sdedit_tradeoff(p, x, [0.1, 0.5, 0.9], rng)
+    assert np.all(np.diff(res.mean_dev) > 0)  # criterion 2: further from the start as t' grows
+    assert np.all(res.nll < res.nll_start)  # criterion 1: closer to the data than the start
