@@ -1,0 +1,504 @@
+"""The toy world's models: configs, the toy ARM and the independent evaluator, and their loaders.
+
+Four models, each a library class saved with `save_pretrained` and loaded with `from_pretrained`
+(the shipped weights live in `acdc_lib/toyworld/checkpoints/`, written by `acdc_lib.toyworld.train`):
+
+1. VQ tokenizer (`diffusers.VQModel`): a 32x32 frame <-> 8x8 = 64 codes of a 256-entry codebook.
+   It is the ARM's D (decode) and E (encode).
+2. ARM (`transformers.LlamaForCausalLM`) over word tokens and image codes, wrapped by `ToyARM`, which
+   implements the ARM protocol of `acdc_lib.types` (Eq. 1: v^i ~ p(v^i | v^{1:i-1}, u^{1:i})).
+   A story is laid out frame by frame as [text of u^j, left-padded to TEXT_LEN][BOI][64 codes][EOI],
+   so every row of a batch has the same positions and no attention mask is needed.
+3. DM: a latent-space `diffusers.UNet2DConditionModel` + a `transformers.CLIPTextModel` trained with it
+   from scratch + the word-level tokenizer + a diffusers scheduler + the VQ as its autoencoder
+   (vae/, a copy of 1; its continuous latents, as in Latent Diffusion's VQ-regularised variant),
+   saved as unet/ text_encoder/ tokenizer/ scheduler/ vae/, which
+   `acdc_lib.sdedit.UNetCorrector.from_pretrained` loads unchanged.
+4. Evaluator, sharing nothing with 1-3 (own seeds, own initialisation, own training): a tiny
+   `transformers.CLIPModel` (contrastive on frames and explicit captions; its image features also
+   serve FID) and an `AttributeProbe` CNN with one head per attribute (species, place, time,
+   action, and the physical counts n_suns, n_moons, n_ears, n_tails).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from huggingface_hub import PyTorchModelHubMixin
+
+from acdc_lib.toyworld.world import ACTIONS, MAX_COUNT, PLACES, SPECIES, TIMES
+
+CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
+IMAGE_SIZE = 32
+TOKENS_PER_FRAME = 64  # 8x8 VQ codes per 32x32 frame
+TEXT_LEN = 32  # word tokens per frame segment of the ARM (left-padded); longer sentences are refused
+
+# Probe heads: name -> number of classes. Counts are 0..MAX_COUNT.
+PROBE_HEADS: dict[str, int] = {
+    "species": len(SPECIES), "place": len(PLACES), "time": len(TIMES), "action": len(ACTIONS),
+    "n_suns": MAX_COUNT + 1, "n_moons": MAX_COUNT + 1, "n_ears": MAX_COUNT + 1, "n_tails": MAX_COUNT + 1,
+}
+VISUAL_HEADS: tuple[str, ...] = ("species", "place", "time", "action")
+
+
+# --------------------------------------------------------------------------------------------
+# Configs of the library models (small enough for 2 CPU cores; see train.py for budgets)
+# --------------------------------------------------------------------------------------------
+def vq_config(codebook_size: int = 256, channels: tuple[int, ...] = (32, 64, 64), embed_dim: int = 8) -> dict:
+    """diffusers VQModel kwargs: 3 blocks (2 downsamplings) take 32x32 frames to 8x8 codes."""
+    return dict(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * len(channels),
+        up_block_types=("UpDecoderBlock2D",) * len(channels), block_out_channels=tuple(channels),
+        layers_per_block=1, latent_channels=embed_dim, vq_embed_dim=embed_dim, sample_size=IMAGE_SIZE,
+        num_vq_embeddings=codebook_size, norm_num_groups=16, mid_block_add_attention=False,
+    )
+
+
+def build_vq(**kwargs):
+    """A randomly initialised diffusers VQModel with `vq_config(**kwargs)`."""
+    from diffusers import VQModel
+
+    return VQModel(**vq_config(**kwargs))
+
+
+def clip_text_config(vocab_size: int, hidden: int = 64, layers: int = 2, heads: int = 4, max_len: int = 32):
+    """A tiny transformers CLIPTextConfig over the word-level tokenizer (<pad>=0, <bos>=2, <eos>=3)."""
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
+                          num_hidden_layers=layers, num_attention_heads=heads, max_position_embeddings=max_len,
+                          pad_token_id=0, bos_token_id=2, eos_token_id=3, projection_dim=hidden)
+
+
+def build_dm(vocab_size: int, latent_channels: int = 8, latent_size: int = 8, channels: tuple[int, ...] = (48, 96),
+             text_hidden: int = 64, text_layers: int = 2):
+    """(unet, text_encoder, train_scheduler) of the toy DM, randomly initialised.
+
+    The UNet works in a tiny latent space: the continuous (pre-quantisation) latents of the VQ
+    tokenizer, 8x8 with `latent_channels` channels, scaled to unit variance by the VQ's
+    `scaling_factor` (Latent Diffusion's VQ-regularised variant: the decoder quantises). It is about 4x
+    cheaper per step than a pixel-space UNet at 32x32 on CPU, for training and for every SDEdit call.
+    Cross-attention to the text runs at 8x8 and in the 4x4 middle block. The scheduler is DDPM with a
+    cosine schedule for training; sampling uses DDIM built from the same config (UNetCorrector does this).
+    """
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    unet = UNet2DConditionModel(
+        sample_size=latent_size, in_channels=latent_channels, out_channels=latent_channels,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=tuple(channels), layers_per_block=1, cross_attention_dim=text_hidden,
+        # diffusers' legacy naming: `attention_head_dim` of UNet2DConditionModel is the number of HEADS
+        attention_head_dim=tuple(max(1, c // 24) for c in channels), norm_num_groups=16,
+    )
+    text_encoder = CLIPTextModel(clip_text_config(vocab_size, hidden=text_hidden, layers=text_layers))
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=False,
+                              prediction_type="epsilon")
+    return unet, text_encoder, scheduler
+
+
+def build_eval_clip(vocab_size: int, hidden: int = 64, layers: int = 3, projection_dim: int = 64):
+    """A tiny transformers CLIPModel: word-level text tower and a ViT over 4x4 patches of 32x32 frames."""
+    from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig
+
+    text = clip_text_config(vocab_size, hidden=hidden, layers=layers)
+    vision = CLIPVisionConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                              num_attention_heads=4, image_size=IMAGE_SIZE, patch_size=4, num_channels=3,
+                              projection_dim=projection_dim)
+    cfg = CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=projection_dim)
+    return CLIPModel(cfg)
+
+
+def arm_config(vocab_size: int, hidden: int = 128, layers: int = 2, heads: int = 4, max_frames: int = 6):
+    """A small transformers LlamaConfig for the ARM (positions for `max_frames` frame segments)."""
+    from transformers import LlamaConfig
+
+    seg = TEXT_LEN + TOKENS_PER_FRAME + 2
+    return LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
+                       num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+                       max_position_embeddings=seg * max_frames, tie_word_embeddings=True,
+                       pad_token_id=0, bos_token_id=2, eos_token_id=3)
+
+
+# --------------------------------------------------------------------------------------------
+# The attribute probe (part of the evaluator)
+# --------------------------------------------------------------------------------------------
+class AttributeProbe(nn.Module, PyTorchModelHubMixin):
+    """A small CNN with one classification head per attribute (PROBE_HEADS); images in [0, 1].
+
+    Written here (not a library class) because no library model has several heads; the
+    huggingface_hub mixin gives it save_pretrained / from_pretrained with safetensors.
+
+    Args:
+        channels: conv widths of the three stride-2 stages (32 -> 16 -> 8 -> 4 pixels).
+        hidden: width of the shared fully connected layer.
+        heads: {name: n_classes}; default PROBE_HEADS.
+    """
+
+    def __init__(self, channels: Sequence[int] = (32, 64, 128), hidden: int = 256,
+                 heads: dict[str, int] | None = None):
+        super().__init__()
+        self.heads_spec = dict(PROBE_HEADS if heads is None else heads)
+        layers, c_in = [], 3
+        for c in channels:
+            layers += [nn.Conv2d(c_in, c, 3, padding=1), nn.SiLU(), nn.Conv2d(c, c, 3, stride=2, padding=1), nn.SiLU()]
+            c_in = c
+        self.features = nn.Sequential(*layers, nn.Flatten())
+        side = IMAGE_SIZE // 2 ** len(channels)
+        self.trunk = nn.Sequential(nn.Linear(c_in * side * side, hidden), nn.SiLU())
+        self.heads = nn.ModuleDict({k: nn.Linear(hidden, n) for k, n in self.heads_spec.items()})
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(B, 3, 32, 32) in [0, 1] -> {head: (B, n_classes) logits}."""
+        h = self.trunk(self.features(images * 2.0 - 1.0))
+        return {k: head(h) for k, head in self.heads.items()}
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, batch_size: int = 512) -> dict[str, torch.Tensor]:
+        """(B, 3, 32, 32) in [0, 1] -> {head: (B,) long predicted class}."""
+        outs: dict[str, list[torch.Tensor]] = {k: [] for k in self.heads_spec}
+        for i in range(0, images.shape[0], batch_size):
+            logits = self(images[i:i + batch_size])
+            for k, v in logits.items():
+                outs[k].append(v.argmax(-1))
+        return {k: torch.cat(v) for k, v in outs.items()}
+
+
+def state_labels(states) -> dict[str, torch.Tensor]:
+    """{head: (B,) long} ground-truth labels of SceneStates / dicts for every probe head."""
+    from acdc_lib.toyworld.render import states_to_arrays
+
+    a = states_to_arrays(states)
+    return {k: a[k] for k in PROBE_HEADS}
+
+
+# --------------------------------------------------------------------------------------------
+# The evaluator: CLIP + probe, loaded together
+# --------------------------------------------------------------------------------------------
+class ToyEvaluator:
+    """The independent evaluator: a tiny CLIPModel + tokenizer and an AttributeProbe.
+
+    Args:
+        clip: transformers CLIPModel.
+        tokenizer: its word-level tokenizer.
+        probe: the AttributeProbe.
+        device: where they run.
+    """
+
+    def __init__(self, clip, tokenizer, probe: AttributeProbe, device: str | torch.device = "cpu"):
+        self.device = torch.device(device)
+        self.clip = clip.to(self.device).eval()
+        self.tokenizer = tokenizer
+        self.probe = probe.to(self.device).eval()
+        self.num_features = int(clip.config.projection_dim)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path | None = None, device: str | torch.device = "cpu") -> "ToyEvaluator":
+        """Load from a folder with clip/ (CLIPModel + tokenizer) and probe/ (AttributeProbe)."""
+        from transformers import AutoTokenizer, CLIPModel
+
+        root = Path(path) if path is not None else CHECKPOINT_DIR / "evaluator"
+        _require_dirs(root, ("clip", "probe"))
+        return cls(CLIPModel.from_pretrained(root / "clip"), AutoTokenizer.from_pretrained(root / "clip"),
+                   AttributeProbe.from_pretrained(root / "probe"), device)
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write clip/ and probe/ under `path`."""
+        root = Path(path)
+        self.clip.save_pretrained(root / "clip")
+        self.tokenizer.save_pretrained(root / "clip")
+        self.probe.save_pretrained(root / "probe")
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(B, 3, 32, 32) in [0, 1] -> {attribute: (B,) long} by the probe."""
+        return {k: v.cpu() for k, v in self.probe.predict(images.to(self.device)).items()}
+
+    @torch.no_grad()
+    def image_features(self, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+        """(B, 3, 32, 32) in [0, 1] -> (B, F) L2-normalised CLIP image embeddings (also FID's features)."""
+        feats = []
+        for i in range(0, images.shape[0], batch_size):
+            px = images[i:i + batch_size].to(self.device) * 2.0 - 1.0
+            out = self.clip.get_image_features(pixel_values=px)
+            out = out.pooler_output if hasattr(out, "pooler_output") else out  # transformers 5 returns an object
+            feats.append(F.normalize(out, dim=-1).cpu())
+        return torch.cat(feats)
+
+    @torch.no_grad()
+    def text_features(self, texts: Sequence[str], batch_size: int = 512) -> torch.Tensor:
+        """B strings -> (B, F) L2-normalised CLIP text embeddings."""
+        feats = []
+        for i in range(0, len(texts), batch_size):
+            ids = self.tokenizer(list(texts[i:i + batch_size]), padding="max_length", truncation=True,
+                                 return_tensors="pt")
+            out = self.clip.get_text_features(input_ids=ids.input_ids.to(self.device),
+                                              attention_mask=ids.attention_mask.to(self.device))
+            out = out.pooler_output if hasattr(out, "pooler_output") else out
+            feats.append(F.normalize(out, dim=-1).cpu())
+        return torch.cat(feats)
+
+    def clip_similarity(self, images: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
+        """(B,) cosine similarity of each image with its own text."""
+        return (self.image_features(images) * self.text_features(texts)).sum(-1)
+
+
+def _require_dirs(root: Path, names: Sequence[str]) -> None:
+    missing = [n for n in names if not (root / n).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"{str(root)!r} is missing {missing}; train with `python -m acdc_lib.toyworld.train`")
+
+
+# --------------------------------------------------------------------------------------------
+# VQ helpers: frames <-> codes
+# --------------------------------------------------------------------------------------------
+@torch.no_grad()
+def vq_encode(vq, images: torch.Tensor) -> torch.LongTensor:
+    """(B, 3, 32, 32) in [0, 1] -> (B, 64) codes (nearest codebook entry of each latent pixel)."""
+    h = vq.encode(images * 2.0 - 1.0).latents  # (B, D, 8, 8)
+    B, D, H, W = h.shape
+    flat = h.permute(0, 2, 3, 1).reshape(-1, D)
+    idx = torch.cdist(flat, vq.quantize.embedding.weight).argmin(-1)
+    return idx.view(B, H * W)
+
+
+@torch.no_grad()
+def vq_decode(vq, codes: torch.LongTensor) -> torch.Tensor:
+    """(B, 64) codes -> (B, 3, 32, 32) images in [0, 1] (decoder output clamped, as diffusers' postprocess)."""
+    B, n = codes.shape
+    side = int(round(n ** 0.5))
+    if side * side != n:
+        raise ValueError(f"codes per frame must be a square number, got {n}")
+    D = vq.quantize.embedding.weight.shape[1]
+    z = vq.quantize.get_codebook_entry(codes.reshape(-1), (B, side, side, D))
+    x = vq.decode(z, force_not_quantize=True).sample
+    return (x / 2.0 + 0.5).clamp(0.0, 1.0)
+
+
+# --------------------------------------------------------------------------------------------
+# The toy ARM
+# --------------------------------------------------------------------------------------------
+@dataclass
+class ARMLayout:
+    """Token layout of the toy ARM (saved as arm_layout.json beside the LM).
+
+    Ids: [0, n_text) word tokens of the tokenizer, then BOI, EOI, then codebook_size image codes.
+    """
+
+    n_text: int
+    codebook_size: int
+    text_len: int = TEXT_LEN
+    tokens_per_frame: int = TOKENS_PER_FRAME
+
+    @property
+    def boi(self) -> int:
+        return self.n_text
+
+    @property
+    def eoi(self) -> int:
+        return self.n_text + 1
+
+    @property
+    def code_offset(self) -> int:
+        return self.n_text + 2
+
+    @property
+    def vocab_size(self) -> int:
+        return self.n_text + 2 + self.codebook_size
+
+    @property
+    def segment(self) -> int:
+        return self.text_len + 1 + self.tokens_per_frame + 1
+
+
+def text_segment(tokenizer, sentence: str, layout: ARMLayout) -> list[int]:
+    """Word ids of one sentence (<bos> ... <eos>), left-padded with <pad> to layout.text_len."""
+    ids = tokenizer(sentence).input_ids
+    if len(ids) > layout.text_len:
+        raise ValueError(f"sentence {sentence!r} has {len(ids)} tokens; the toy ARM takes at most "
+                         f"{layout.text_len} per frame")
+    return [tokenizer.pad_token_id] * (layout.text_len - len(ids)) + list(ids)
+
+
+def story_ids(tokenizer, sentences: Sequence[str], codes: torch.LongTensor, layout: ARMLayout) -> torch.LongTensor:
+    """The full teacher-forcing sequence of one story: per frame [text][BOI][codes + offset][EOI].
+
+    Args:
+        sentences: N sentences.
+        codes: (N, tokens_per_frame) VQ codes of the N frames.
+    Returns:
+        (N * layout.segment,) long ids.
+    """
+    if codes.shape != (len(sentences), layout.tokens_per_frame):
+        raise ValueError(f"codes must be ({len(sentences)}, {layout.tokens_per_frame}), got {tuple(codes.shape)}")
+    parts = []
+    for s, c in zip(sentences, codes):
+        parts += [torch.tensor(text_segment(tokenizer, s, layout) + [layout.boi]), c.cpu() + layout.code_offset,
+                  torch.tensor([layout.eoi])]
+    return torch.cat(parts).long()
+
+
+class ToyARM:
+    """The toy world's ARM (protocol `acdc_lib.types.ARM`): a LlamaForCausalLM over words + VQ codes.
+
+    Sampling is free-running (the model's own errors, no injected noise): the context of frame i is
+    the story text u^{1:i} and the tokens of frames 1..i-1 as given by the loop, then 64 codes are
+    drawn one at a time with a KV cache, logits restricted to image codes, temperature and top-k,
+    and row b drawing from generators[b] only.
+
+    Args:
+        lm: transformers causal LM with layout.vocab_size ids.
+        vq: diffusers VQModel (D and E).
+        tokenizer: the word-level tokenizer.
+        layout: the ARMLayout.
+        temperature: softmax temperature (> 0).
+        top_k: keep the k most likely codes (None or 0: all).
+        device: where the models run.
+    """
+
+    def __init__(self, lm, vq, tokenizer, layout: ARMLayout, *, temperature: float = 1.0, top_k: int | None = None,
+                 device: str | torch.device = "cpu"):
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature!r}")
+        if top_k is not None and (not isinstance(top_k, int) or top_k < 0 or top_k > layout.codebook_size):
+            raise ValueError(f"top_k must be None or an int in [0, {layout.codebook_size}], got {top_k!r}")
+        if lm.config.vocab_size != layout.vocab_size:
+            raise ValueError(f"the LM has {lm.config.vocab_size} ids but the layout needs {layout.vocab_size}")
+        self.device = torch.device(device)
+        self.lm = lm.to(self.device).eval()
+        self.vq = vq.to(self.device).eval()
+        self.tokenizer, self.layout = tokenizer, layout
+        self.temperature, self.top_k = float(temperature), top_k
+        self.tokens_per_frame = layout.tokens_per_frame
+
+    @classmethod
+    def from_pretrained(cls, arm_path: str | Path | None = None, vq_path: str | Path | None = None,
+                        device: str | torch.device = "cpu", **kwargs) -> "ToyARM":
+        """Load lm/ + tokenizer/ + arm_layout.json from `arm_path` and the VQModel from `vq_path`.
+
+        Defaults: the shipped checkpoints/arm and checkpoints/vq. kwargs: temperature, top_k.
+        """
+        from diffusers import VQModel
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        root = Path(arm_path) if arm_path is not None else CHECKPOINT_DIR / "arm"
+        vq_root = Path(vq_path) if vq_path is not None else CHECKPOINT_DIR / "vq"
+        _require_dirs(root, ("lm", "tokenizer"))
+        layout = ARMLayout(**json.loads((root / "arm_layout.json").read_text()))
+        return cls(AutoModelForCausalLM.from_pretrained(root / "lm"), VQModel.from_pretrained(vq_root),
+                   AutoTokenizer.from_pretrained(root / "tokenizer"), layout, device=device, **kwargs)
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write lm/, tokenizer/ and arm_layout.json (the VQ is saved on its own)."""
+        root = Path(path)
+        self.lm.save_pretrained(root / "lm")
+        self.tokenizer.save_pretrained(root / "tokenizer")
+        (root / "arm_layout.json").write_text(json.dumps(asdict(self.layout), indent=1) + "\n")
+
+    # ---- D and E ------------------------------------------------------------------------
+    def decode(self, tokens: torch.LongTensor) -> torch.Tensor:
+        """(B, 64) codes -> (B, 3, 32, 32) images in [0, 1]  (x_0^i = D(v^i))."""
+        self._check_codes(tokens, "tokens")
+        return vq_decode(self.vq, tokens.to(self.device))
+
+    def encode(self, images: torch.Tensor) -> torch.LongTensor:
+        """(B, 3, 32, 32) images in [0, 1] -> (B, 64) codes  (v~^i = E(x~_0^i))."""
+        if images.ndim != 4 or images.shape[1:] != (3, IMAGE_SIZE, IMAGE_SIZE):
+            raise ValueError(f"images must be (B, 3, {IMAGE_SIZE}, {IMAGE_SIZE}), got {tuple(images.shape)}")
+        return vq_encode(self.vq, images.to(self.device))
+
+    def _check_codes(self, tokens, name: str) -> None:
+        if not isinstance(tokens, torch.Tensor) or tokens.dtype != torch.long:
+            raise ValueError(f"{name} must be a long tensor")
+        if tokens.shape[-1] != self.tokens_per_frame:
+            raise ValueError(f"{name} must have {self.tokens_per_frame} codes per frame, got {tuple(tokens.shape)}")
+        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.layout.codebook_size):
+            raise ValueError(f"{name} must be codes in [0, {self.layout.codebook_size}), got "
+                             f"[{int(tokens.min())}, {int(tokens.max())}]")
+
+    # ---- Eq. (1) -------------------------------------------------------------------------
+    def context_ids(self, texts: Sequence[Sequence[str]], prev_tokens: torch.LongTensor) -> torch.LongTensor:
+        """(B, L) ids of the context of frame i: i-1 full segments, then [text of u^i][BOI]."""
+        B = len(texts)
+        if prev_tokens.ndim != 3 or prev_tokens.shape[0] != B:
+            raise ValueError(f"prev_tokens must be (B={B}, i-1, {self.tokens_per_frame}), got {tuple(prev_tokens.shape)}")
+        self._check_codes(prev_tokens, "prev_tokens")
+        n_prev = prev_tokens.shape[1]
+        rows = []
+        for b, story in enumerate(texts):
+            if isinstance(story, str) or len(story) != n_prev + 1:
+                raise ValueError(f"texts[{b}] must hold the {n_prev + 1} sentences u^1..u^{n_prev + 1}, "
+                                 f"got {story!r}")
+            ids = story_ids(self.tokenizer, story[:n_prev], prev_tokens[b], self.layout) if n_prev else \
+                torch.empty(0, dtype=torch.long)
+            last = torch.tensor(text_segment(self.tokenizer, story[n_prev], self.layout) + [self.layout.boi])
+            rows.append(torch.cat([ids, last]))
+        return torch.stack(rows)
+
+    @torch.no_grad()
+    def generate(self, texts: Sequence[Sequence[str]], prev_tokens: torch.LongTensor,
+                 generators: Sequence[torch.Generator]) -> torch.LongTensor:
+        """Sample frame i's 64 codes for every story (Eq. 1).
+
+        Args:
+            texts: per story, the sentences u^1..u^i.
+            prev_tokens: (B, i-1, 64) codes of the frames in context; (B, 0, 64) at the first frame.
+            generators: B torch.Generators (on self.device); row b uses generators[b] only.
+        Returns:
+            (B, 64) long codes in [0, codebook_size).
+        """
+        if len(generators) != len(texts):
+            raise ValueError(f"need one generator per story: {len(texts)} stories, {len(generators)} generators")
+        ids = self.context_ids(texts, prev_tokens).to(self.device)
+        if ids.shape[1] + self.tokens_per_frame > self.lm.config.max_position_embeddings:
+            raise ValueError(f"a context of {prev_tokens.shape[1] + 1} frames exceeds the ARM's "
+                             f"{self.lm.config.max_position_embeddings} positions")
+        lo, hi = self.layout.code_offset, self.layout.vocab_size
+        out = torch.empty(len(texts), self.tokens_per_frame, dtype=torch.long, device=self.device)
+        past, step_in = None, ids
+        for j in range(self.tokens_per_frame):
+            res = self.lm(input_ids=step_in, past_key_values=past, use_cache=True)
+            past = res.past_key_values
+            logits = res.logits[:, -1, lo:hi].float() / self.temperature  # only image codes can be drawn
+            if self.top_k:
+                kth = logits.topk(self.top_k, dim=-1).values[:, -1:]
+                logits = logits.masked_fill(logits < kth, float("-inf"))
+            probs = logits.softmax(-1)
+            for b, g in enumerate(generators):
+                out[b, j] = torch.multinomial(probs[b], 1, generator=g)[0]
+            step_in = (out[:, j:j + 1] + lo)
+        return out
+
+
+def load_arm(arm_path=None, vq_path=None, device="cpu", **kwargs) -> ToyARM:
+    """The shipped toy ARM (or one saved at `arm_path` with the VQ at `vq_path`)."""
+    return ToyARM.from_pretrained(arm_path, vq_path, device, **kwargs)
+
+
+def load_dm(path=None, device="cpu", **kwargs):
+    """The shipped toy DM as an `acdc_lib.sdedit.UNetCorrector` (DDIM sampler, steps_offset=1)."""
+    from acdc_lib.sdedit import UNetCorrector
+
+    return UNetCorrector.from_pretrained(path if path is not None else CHECKPOINT_DIR / "dm", device, **kwargs)
+
+
+def load_evaluator(path=None, device="cpu") -> ToyEvaluator:
+    """The shipped independent evaluator (CLIP + probe)."""
+    return ToyEvaluator.from_pretrained(path, device)
+
+
+def load_vq(path=None, device="cpu"):
+    """The shipped VQModel."""
+    from diffusers import VQModel
+
+    return VQModel.from_pretrained(path if path is not None else CHECKPOINT_DIR / "vq").to(device).eval()
+
+
+def count_parameters(module: Any) -> int:
+    """Number of parameters of a torch module."""
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,453 @@
+"""Train the toy world's models from scratch, seeded: `python -m acdc_lib.toyworld.train [vq|arm|dm|evaluator|all]`.
+
+Order: the evaluator (probe + CLIP, needed to measure every gate; it shares nothing with the
+generators), then the VQ tokenizer, the DM, and the ARM (which needs the VQ's codes). Each trainer
+writes its model with `save_pretrained` under `--out` (default: the shipped checkpoints folder) and
+records wall time, steps and final loss in `train_log.json` there.
+
+Data: frames are rendered on the fly (about 1 ms per frame) from random scene states drawn from a
+seeded numpy Generator, and, for the ARM, from the ground-truth states of the train split's stories.
+The test split is never read here: gates are measured on it by `acdc_lib.toyworld.gates`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from acdc_lib.io import atomic_write_json
+from acdc_lib.toyworld import models as M
+from acdc_lib.toyworld.world import (ACTIONS, FACINGS, MAX_COUNT, NAMES, PLACES, SPECIES, TIMES, X_RANGE, Y_RANGE,
+                                     DEFAULT_Y, SceneState, explicit_caption)
+
+MODELS: tuple[str, ...] = ("evaluator", "vq", "dm", "arm")
+COUNT_FIELDS: tuple[str, ...] = ("n_suns", "n_moons", "n_ears", "n_tails")
+
+
+# --------------------------------------------------------------------------------------------
+# Training data
+# --------------------------------------------------------------------------------------------
+def random_states(n: int, rng: np.random.Generator, *, p_default_y: float = 0.7,
+                  p_wrong_counts: float = 0.0) -> list[SceneState]:
+    """n scene states with every attribute drawn uniformly (place, time, species, action, name, x, facing).
+
+    Args:
+        n: number of states.
+        rng: numpy Generator, the only randomness.
+        p_default_y: probability that the feet line is the grammar's DEFAULT_Y (else uniform in Y_RANGE).
+        p_wrong_counts: probability that one count (suns, moons, ears or tails) is set to a wrong value,
+            giving the physically impossible frames the probe must count.
+    """
+    names = list(NAMES)
+    out = []
+    for _ in range(n):
+        name = names[int(rng.integers(len(names)))]
+        time_ = TIMES[int(rng.integers(len(TIMES)))]
+        kw: dict[str, Any] = {}
+        if rng.random() < p_wrong_counts:
+            key = COUNT_FIELDS[int(rng.integers(len(COUNT_FIELDS)))]
+            if key in ("n_suns", "n_moons"):
+                other = "n_moons" if key == "n_suns" else "n_suns"
+                kw[other] = int(rng.integers(0, 2))
+                kw[key] = int(rng.integers(0, MAX_COUNT - kw[other] + 1))
+            else:
+                kw[key] = int(rng.integers(0, MAX_COUNT + 1))
+        y = DEFAULT_Y if rng.random() < p_default_y else float(rng.uniform(*Y_RANGE))
+        out.append(SceneState(
+            place=PLACES[int(rng.integers(len(PLACES)))], time=time_, name=name, gender=NAMES[name],
+            species=SPECIES[int(rng.integers(len(SPECIES)))], action=ACTIONS[int(rng.integers(len(ACTIONS)))],
+            x=round(float(rng.uniform(*X_RANGE)), 4), y=round(y, 4), facing=FACINGS[int(rng.integers(2))], **kw))
+    return out
+
+
+def render(states: Sequence[SceneState]) -> torch.Tensor:
+    """(B, 3, 32, 32) frames in [0, 1] of `states`."""
+    from acdc_lib.toyworld.render import render_states
+
+    return render_states(list(states)).images
+
+
+def load_split(name: str):
+    """The stories of data/stories/{name}.jsonl (via acdc_lib.stories); refuses the test split here."""
+    if name == "test":
+        raise ValueError("the test split is held out: no model trains on it")
+    from acdc_lib import stories as S
+
+    return S.load_split(name)
+
+
+# --------------------------------------------------------------------------------------------
+# Configs and logging
+# --------------------------------------------------------------------------------------------
+@dataclass
+class TrainConfig:
+    """Settings of one model's training run.
+
+    Args:
+        steps: optimizer steps.
+        batch_size: frames (or stories, for the ARM) per step.
+        lr: AdamW peak learning rate (linear warmup over `warmup` steps, then cosine decay to 10%).
+        seed: seeds torch (model init) and the numpy data stream; each model has its own default.
+        warmup: warmup steps.
+        extra: model-specific settings (sizes, EMA decay, condition dropout ...).
+    """
+
+    steps: int
+    batch_size: int
+    lr: float
+    seed: int
+    warmup: int = 100
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+DEFAULTS: dict[str, TrainConfig] = {
+    "probe": TrainConfig(steps=1500, batch_size=64, lr=2e-3, seed=101, extra={"p_wrong_counts": 0.4}),
+    "clip": TrainConfig(steps=1500, batch_size=128, lr=2e-3, seed=102),
+    "vq": TrainConfig(steps=1200, batch_size=32, lr=1e-3, seed=201, extra={"restart_every": 100}),
+    "dm": TrainConfig(steps=3000, batch_size=64, lr=1e-3, seed=301,
+                      extra={"p_uncond": 0.1, "ema_decay": 0.999}),
+    "arm": TrainConfig(steps=600, batch_size=16, lr=2e-3, seed=401, extra={"hidden": 128, "layers": 2, "n_stories": 4000}),
+}
+
+
+def _lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if step < cfg.warmup:
+            return (step + 1) / cfg.warmup
+        p = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(p, 1.0)))
+    return f
+
+
+def _optimizer(params, cfg: TrainConfig):
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
+
+
+def _log(out: Path, name: str, cfg: TrainConfig, t0: float, losses: list[float], **more) -> dict:
+    """Merge this run's record into out/train_log.json and return it."""
+    rec = {
+        "config": asdict(cfg), "wall_s": round(time.time() - t0, 1), "torch_threads": torch.get_num_threads(),
+        "final_loss": float(np.mean(losses[-50:])) if losses else None,
+        "loss_curve": [round(float(np.mean(losses[i:i + 50])), 5) for i in range(0, len(losses), 50)],
+        "machine": platform.machine(), "torch": torch.__version__, **more,
+    }
+    path = out / "train_log.json"
+    log = json.loads(path.read_text()) if path.exists() else {}
+    log[name] = rec
+    atomic_write_json(path, log)
+    return rec
+
+
+def _progress(name: str, step: int, cfg: TrainConfig, losses: list[float], t0: float, every: int = 100) -> None:
+    if step % every == 0 or step == cfg.steps - 1:
+        print(f"[{name}] step {step + 1}/{cfg.steps} loss {np.mean(losses[-every:]):.4f} "
+              f"({time.time() - t0:.0f}s)", flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluator: attribute probe and tiny CLIP
+# --------------------------------------------------------------------------------------------
+def train_probe(cfg: TrainConfig | None = None, verbose: bool = True):
+    """Train the AttributeProbe on random renders, a share of them physically wrong. Returns (probe, losses)."""
+    cfg = cfg or DEFAULTS["probe"]
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    probe = M.AttributeProbe()
+    opt, sched = _optimizer(probe.parameters(), cfg)
+    losses, t0 = [], time.time()
+    for step in range(cfg.steps):
+        states = random_states(cfg.batch_size, rng, p_wrong_counts=cfg.extra.get("p_wrong_counts", 0.4))
+        x, y = render(states), M.state_labels(states)
+        out = probe(x)
+        loss = sum(F.cross_entropy(out[k], y[k]) for k in out)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if verbose:
+            _progress("probe", step, cfg, losses, t0)
+    return probe.eval(), losses
+
+
+def train_clip(tokenizer, cfg: TrainConfig | None = None, verbose: bool = True):
+    """Train the evaluator's tiny CLIPModel contrastively on random renders and their explicit captions."""
+    cfg = cfg or DEFAULTS["clip"]
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    clip = M.build_eval_clip(len(tokenizer))
+    opt, sched = _optimizer(clip.parameters(), cfg)
+    losses, t0 = [], time.time()
+    for step in range(cfg.steps):
+        states = random_states(cfg.batch_size, rng)
+        x = render(states) * 2.0 - 1.0
+        ids = tokenizer([explicit_caption(s) for s in states], padding="max_length", truncation=True,
+                        return_tensors="pt")
+        out = clip(input_ids=ids.input_ids, attention_mask=ids.attention_mask, pixel_values=x, return_loss=True)
+        opt.zero_grad()
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(clip.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(out.loss.item())
+        if verbose:
+            _progress("clip", step, cfg, losses, t0)
+    return clip.eval(), losses
+
+
+def train_evaluator(out: Path, probe_cfg: TrainConfig | None = None, clip_cfg: TrainConfig | None = None):
+    """Train probe and CLIP and save them as out/evaluator/{probe,clip}."""
+    from acdc_lib.toyworld.text import build_tokenizer
+
+    t0 = time.time()
+    probe, pl = train_probe(probe_cfg)
+    _log(out, "evaluator_probe", probe_cfg or DEFAULTS["probe"], t0, pl, params=M.count_parameters(probe))
+    t1 = time.time()
+    tok = build_tokenizer()
+    clip, cl = train_clip(tok, clip_cfg)
+    _log(out, "evaluator_clip", clip_cfg or DEFAULTS["clip"], t1, cl, params=M.count_parameters(clip))
+    M.ToyEvaluator(clip, tok, probe).save_pretrained(out / "evaluator")
+
+
+# --------------------------------------------------------------------------------------------
+# VQ tokenizer
+# --------------------------------------------------------------------------------------------
+def train_vq(cfg: TrainConfig | None = None, verbose: bool = True, out: Path | None = None):
+    """Train the VQModel (reconstruction MSE + codebook/commitment loss) on random renders.
+
+    Codes that no latent picked during the last `restart_every` steps are re-seeded from random
+    encoder outputs of the current batch: a standard fix for codebook collapse (diffusers' VectorQuantizer
+    has no such mechanism), without which a few codes take every latent.
+    """
+    cfg = cfg or DEFAULTS["vq"]
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    vq = M.build_vq(**{k: cfg.extra[k] for k in ("codebook_size", "channels", "embed_dim") if k in cfg.extra})
+    opt, sched = _optimizer(vq.parameters(), cfg)
+    K = vq.config.num_vq_embeddings
+    used = torch.zeros(K, dtype=torch.bool)
+    restarts, losses, t0 = 0, [], time.time()
+    every = cfg.extra.get("restart_every", 100)
+    for step in range(cfg.steps):
+        x = render(random_states(cfg.batch_size, rng)) * 2.0 - 1.0
+        h = vq.encode(x).latents
+        z_q, commit, (_, _, idx) = vq.quantize(h)
+        rec = vq.decode(z_q, force_not_quantize=True).sample
+        loss = F.mse_loss(rec, x) + commit
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        used[idx.view(-1)] = True
+        if every and (step + 1) % every == 0 and step < 0.8 * cfg.steps:
+            dead = (~used).nonzero().view(-1)
+            if len(dead):
+                flat = h.detach().permute(0, 2, 3, 1).reshape(-1, h.shape[1])
+                pick = torch.from_numpy(rng.integers(0, flat.shape[0], len(dead)))
+                with torch.no_grad():
+                    vq.quantize.embedding.weight[dead] = flat[pick]
+                restarts += len(dead)
+            used[:] = False
+        losses.append(loss.item())
+        if verbose:
+            _progress("vq", step, cfg, losses, t0)
+    vq.eval()
+    vq.register_to_config(scaling_factor=latent_scaling_factor(vq, seed=cfg.seed))  # for the latent DM
+    if out is not None:
+        vq.save_pretrained(out / "vq")
+        _log(out, "vq", cfg, t0, losses, params=M.count_parameters(vq), code_restarts=restarts)
+    return vq, losses
+
+
+# --------------------------------------------------------------------------------------------
+# Diffusion model
+# --------------------------------------------------------------------------------------------
+def latent_scaling_factor(vq, n: int = 512, seed: int = 0) -> float:
+    """1 / std of the VQ's continuous latents on n random renders (Latent Diffusion's unit-variance scaling)."""
+    x = render(random_states(n, np.random.default_rng(seed))) * 2.0 - 1.0
+    with torch.no_grad():
+        h = vq.encode(x).latents
+    return float(1.0 / h.std())
+
+
+def train_dm(vq, cfg: TrainConfig | None = None, verbose: bool = True, out: Path | None = None):
+    """Train the latent-space UNet2DConditionModel and its CLIPTextModel jointly, from scratch.
+
+    Epsilon-prediction DDPM loss on the VQ's scaled continuous latents of random renders, conditioned
+    on their explicit captions; the caption is replaced by "" with probability p_uncond (condition
+    dropout), so one model gives both the conditional and unconditional predictions classifier-free
+    guidance needs. The VQ is frozen (it is the DM's autoencoder). EMA weights are saved.
+    """
+    from diffusers.training_utils import EMAModel
+
+    from acdc_lib.sdedit import encode_text
+    from acdc_lib.toyworld.text import build_tokenizer
+
+    cfg = cfg or DEFAULTS["dm"]
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    tok = build_tokenizer()
+    scale = float(vq.config.scaling_factor)
+    unet, te, sched_train = M.build_dm(len(tok), latent_channels=vq.config.vq_embed_dim or vq.config.latent_channels,
+                                       **{k: cfg.extra[k] for k in ("channels",) if k in cfg.extra})
+    params = list(unet.parameters()) + list(te.parameters())
+    opt, lr_sched = _optimizer(params, cfg)
+    ema = EMAModel(params, decay=cfg.extra.get("ema_decay", 0.999), use_ema_warmup=True)
+    g = torch.Generator().manual_seed(cfg.seed)
+    T = sched_train.config.num_train_timesteps
+    losses, t0 = [], time.time()
+    for step in range(cfg.steps):
+        states = random_states(cfg.batch_size, rng)
+        with torch.no_grad():
+            z0 = vq.encode(render(states) * 2.0 - 1.0).latents * scale
+        drop = rng.random(len(states)) < cfg.extra.get("p_uncond", 0.1)
+        prompts = ["" if d else explicit_caption(s) for s, d in zip(states, drop)]
+        emb = encode_text(tok, te, prompts)
+        t = torch.randint(0, T, (len(states),), generator=g)
+        noise = torch.randn(z0.shape, generator=g)
+        zt = sched_train.add_noise(z0, noise, t)
+        loss = F.mse_loss(unet(zt, t, encoder_hidden_states=emb).sample, noise)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        lr_sched.step()
+        ema.step(params)
+        losses.append(loss.item())
+        if verbose:
+            _progress("dm", step, cfg, losses, t0)
+    ema.copy_to(params)
+    unet.eval(), te.eval()
+    if out is not None:
+        root = out / "dm"
+        unet.save_pretrained(root / "unet")
+        te.save_pretrained(root / "text_encoder")
+        tok.save_pretrained(root / "tokenizer")
+        sched_train.save_pretrained(root / "scheduler")
+        vq.save_pretrained(root / "vae")
+        _log(out, "dm", cfg, t0, losses, params=M.count_parameters(unet) + M.count_parameters(te))
+    return (unet, te, tok, sched_train), losses
+
+
+# --------------------------------------------------------------------------------------------
+# ARM
+# --------------------------------------------------------------------------------------------
+def arm_sequences(stories, vq, tokenizer, layout: M.ARMLayout, batch: int = 512) -> torch.LongTensor:
+    """(S, N * segment) teacher-forcing ids of `stories` (ground-truth frames through the VQ)."""
+    from acdc_lib.toyworld.render import render_states
+
+    states = [s for st in stories for s in st.states]
+    codes = torch.cat([M.vq_encode(vq, render_states(states[i:i + batch]).images)
+                       for i in range(0, len(states), batch)])
+    N = len(stories[0].sentences)
+    codes = codes.view(len(stories), N, -1)
+    return torch.stack([M.story_ids(tokenizer, st.sentences, codes[i], layout) for i, st in enumerate(stories)])
+
+
+def image_token_labels(ids: torch.LongTensor, layout: M.ARMLayout) -> torch.LongTensor:
+    """Labels for the LM loss: the image codes only (text, pads, BOI and EOI are -100)."""
+    return torch.where(ids >= layout.code_offset, ids, torch.full_like(ids, -100))
+
+
+def train_arm(stories, vq, cfg: TrainConfig | None = None, verbose: bool = True, out: Path | None = None,
+              name: str = "arm"):
+    """Train the ARM (LlamaForCausalLM) with teacher forcing on ground-truth stories; returns (ToyARM, losses).
+
+    Loss: next-token cross-entropy on image codes only (Eq. 1's p(v^i | v^{1:i-1}, u^{1:i})).
+    Size and steps are deliberately small (cfg.extra hidden/layers, cfg.steps) so that free-running
+    sampling makes its own errors; a larger budget gives the "stronger ARM" of notebook 02.
+    """
+    from transformers import LlamaForCausalLM
+
+    from acdc_lib.toyworld.text import build_tokenizer
+
+    cfg = cfg or DEFAULTS["arm"]
+    torch.manual_seed(cfg.seed)
+    tok = build_tokenizer()
+    layout = M.ARMLayout(n_text=len(tok), codebook_size=vq.config.num_vq_embeddings)
+    t0 = time.time()
+    seqs = arm_sequences(stories, vq, tok, layout)
+    lm = LlamaForCausalLM(M.arm_config(layout.vocab_size, hidden=cfg.extra.get("hidden", 128),
+                                       layers=cfg.extra.get("layers", 2), max_frames=seqs.shape[1] // layout.segment))
+    opt, sched = _optimizer(lm.parameters(), cfg)
+    g = torch.Generator().manual_seed(cfg.seed)
+    losses = []
+    lm.train()
+    for step in range(cfg.steps):
+        idx = torch.randint(0, seqs.shape[0], (cfg.batch_size,), generator=g)
+        ids = seqs[idx]
+        loss = lm(input_ids=ids, labels=image_token_labels(ids, layout)).loss
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if verbose:
+            _progress(name, step, cfg, losses, t0)
+    arm = M.ToyARM(lm.eval(), vq, tok, layout)
+    if out is not None:
+        arm.save_pretrained(out / name)
+        _log(out, name, cfg, t0, losses, params=M.count_parameters(lm), train_stories=len(stories))
+    return arm, losses
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("which", nargs="?", default="all", choices=(*MODELS, "all"))
+    p.add_argument("--out", type=Path, default=M.CHECKPOINT_DIR, help="checkpoint folder (default: shipped)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--steps-scale", type=float, default=1.0, help="multiply every model's steps (smoke runs)")
+    p.add_argument("--arm-steps", type=int, default=None, help="ARM steps (a stronger ARM: more)")
+    p.add_argument("--arm-hidden", type=int, default=None)
+    p.add_argument("--arm-layers", type=int, default=None)
+    p.add_argument("--arm-name", default="arm", help="subfolder of the ARM (e.g. arm_strong)")
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    a.out.mkdir(parents=True, exist_ok=True)
+
+    def scaled(name: str) -> TrainConfig:
+        c = DEFAULTS[name]
+        return TrainConfig(**{**asdict(c), "steps": max(1, int(round(c.steps * a.steps_scale))),
+                              "warmup": min(c.warmup, max(1, int(c.steps * a.steps_scale) // 5))})
+
+    todo = MODELS if a.which == "all" else (a.which,)
+    t_all = time.time()
+    if "evaluator" in todo:
+        train_evaluator(a.out, scaled("probe"), scaled("clip"))
+    if "vq" in todo:
+        train_vq(scaled("vq"), out=a.out)
+    from diffusers import VQModel
+
+    if "dm" in todo:
+        train_dm(VQModel.from_pretrained(a.out / "vq").eval(), scaled("dm"), out=a.out)
+    if "arm" in todo:
+        cfg = scaled("arm")
+        if a.arm_steps:
+            cfg.steps = a.arm_steps
+        for k in ("hidden", "layers"):
+            v = getattr(a, f"arm_{k}")
+            if v:
+                cfg.extra[k] = v
+        vq = VQModel.from_pretrained(a.out / "vq").eval()
+        stories = load_split("train")[:cfg.extra.get("n_stories")]
+        train_arm(stories, vq, cfg, out=a.out, name=a.arm_name)
+    print(f"trained {', '.join(todo)} in {time.time() - t_all:.0f}s -> {a.out}")
+
+
+if __name__ == "__main__":
+    main()

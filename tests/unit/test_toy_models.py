@@ -1,0 +1,155 @@
+"""Toy-world models (issue 5): tokenizer, ARM protocol and sampling, DM through UNetCorrector, training steps,
+and the shipped checkpoints loaded with from_pretrained."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from acdc_lib.toyworld import models as M
+from acdc_lib.toyworld import train as T
+from acdc_lib.toyworld.grammar import generate_stories
+from acdc_lib.toyworld.text import UNK, build_tokenizer, load_tokenizer, split_words, vocabulary
+from acdc_lib.toyworld.world import SceneState, explicit_caption
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def tiny_vq():
+    torch.manual_seed(0)
+    return M.build_vq(codebook_size=32, channels=(16, 16, 16), embed_dim=4).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_arm(tok, tiny_vq):
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    layout = M.ARMLayout(n_text=len(tok), codebook_size=32)
+    lm = LlamaForCausalLM(M.arm_config(layout.vocab_size, hidden=32, layers=1, heads=2))
+    return M.ToyARM(lm, tiny_vq, tok, layout)
+
+
+# ---- tokenizer ---------------------------------------------------------------------------
+def test_tokenizer_round_trip_and_unknown_words(tok, tmp_path):
+    tok.save_pretrained(tmp_path)
+    again = load_tokenizer(tmp_path)
+    text = "Max the corgi sits in the snowy field at night."
+    ids = again(text).input_ids
+    assert ids == tok(text).input_ids
+    assert again.decode(ids, skip_special_tokens=True).split() == split_words(text)
+    assert again("").input_ids == [tok.bos_token_id, tok.eos_token_id]  # CFG's unconditional prompt
+    zorg = again("Zorg the corgi").input_ids
+    assert zorg[1] == tok.convert_tokens_to_ids(UNK) and zorg[3] == tok.convert_tokens_to_ids("corgi")
+
+
+def test_every_grammar_sentence_and_caption_is_in_vocabulary(tok):
+    unk = tok.convert_tokens_to_ids(UNK)
+    stories = generate_stories(60, seed=7)
+    texts = [s for st in stories for s in st.sentences]
+    texts += [explicit_caption(SceneState.from_dict(d)) for st in stories for d in st.states]
+    assert all(unk not in tok(t).input_ids for t in texts)
+    assert max(len(tok(t).input_ids) for t in texts) <= M.TEXT_LEN
+    assert vocabulary() == vocabulary(50)  # the word list does not depend on the scan size
+
+
+# ---- data --------------------------------------------------------------------------------
+def test_random_states_are_seeded_and_can_be_physically_wrong():
+    a = T.random_states(200, np.random.default_rng(3), p_wrong_counts=0.5)
+    b = T.random_states(200, np.random.default_rng(3), p_wrong_counts=0.5)
+    assert [s.to_dict() for s in a] == [s.to_dict() for s in b]
+    wrong = sum(not s.is_physically_valid for s in a)
+    assert 50 < wrong < 150  # about half had one count changed (some draws keep the normal value)
+    assert all(s.is_physically_valid for s in T.random_states(50, np.random.default_rng(3)))
+
+
+# ---- ARM ---------------------------------------------------------------------------------
+def test_arm_layout_and_context(tok, tiny_arm):
+    lay = tiny_arm.layout
+    texts = [["Max the fox sat in the park.", "He ran."]]
+    prev = torch.randint(0, 32, (1, 1, 64))
+    ids = tiny_arm.context_ids(texts, prev)[0]
+    assert ids.shape[0] == lay.segment + lay.text_len + 1
+    assert ids[lay.text_len] == lay.boi and ids[lay.segment - 1] == lay.eoi and ids[-1] == lay.boi
+    assert torch.equal(ids[lay.text_len + 1:lay.segment - 1], prev[0, 0] + lay.code_offset)
+    with pytest.raises(ValueError, match="at most"):
+        tiny_arm.context_ids([[" and".join(["the fox"] * 20)]], torch.zeros(1, 0, 64, dtype=torch.long))
+    with pytest.raises(ValueError, match="sentences"):
+        tiny_arm.context_ids([["one", "two", "three"]], prev)
+
+
+def test_arm_sampling_shapes_and_batch_independence(tiny_arm):
+    texts = [["Luna the owl stood on the beach at night.", "She jumped."],
+             ["Max the pig sat in the garden.", "The pig ran."],
+             ["Coco the cat ran in the forest.", "Then she sat."]]
+    prev = torch.randint(0, 32, (3, 1, 64), generator=torch.Generator().manual_seed(1))
+    gens = lambda seeds: [torch.Generator().manual_seed(s) for s in seeds]  # noqa: E731
+    batch = tiny_arm.generate(texts, prev, gens([10, 11, 12]))
+    assert batch.shape == (3, 64) and batch.dtype == torch.long
+    assert 0 <= int(batch.min()) and int(batch.max()) < 32
+    alone = tiny_arm.generate(texts[1:2], prev[1:2], gens([11]))
+    assert torch.equal(alone[0], batch[1])
+    other_seed = tiny_arm.generate(texts[1:2], prev[1:2], gens([99]))
+    assert not torch.equal(other_seed[0], batch[1])
+    img = tiny_arm.decode(batch)
+    assert img.shape == (3, 3, 32, 32) and 0 <= float(img.min()) and float(img.max()) <= 1
+    assert tiny_arm.encode(img).shape == (3, 64)
+
+
+def test_arm_and_dm_run_through_the_loop(tok, tiny_arm, tiny_vq, tmp_path):
+    from acdc_lib.loop import run_stories
+    from acdc_lib.sdedit import UNetCorrector
+    from acdc_lib.types import ARM, LoopConfig
+
+    torch.manual_seed(0)
+    unet, te, sched = M.build_dm(len(tok), latent_channels=4, channels=(16, 32), text_hidden=32, text_layers=1)
+    for name, part in (("unet", unet), ("text_encoder", te), ("tokenizer", tok), ("scheduler", sched),
+                       ("vae", tiny_vq)):
+        part.save_pretrained(tmp_path / name)
+    corrector = UNetCorrector.from_pretrained(tmp_path)
+    assert isinstance(tiny_arm, ARM)
+    stories = generate_stories(2, seed=3, n_sentences=3)
+    out = run_stories(stories, tiny_arm, corrector, None,
+                      LoopConfig(correct_frames="all", strength=0.5, num_inference_steps=4), seeds=[0, 1])
+    assert len(out.stories) == 2 and len(out.stories[0].frames) == 3
+    f = out.stories[1].frames[2]
+    assert f.corrected and f.steps_run == 2 and f.corrected_image.shape == (3, 32, 32)
+    assert f.context_tokens.shape == (64,)
+    assert torch.equal(f.context_tokens, tiny_arm.encode(f.corrected_image[None])[0])
+
+
+# ---- training steps (tiny, so the retraining code runs in the tests) ---------------------
+def _falls(losses, k=5):
+    return float(np.mean(losses[-k:])) < float(np.mean(losses[:k]))
+
+
+def test_probe_and_clip_training_reduce_loss(tok):
+    torch.set_num_threads(1)
+    _, pl = T.train_probe(T.TrainConfig(steps=40, batch_size=16, lr=2e-3, seed=0, warmup=5), verbose=False)
+    assert _falls(pl)
+    _, cl = T.train_clip(tok, T.TrainConfig(steps=30, batch_size=16, lr=2e-3, seed=0, warmup=5), verbose=False)
+    assert _falls(cl)
+
+
+def test_vq_dm_arm_training_reduce_loss():
+    cfg = lambda steps, lr, **extra: T.TrainConfig(steps=steps, batch_size=8, lr=lr, seed=0, warmup=3,  # noqa: E731
+                                                   extra=extra)
+    vq, vl = T.train_vq(cfg(25, 3e-3, codebook_size=32, channels=(16, 16, 16), embed_dim=4, restart_every=10),
+                        verbose=False)
+    assert _falls(vl)
+    assert vq.config.scaling_factor != 0.18215  # set to the latents' 1/std for the DM
+    _, dl = T.train_dm(vq, cfg(25, 2e-3, channels=(16, 32)), verbose=False)
+    assert _falls(dl)
+    stories = generate_stories(4, seed=11, n_sentences=2)
+    arm, al = T.train_arm(stories, vq, cfg(25, 3e-3, hidden=32, layers=1), verbose=False)
+    assert _falls(al)
+    assert arm.tokens_per_frame == 64
+
+
+def test_train_refuses_the_test_split():
+    with pytest.raises(ValueError, match="held out"):
+        T.load_split("test")
