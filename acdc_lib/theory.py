@@ -1207,7 +1207,7 @@ def plot_tradeoff(res: TradeoffResult, t_prime: float, n_arrows: int = 60):
     ax1b.axhline(res.w2_floor, color="C1", ls=":", lw=1)
     ax1b.set_ylabel(r"$W_2$", color="C1")
     ax1.set(xlabel="t'", ylabel="NLL under p", title="criterion 1: toward the data")
-    ax1.legend(fontsize=7, loc="upper right")
+    ax1.legend(fontsize=7, loc="center right")
     ax2.plot(res.t_primes, res.mean_dev, "s-", color="C2")
     ax2.set(xlabel="t'", ylabel=r"$E\|\tilde x(0)-x\|$", title="criterion 2: away from the start")
     for ax in (ax1, ax2):
