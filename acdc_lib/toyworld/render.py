@@ -43,7 +43,7 @@ from acdc_lib.toyworld.world import (
 
 DEFAULT_SIZE = 32  # 32x32: every species, ear and tail stays distinct (see notebook 01) and the toy
 # models train on 2 CPU cores within budget.
-DEFAULT_SUPERSAMPLE = 2  # draw at 2x and average 2x2 blocks: smoother edges for the same ground truth
+DEFAULT_SUPERSAMPLE = 1  # 1: hard pixel edges (fast; counts checked at this setting). 2: anti-aliased
 COUNT_KEYS: tuple[str, ...] = ("n_suns", "n_moons", "n_ears", "n_tails")
 
 # Part labels of the label map (later parts are drawn over earlier ones).
@@ -86,7 +86,7 @@ _TAIL_STYLE = {
     "bushy": (0.13, 0.030, 150.0),
     "thin": (0.13, 0.026, 120.0),
     "puff": (0.04, 0.035, 170.0),
-    "fan": (0.08, 0.030, 215.0),
+    "fan": (0.10, 0.030, 190.0),
     "stub": (0.06, 0.028, 150.0),
     "curly": (0.06, 0.026, 125.0),  # short, up and back
 }
@@ -121,7 +121,7 @@ _GEOM_KEYS = (
     "scx", "scy", "srx", "sry",  # snout / beak ellipse (srx = 0: none)
     "l0x0", "l0y0", "l0x1", "l0y1", "l1x0", "l1y0", "l1x1", "l1y1", "lr",  # two legs (lr = 0: none)
     "eax", "eay",  # ear anchor (centre of the ear row, on the head top)
-    "tax", "tay", "tang",  # tail anchor and angle (radians)
+    "tax", "tay", "tang", "tctr",  # tail anchor, angle (radians), 1 = extra tails centred on it, 0 = above it
     "ex", "ey", "lift",  # eye centre; lift above the ground line
 )
 
@@ -177,9 +177,11 @@ def _geometry(species: str, action: str) -> dict[str, float]:
     g.update(eax=g["hcx"] - hr * 0.15, eay=g["hcy"] + hr * 0.75)
     g.update(tax=g["bcx"] - rx * 0.95, tay=g["bcy"] + g["bry"] * 0.25)
     base = math.radians(_TAIL_STYLE[SPECIES_LOOKS[species].tail][2])
-    if action in ("lie", "sit"):  # the tail lies low behind
-        base = math.radians(165.0) if base < math.radians(200) else base
+    g["tctr"] = 1.0
+    if action in ("lie", "sit"):  # the tail leaves low and goes up behind; extra tails stack upward
+        base = math.radians(140.0) if base < math.radians(200) else base
         g["tay"] = g["bcy"]
+        g["tctr"] = 1.0
     g["tang"] = base
     g.update(ex=g["hcx"] + hr * 0.4, ey=g["hcy"] + hr * 0.2)
     for k in ("l0x0", "l0y0", "l0x1", "l0y1", "l1x0", "l1y0", "l1x1", "l1y1"):
@@ -399,7 +401,7 @@ def _character_labels(a: dict[str, torch.Tensor], u: torch.Tensor, v: torch.Tens
     nt = a["n_tails"].to(dtype)
     for j in range(int(a["n_tails"].max())):  # only as many passes as the batch needs
         on = _col(j < a["n_tails"])
-        off = _col(j - (nt - 1) / 2) * TAIL_SPACING
+        off = -(j - g["tctr"] * _col((nt - 1) / 2)) * TAIL_SPACING  # j-th tail above the (j-1)-th
         x0, y0 = g["tax"] - off * sa, g["tay"] + off * ca
         x1, y1 = x0 + tl * ca, y0 + tl * sa
         draw(on & _capsule(X, Y, x0, y0, x1, y1, tr), "tail")

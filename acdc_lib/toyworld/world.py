@@ -144,7 +144,7 @@ FACINGS: tuple[str, ...] = ("left", "right")
 
 # Position bounds (fractions of the image): the character's centre x, and y the line its feet
 # stand on (0 = top, 1 = bottom). Values outside are refused, not clamped.
-X_RANGE: tuple[float, float] = (0.32, 0.68)
+X_RANGE: tuple[float, float] = (0.35, 0.65)
 Y_RANGE: tuple[float, float] = (0.75, 0.92)
 DEFAULT_Y = 0.85
 
