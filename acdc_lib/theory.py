@@ -358,9 +358,10 @@ class PFODESolution:
     Attributes:
         x_end: (n, d) solution at t_end.
         t_grid: (m,) times at which the path was recorded (t_start ... t_end).
-        score_norm_max: (n,) largest ||s(x(u), u)|| met on t_grid along each path.
+        score_norm_max: (n,) largest ||s(x(u), u)|| met along each path, over t_grid and every
+            accepted integrator step.
         path: (m, n, d) recorded path, or None when not kept.
-        nfev: right-hand-side evaluations used by solve_ivp.
+        nfev: right-hand-side evaluations used by the integrator.
     """
 
     x_end: Array
@@ -776,7 +777,7 @@ def theorem2_grid(families: Sequence[str], dims: Sequence[int], t_primes: Sequen
     For each (family, d) one data distribution p is drawn; for each t' fresh starting points
     x ~ q (= `corrupt` of p's samples) and eps ~ N(0, I) give x^(0) by the exact-score PF-ODE
     (Eq. 18). E||x^(0) - x|| is their mean (SE from the sample std); eta = mean ||x||; C = the
-    largest ||s(x(u), u)|| met on the recorded grid of every sampled path of that setting.
+    largest ||s(x(u), u)|| met at the accepted integrator steps of every sampled path of that setting.
 
     Args:
         families: subset of ("gaussian", "mixture").
