@@ -722,28 +722,3 @@ def before_after_rows(sentences: Sequence[str], outputs: dict[str, MemoryOutput]
         rows.append(row)
     return rows
 
-
-TEST_SPLIT_SIZE = 1000  # the toy test split's size (issue 4)
-
-
-def load_toy_test_stories(n: int | None = None) -> tuple[list[Story], str]:
-    """The first `n` stories (all when None) of the toy test split, and where they came from.
-
-    Reads the committed split through `acdc_lib.stories` when it exists; otherwise generates the
-    grammar's stream (seed 1) so the notebook runs before the split is committed.
-    """
-    if n is not None and not 1 <= n <= TEST_SPLIT_SIZE:
-        raise ValueError(f"n must be in [1, {TEST_SPLIT_SIZE}] or None, got {n}")
-    from .io import DATA_DIR
-
-    path = DATA_DIR / "stories" / "test.jsonl"
-    try:
-        from .stories import read_stories  # noqa: PLC0415 - written by another issue; optional until then
-    except ImportError:
-        read_stories = None
-    if read_stories is not None and path.exists():
-        stories = list(read_stories(path))
-        return (stories if n is None else stories[:n]), str(path.relative_to(DATA_DIR.parent))
-    from .toyworld.grammar import generate_stories
-
-    return generate_stories(TEST_SPLIT_SIZE if n is None else n, seed=1), "grammar stream seed 1 (generated)"

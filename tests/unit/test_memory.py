@@ -89,6 +89,16 @@ def test_rule_memory_is_exact_on_grammar_stories(grammar_stories):
     assert wrong == []
 
 
+def test_rule_memory_is_exact_on_the_committed_test_split_and_its_referential_variant():
+    from acdc_lib.stories import load_split, referential_variant
+
+    test = load_split("test")
+    assert len(test) == 1000
+    m = RuleMemory()
+    for story in (*test, *(referential_variant(s) for s in test)):
+        assert m.refine(story.sentences).prompts == explicit_captions(story), story.story_id
+
+
 def test_refine_rejects_bad_input():
     with pytest.raises(ValueError, match="one string"):
         RuleMemory().refine("He jumped.")
