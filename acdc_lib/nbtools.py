@@ -29,17 +29,22 @@ def is_check_cell(cell) -> bool:
 
 def strip_outputs(nb) -> None:
     """Drop outputs and execution counts of every cell but the check cells."""
+    count = 0
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
         cell.execution_count = None
         if is_check_cell(cell):
-            # Keep only text outputs: images and widget state change from run to run.
+            # Keep only text outputs: images and widget state change from run to run. nbval refuses a
+            # reference cell with outputs but no execution count ("Unrun reference cell"), so check cells
+            # are numbered 1, 2, ... in order.
+            count += 1
+            cell.execution_count = count
             cell.outputs = [o for o in cell.outputs if o.get("output_type") == "stream"
                             or ("text/plain" in o.get("data", {}) and len(o.get("data", {})) == 1)]
             for o in cell.outputs:
                 if "execution_count" in o:
-                    o["execution_count"] = None
+                    o["execution_count"] = count
         else:
             cell.outputs = []
     nb.metadata.pop("widgets", None)

@@ -67,3 +67,19 @@ def test_record_results_without_out_dir_writes_nothing(tmp_path):
     assert runs.record_results(None, {"a": 1}) is None
     p = runs.record_results(tmp_path / "r", {"a": [1, 2]})
     assert json.loads(p.read_text()) == {"a": [1, 2]}
+
+
+def test_strip_keeps_numbered_outputs_only_on_check_cells():
+    from acdc_lib import nbtools
+
+    nb = nbformat.v4.new_notebook()
+    plain = nbformat.v4.new_code_cell("print(1)", execution_count=4,
+                                      outputs=[nbformat.v4.new_output("stream", name="stdout", text="1\n")])
+    check = nbformat.v4.new_code_cell("# NBVAL_CHECK_OUTPUT\nprint('ok')", execution_count=9,
+                                      outputs=[nbformat.v4.new_output("stream", name="stdout", text="ok\n"),
+                                               nbformat.v4.new_output("display_data", data={"image/png": "AAAA", "text/plain": "<Figure>"})])
+    nb.cells = [plain, check]
+    nbtools.strip_outputs(nb)
+    assert plain.outputs == [] and plain.execution_count is None
+    # nbval compares check cells: they keep their text output and an execution count.
+    assert [o["output_type"] for o in check.outputs] == ["stream"] and check.execution_count == 1
