@@ -16,7 +16,6 @@ never silently dropped or padded.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -58,17 +57,10 @@ class LLMStoriesOutput:
 
 
 def load_seed_stories(path: str | Path = SEED_STORIES_PATH) -> list[Story]:
-    """The hand-written seed stories (JSONL: story_id, sentences, source)."""
-    stories = []
-    for k, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines()):
-        if not line.strip():
-            continue
-        d = json.loads(line)
-        if not isinstance(d.get("sentences"), list) or not d["sentences"]:
-            raise ValueError(f"{path}:{k + 1}: a story needs a non-empty 'sentences' list")
-        stories.append(Story(story_id=d["story_id"], sentences=list(d["sentences"]), states=None,
-                             source=d.get("source", "seed"), meta=d.get("meta", {})))
-    return stories
+    """The hand-written seed stories (a story file in the `acdc_lib.stories` format, source "seed")."""
+    from .stories import read_stories
+
+    return read_stories(path)
 
 
 def story_messages(examples: Sequence[Story], n_sentences: int = N_SENTENCES) -> list[dict[str, str]]:
