@@ -33,6 +33,7 @@ import json
 import math
 import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Collection, Iterable, Mapping, Sequence
 
@@ -424,6 +425,102 @@ def explicit_variant(story: Story) -> Story:
         meta["explicit"] = [["name", "species", "place", "time", "action"] for _ in sents]
         meta["mentions"] = ["name_species" for _ in sents]
     return Story(story_id=f"{story.story_id}-exp", sentences=sents, states=story.states, source="explicit", meta=meta)
+
+
+# --------------------------------------------------------------------------------------------
+# Statistics
+# --------------------------------------------------------------------------------------------
+@dataclass
+class StoryStats:
+    """Counts over a set of stories with ground-truth states.
+
+    Args:
+        n_stories, n_sentences: sizes.
+        frames: attribute ("species", "place", "time", "action") -> value -> number of frames.
+        first_frames: the same over sentence 1 only (what each story starts with).
+        mentions: how sentences mention the character (grammar meta) -> count.
+        ambiguous: sentences that are ambiguous alone (they leave out species, place, time or
+            action that their frame shows), from meta["explicit"]; None when stories lack it.
+        ambiguous_by_position: per sentence index, the number ambiguous alone.
+        missing: per visual attribute, the sentences that do not state it (None without meta).
+        changes: what changes from one sentence to the next ("action", "place", "time") -> count.
+    """
+
+    n_stories: int
+    n_sentences: int
+    frames: dict[str, dict[str, int]]
+    first_frames: dict[str, dict[str, int]]
+    mentions: dict[str, int]
+    ambiguous: int | None
+    ambiguous_by_position: list[int] | None
+    changes: dict[str, int]
+    missing: dict[str, int] | None = None
+
+    @property
+    def ambiguous_share(self) -> float | None:
+        """Fraction of all sentences that are ambiguous alone."""
+        return None if self.ambiguous is None else self.ambiguous / self.n_sentences
+
+
+def story_statistics(stories: Sequence[Story]) -> StoryStats:
+    """Count species, places, times, actions, mentions, changes and ambiguous-alone sentences."""
+    from acdc_lib.toyworld.grammar import VISUAL_ATTRIBUTES, ambiguous_alone
+
+    keys = ("species", "place", "time", "action")
+    frames = {k: {} for k in keys}
+    first = {k: {} for k in keys}
+    mentions: dict[str, int] = {}
+    changes = {"action": 0, "place": 0, "time": 0}
+    n_sent = 0
+    have_explicit = all("explicit" in s.meta for s in stories)
+    amb = 0
+    missing = {a: 0 for a in VISUAL_ATTRIBUTES}
+    by_pos = [0] * max((len(s) for s in stories), default=0)
+    for s in stories:
+        if s.states is None:
+            raise ValueError(f"story {s.story_id!r} has no states; statistics need ground truth")
+        n_sent += len(s)
+        for i, st in enumerate(s.states):
+            for k in keys:
+                frames[k][st[k]] = frames[k].get(st[k], 0) + 1
+                if i == 0:
+                    first[k][st[k]] = first[k].get(st[k], 0) + 1
+            if i > 0:
+                for k in changes:
+                    changes[k] += st[k] != s.states[i - 1][k]
+        for m in s.meta.get("mentions", []):
+            mentions[m] = mentions.get(m, 0) + 1
+        if have_explicit:
+            for i, e in enumerate(s.meta["explicit"]):
+                a = ambiguous_alone(e)
+                amb += a
+                by_pos[i] += a
+                for attr in missing:
+                    missing[attr] += attr not in e
+    sort = lambda d: dict(sorted(d.items(), key=lambda kv: (-kv[1], kv[0])))  # noqa: E731
+    return StoryStats(
+        n_stories=len(stories), n_sentences=n_sent, frames={k: sort(v) for k, v in frames.items()},
+        first_frames={k: sort(v) for k, v in first.items()}, mentions=sort(mentions),
+        ambiguous=amb if have_explicit else None, ambiguous_by_position=by_pos if have_explicit else None,
+        changes=changes, missing=missing if have_explicit else None,
+    )
+
+
+def format_statistics(stats: StoryStats) -> str:
+    """A plain-text table of `story_statistics` (integers and shares rounded to 0.1%)."""
+    pct = lambda n, d: f"{100 * n / d:.1f}%" if d else "-"  # noqa: E731
+    out = [f"{stats.n_stories} stories, {stats.n_sentences} sentences"]
+    for k, counts in stats.frames.items():
+        out.append(f"{k:8s} (frames): " + ", ".join(f"{v} {n} ({pct(n, stats.n_sentences)})" for v, n in counts.items()))
+    out.append("mentions: " + ", ".join(f"{m} {n}" for m, n in stats.mentions.items()))
+    n_later = stats.n_sentences - stats.n_stories
+    out.append("changes to the next sentence: " + ", ".join(f"{k} {n} ({pct(n, n_later)})" for k, n in stats.changes.items()))
+    if stats.ambiguous is not None:
+        out.append(f"ambiguous alone: {stats.ambiguous} of {stats.n_sentences} sentences ({pct(stats.ambiguous, stats.n_sentences)}); "
+                   f"by position: {stats.ambiguous_by_position}")
+        out.append("sentences that do not state: " + ", ".join(
+            f"{a} {n} ({pct(n, stats.n_sentences)})" for a, n in stats.missing.items()))
+    return "\n".join(out)
 
 
 # --------------------------------------------------------------------------------------------

@@ -577,3 +577,58 @@ def render_story(story, **kwargs) -> RenderOutput:
     if story.states is None:
         raise ValueError(f"story {story.story_id!r} has no states to render")
     return render_states(story.states, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# Ground-truth checks and pictures (notebooks)
+# --------------------------------------------------------------------------------------------
+def count_visible_parts(out: RenderOutput) -> dict[str, list[int]]:
+    """Count suns, moons, ears and tails in the frames: connected components (8-connected) of each
+    part's visible pixels. Needs `render_states(..., return_parts=True)`.
+
+    Returns:
+        {"n_suns", "n_moons", "n_ears", "n_tails"} -> per-frame counts, to compare with `out.counts`.
+    """
+    from scipy import ndimage
+
+    if not out.parts:
+        raise ValueError("no part masks: render with return_parts=True")
+    eight = np.ones((3, 3), dtype=bool)
+    names = {"n_suns": "sun", "n_moons": "moon", "n_ears": "ear", "n_tails": "tail"}
+    return {k: [int(ndimage.label(m[0].cpu().numpy(), structure=eight)[1]) for m in out.parts[p]]
+            for k, p in names.items()}
+
+
+def physically_wrong_variants(state: SceneState) -> dict[str, SceneState]:
+    """Named variants of `state` for the physical-constraint experiment, the normal one first."""
+    sky = "n_moons" if state.time == "night" else "n_suns"
+    other = "n_suns" if state.time == "night" else "n_moons"
+    return {
+        "normal": state.replace(n_suns=None, n_moons=None, n_ears=None, n_tails=None),
+        f"two {sky[2:]}": state.replace(**{sky: 2, other: 0}, n_ears=None, n_tails=None),
+        "sun and moon": state.replace(n_suns=1, n_moons=1, n_ears=None, n_tails=None),
+        "three ears": state.replace(n_suns=None, n_moons=None, n_ears=3, n_tails=None),
+        "one ear": state.replace(n_suns=None, n_moons=None, n_ears=1, n_tails=None),
+        "no tail": state.replace(n_suns=None, n_moons=None, n_ears=None, n_tails=0),
+        "two tails": state.replace(n_suns=None, n_moons=None, n_ears=None, n_tails=2),
+    }
+
+
+def plot_frames(images: torch.Tensor, titles: Sequence[str] | None = None, ncols: int = 6,
+                width: float = 1.6, wrap: int = 26):
+    """A matplotlib figure of (N, 3, H, W) frames in a grid, each with a wrapped title."""
+    import textwrap
+
+    import matplotlib.pyplot as plt
+
+    n = images.shape[0]
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, (width + 0.45) * nrows), squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k < n:
+            ax.imshow(images[k].permute(1, 2, 0).cpu().numpy(), interpolation="nearest")
+            if titles is not None:
+                ax.set_title(textwrap.fill(titles[k], wrap), fontsize=6)
+    fig.tight_layout()
+    return fig
