@@ -408,8 +408,9 @@ def referential_variant(story: Story, carry: str = "previous") -> Story:
             e if old == nw else [a for a in e if a not in ("name", "species")]
             for e, old, nw in zip(story.meta["explicit"], story.sentences, new)
         ]
+    if "mentions" in story.meta:
         meta["mentions"] = [
-            m if old == nw else "pronoun" for m, old, nw in zip(story.meta.get("mentions", []), story.sentences, new)
+            m if old == nw else "pronoun" for m, old, nw in zip(story.meta["mentions"], story.sentences, new)
         ]
     return Story(story_id=f"{story.story_id}-ref", sentences=new, states=story.states, source="referential",
                  meta=meta)
@@ -580,8 +581,8 @@ def make_splits(check: bool = False) -> dict[str, Any]:
 def load_split(name: str, regenerate: bool = True) -> list[Story]:
     """The stories of split `name` ("train" or "test"), checked against the manifest's SHA-256.
 
-    The train split is not committed: it is regenerated (about 10 s) into data/stories/.cache/ the
-    first time, when `regenerate`.
+    The train split is not committed: it is regenerated (about 20 s on 2 cores) into
+    data/stories/.cache/ the first time, when `regenerate`.
     """
     if name not in SPLITS:
         raise ValueError(f"unknown split {name!r}; allowed: {list(SPLITS)}")
