@@ -368,7 +368,7 @@ def _sky_labels(n: int, device: str) -> torch.Tensor:
 
 
 # The character fits in a square window of this side (image units) around its anchor (x, y):
-# measured extents with up to MAX_COUNT ears and tails are x +- 0.32 and y - 0.55 .. y + 0.08
+# measured extents with up to MAX_COUNT ears and tails are x +- 0.34 and y - 0.55 .. y + 0.07
 # (tests/unit/test_render.py checks that windowed and full-frame renders agree).
 WINDOW = 0.70
 WINDOW_ABOVE = 0.60  # of which this much lies above the feet line
