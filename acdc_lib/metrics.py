@@ -1,0 +1,401 @@
+"""Story metrics (issue 7): frame consistency, CLIPScore, FID, StoryGPT-V's attribute scores, physical validity.
+
+Pure functions over tensors; every model is passed in (never loaded here), so the toy evaluator
+(a tiny CLIPModel + attribute probe) and the real CLIP / Inception models on a GPU node plug into
+the same code. Frames of S stories of N frames are (S, N, C, H, W) float tensors in [0, 1].
+
+Uncertainty: every number comes with a 95% bootstrap interval over stories (`bootstrap_ci`, scipy).
+Per-story means (consistency, CLIPScore, accuracy, validity) are resampled directly; set-level
+statistics (FID, macro-F1) are recomputed on each resample of story indices (`set_statistic_ci`).
+"""
+from __future__ import annotations
+
+import numbers
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import scipy.stats
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torchmetrics.functional.classification import multiclass_f1_score
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.multimodal.clip_score import CLIPScore
+
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # CLIP's published pixel normalisation
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+# --------------------------------------------------------------------------------------------
+# Checks
+# --------------------------------------------------------------------------------------------
+def _check_frames(frames: Any, name: str = "frames") -> None:
+    if not isinstance(frames, torch.Tensor) or not frames.dtype.is_floating_point or frames.ndim != 5:
+        got = tuple(frames.shape) if isinstance(frames, torch.Tensor) else type(frames).__name__
+        raise ValueError(f"{name} must be a float tensor (S, N, C, H, W) in [0, 1], got {got}")
+    if frames.numel() and not (0.0 <= frames.min().item() and frames.max().item() <= 1.0):
+        raise ValueError(f"{name} has values in [{frames.min().item():.4g}, {frames.max().item():.4g}]; need [0, 1]")
+
+
+def _check_labels(x: Any, name: str) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor) or x.dtype.is_floating_point or x.dtype == torch.bool or x.ndim != 2:
+        got = (x.dtype, tuple(x.shape)) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{name} must be an integer tensor (S, N) of class indices, got {got}")
+    return x.long()
+
+
+# --------------------------------------------------------------------------------------------
+# Bootstrap intervals (scipy)
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Interval:
+    """A statistic and its bootstrap confidence interval: value (on all data), [low, high]."""
+
+    value: float
+    low: float
+    high: float
+
+    def __str__(self) -> str:
+        return f"{self.value:.4g} [{self.low:.4g}, {self.high:.4g}]"
+
+
+def bootstrap_ci(values: Any, stat: Callable = np.mean, confidence: float = 0.95, n_resamples: int = 2000,
+                 seed: int | np.random.Generator = 0, method: str = "BCa") -> Interval:
+    """Bootstrap confidence interval of `stat` over per-story values (scipy.stats.bootstrap).
+
+    Args:
+        values: (S,) one value per story (S >= 2), or story indices for a set-level `stat`.
+        stat: statistic of a 1-D sample; vectorised if it takes `axis` (np.mean does).
+        confidence: confidence level in (0, 1).
+        n_resamples: bootstrap resamples.
+        seed: int or numpy Generator (the resampling's only randomness).
+        method: scipy's "BCa" (default), "percentile" or "basic".
+    Returns:
+        Interval(stat(values), low, high). A constant sample has the degenerate interval (v, v, v)
+        (scipy's BCa is undefined there and would return NaN).
+    """
+    x = np.asarray(values, dtype=float)
+    if x.ndim != 1 or x.size < 2 or not np.all(np.isfinite(x)):
+        raise ValueError(f"values must be a 1-D array of >= 2 finite numbers (one per story), got shape {x.shape}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+    if isinstance(n_resamples, bool) or not isinstance(n_resamples, numbers.Integral) or n_resamples < 1:
+        raise ValueError(f"n_resamples must be a positive int, got {n_resamples!r}")
+    value = float(stat(x))
+    if np.ptp(x) == 0.0:
+        return Interval(value, value, value)
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    res = scipy.stats.bootstrap((x,), stat, n_resamples=int(n_resamples), confidence_level=confidence,
+                                method=method, rng=rng)
+    return Interval(value, float(res.confidence_interval.low), float(res.confidence_interval.high))
+
+
+def set_statistic_ci(n_stories: int, fn: Callable[[np.ndarray], float], confidence: float = 0.95,
+                     n_resamples: int = 200, seed: int | np.random.Generator = 0) -> Interval:
+    """Percentile bootstrap of a set-level statistic (FID, macro-F1): resample stories, recompute.
+
+    Cost: `n_resamples` calls of fn, each on a full-size resample (FID: one covariance square root of
+    F x F per call, ~ms for F = 64, ~1 s for Inception's F = 2048 on a CPU; hence B = 200 by default).
+    Percentile rather than BCa, whose jackknife would add n_stories more calls.
+
+    Args:
+        n_stories: S >= 2.
+        fn: (k,) int story indices (with repeats) -> the statistic on those stories.
+    """
+    if isinstance(n_stories, bool) or not isinstance(n_stories, numbers.Integral) or n_stories < 2:
+        raise ValueError(f"n_stories must be an int >= 2, got {n_stories!r}")
+    idx = np.arange(int(n_stories))
+    value = float(fn(idx))
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    res = scipy.stats.bootstrap((idx,), lambda i: fn(np.asarray(i, dtype=int)), n_resamples=int(n_resamples),
+                                confidence_level=confidence, method="percentile", vectorized=False, rng=rng)
+    return Interval(value, float(res.confidence_interval.low), float(res.confidence_interval.high))
+
+
+# --------------------------------------------------------------------------------------------
+# Frame consistency
+# --------------------------------------------------------------------------------------------
+@torch.no_grad()
+def embed_frames(frames: torch.Tensor, image_embedder: Callable[[torch.Tensor], torch.Tensor],
+                 batch_size: int = 256) -> torch.Tensor:
+    """(S, N, C, H, W) frames in [0, 1] -> (S, N, D) embeddings, through `image_embedder` in batches.
+
+    Args:
+        image_embedder: (B, C, H, W) in [0, 1] -> (B, D); e.g. the toy evaluator's CLIP or a real CLIP.
+    """
+    _check_frames(frames)
+    S, N = frames.shape[:2]
+    flat = frames.reshape(S * N, *frames.shape[2:])                              # (S*N, C, H, W)
+    out = torch.cat([image_embedder(flat[i:i + batch_size]).float().cpu() for i in range(0, S * N, batch_size)])
+    if out.ndim != 2 or out.shape[0] != S * N:
+        raise ValueError(f"image_embedder returned {tuple(out.shape)}; expected ({S * N}, D)")
+    return out.reshape(S, N, -1)                                                 # (S, N, D)
+
+
+@dataclass
+class Consistency:
+    """Frame consistency: per_story (S,) mean over consecutive pairs; per_pair (S, N-1) for curves."""
+
+    per_story: torch.Tensor
+    per_pair: torch.Tensor
+
+
+def frame_consistency(embeddings: torch.Tensor) -> Consistency:
+    """Cosine similarity of consecutive frames' image embeddings, averaged per story.
+
+    The ACDC paper (Sec. 4.1, after Esser et al., 2023) calls it the sum of cosine similarities of
+    consecutive frames; its Table 1 values lie in [0, 1], so the sum is normalised by the N-1 pairs
+    (Esser et al. average over consecutive pairs). We report that mean.
+
+    Args:
+        embeddings: (S, N, D) image embeddings of S stories of N >= 2 frames.
+    """
+    if not isinstance(embeddings, torch.Tensor) or embeddings.ndim != 3 or embeddings.shape[1] < 2:
+        got = tuple(embeddings.shape) if isinstance(embeddings, torch.Tensor) else type(embeddings).__name__
+        raise ValueError(f"embeddings must be a tensor (S, N, D) with N >= 2 frames, got {got}")
+    e = F.normalize(embeddings.double(), dim=-1)                                 # (S, N, D)
+    pairs = (e[:, 1:] * e[:, :-1]).sum(-1)                                       # (S, N-1) cos(x^i, x^{i+1})
+    return Consistency(per_story=pairs.mean(1), per_pair=pairs)
+
+
+# --------------------------------------------------------------------------------------------
+# CLIPScore (torchmetrics) with any transformers CLIPModel
+# --------------------------------------------------------------------------------------------
+class _FeaturesOnly(nn.Module):
+    """What torchmetrics' CLIPScore calls, with transformers 5's output objects reduced to tensors."""
+
+    def __init__(self, clip: nn.Module):
+        super().__init__()
+        self.clip = clip
+        self.config = clip.config  # CLIPScore reads text_config.max_position_embeddings
+
+    @staticmethod
+    def _tensor(out):
+        return out.pooler_output if hasattr(out, "pooler_output") else out  # transformers 5: an output object
+
+    def get_image_features(self, pixel_values):
+        return self._tensor(self.clip.get_image_features(pixel_values=pixel_values))
+
+    def get_text_features(self, input_ids, attention_mask=None):
+        return self._tensor(self.clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask))
+
+
+class _TensorProcessor:
+    """A processor for [0, 1] tensors: resize + normalise in torch, tokenize text.
+
+    Written here because transformers' image processors expect 0-255 images (they would rescale
+    [0, 1] floats a second time) and the toy CLIP has no image processor at all.
+    """
+
+    def __init__(self, tokenizer, image_size: int, mean, std, text_kwargs: Mapping[str, Any]):
+        self.tokenizer, self.image_size, self.text_kwargs = tokenizer, image_size, dict(text_kwargs)
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+
+    def __call__(self, images=None, text=None, return_tensors="pt", padding=True, **_):
+        if images is not None:
+            x = torch.stack([im.float() for im in images])                       # (B, C, H, W) in [0, 1]
+            if x.shape[-2:] != (self.image_size, self.image_size):
+                x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bicubic", antialias=True,
+                                  align_corners=False).clamp(0, 1)  # bicubic overshoot only; inputs were checked
+            return {"pixel_values": (x - self.mean) / self.std}
+        return self.tokenizer(list(text), return_tensors="pt", **self.text_kwargs)
+
+
+def clipscore_from_clip_model(clip_model: nn.Module, processor_or_tokenizer, image_size: int | None = None,
+                              mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                              text_kwargs: Mapping[str, Any] | None = None) -> Callable[[], tuple]:
+    """A `model_name_or_path` callable for torchmetrics' CLIPScore from any transformers CLIPModel.
+
+    Args:
+        clip_model: a transformers CLIPModel (real or tiny random; weights already loaded).
+        processor_or_tokenizer: a CLIPProcessor (its tokenizer, size, mean and std are used) or a tokenizer.
+        image_size: side the vision tower takes (default: the processor's crop size, else the model's config).
+        mean, std: per-channel pixel normalisation (default: the processor's, else OpenAI CLIP's).
+        text_kwargs: tokenizer keyword arguments (default {"padding": True}).
+    Returns:
+        fn() -> (model with tensor-valued get_image_features / get_text_features, processor).
+    """
+    ip = getattr(processor_or_tokenizer, "image_processor", None)
+    tok = getattr(processor_or_tokenizer, "tokenizer", None) or processor_or_tokenizer
+    if image_size is None:
+        crop = getattr(ip, "crop_size", None)
+        image_size = crop["height"] if isinstance(crop, Mapping) else clip_model.config.vision_config.image_size
+    mean = tuple(mean if mean is not None else getattr(ip, "image_mean", None) or OPENAI_CLIP_MEAN)
+    std = tuple(std if std is not None else getattr(ip, "image_std", None) or OPENAI_CLIP_STD)
+    processor = _TensorProcessor(tok, int(image_size), mean, std, text_kwargs or {"padding": True})
+    model = _FeaturesOnly(clip_model).eval()
+    return lambda: (model, processor)
+
+
+@torch.no_grad()
+def clip_score(frames: torch.Tensor, texts: Sequence[Sequence[str]], model_fn: Callable[[], tuple]) -> torch.Tensor:
+    """Per-story CLIPScore (torchmetrics): max(100 * mean_i cos(E_image(x^i), E_text(u^i)), 0).
+
+    torchmetrics' CLIPScore returns only the running mean of what it was given, so it is computed
+    once per story (its N frames in one batch); the row's value is the mean over stories, and the
+    per-story values feed the bootstrap. The clamp at 0 is torchmetrics', applied per story.
+
+    Args:
+        frames: (S, N, C, H, W) in [0, 1].
+        texts: S lists of N strings (the text each frame is scored against).
+        model_fn: `model_name_or_path` callable, e.g. from `clipscore_from_clip_model`.
+    Returns:
+        (S,) float64 scores in [0, 100].
+    """
+    _check_frames(frames)
+    S, N = frames.shape[:2]
+    if len(texts) != S or any(len(t) != N or isinstance(t, str) for t in texts):
+        raise ValueError(f"texts must be {S} lists of {N} strings (one per frame), got {len(texts)} entries")
+    metric = CLIPScore(model_name_or_path=model_fn)
+    out = []
+    for s in range(S):
+        metric.reset()
+        metric.update(list(frames[s]), [str(t) for t in texts[s]])
+        out.append(float(metric.compute()))
+    return torch.tensor(out, dtype=torch.float64)
+
+
+# --------------------------------------------------------------------------------------------
+# FID (torchmetrics) on the evaluator's features
+# --------------------------------------------------------------------------------------------
+class FeatureModule(nn.Module):
+    """Wraps an image embedder as FID's feature module: (B, C, H, W) -> (B, num_features)."""
+
+    def __init__(self, embed: Callable[[torch.Tensor], torch.Tensor], num_features: int):
+        super().__init__()
+        self.embed, self.num_features = embed, int(num_features)  # num_features skips FID's dummy forward
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embed(x)
+
+
+def _fid_metric(feature: nn.Module) -> FrechetInceptionDistance:
+    if not isinstance(getattr(feature, "num_features", None), int):
+        raise ValueError("feature_module needs an int attribute num_features (wrap it in FeatureModule)")
+    return FrechetInceptionDistance(feature=feature, reset_real_features=True)
+
+
+@torch.no_grad()
+def fid(real_images: torch.Tensor, fake_images: torch.Tensor, feature_module: nn.Module,
+        batch_size: int = 256) -> float:
+    """Frechet distance between the feature distributions of two image sets (torchmetrics FID).
+
+    Args:
+        real_images, fake_images: (M, C, H, W) in [0, 1], M >= 2 each (as the module expects them).
+        feature_module: nn.Module (B, C, H, W) -> (B, F) with an int `num_features` (see FeatureModule).
+    """
+    for name, x in (("real_images", real_images), ("fake_images", fake_images)):
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[0] < 2:
+            raise ValueError(f"{name} must be a tensor (M, C, H, W) with M >= 2, got "
+                             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    metric = _fid_metric(feature_module)
+    for x, real in ((real_images, True), (fake_images, False)):
+        for i in range(0, x.shape[0], batch_size):
+            metric.update(x[i:i + batch_size], real=real)
+    return float(metric.compute())
+
+
+def fid_with_ci(real_features: torch.Tensor, fake_features: torch.Tensor, n_resamples: int = 200,
+                confidence: float = 0.95, seed: int | np.random.Generator = 0) -> Interval:
+    """FID from precomputed per-story features, with a paired bootstrap over stories.
+
+    FID is a set-level statistic: each resample draws S story indices with replacement, takes those
+    stories' real AND fake frames (paired: the same stories), and recomputes FID through torchmetrics
+    (features passed through an identity module, so the feature network runs once). Resampling
+    repeats stories, which lowers the effective sample size: FID's small-sample bias makes the
+    bootstrap distribution sit somewhat above the full-data value.
+
+    Args:
+        real_features, fake_features: (S, N, F) features of the reference and generated frames.
+    """
+    if real_features.ndim != 3 or real_features.shape != fake_features.shape:
+        raise ValueError(f"real_features and fake_features must both be (S, N, F), got "
+                         f"{tuple(real_features.shape)} and {tuple(fake_features.shape)}")
+    S, N, Fdim = real_features.shape
+    if S * N <= Fdim:
+        warnings.warn(f"FID on {S * N} frames with {Fdim}-dim features: the covariances are rank-deficient",
+                      stacklevel=2)
+    metric = _fid_metric(FeatureModule(nn.Identity(), Fdim))
+
+    def fn(idx: np.ndarray) -> float:
+        metric.reset()
+        metric.update(real_features[idx].reshape(-1, Fdim), real=True)
+        metric.update(fake_features[idx].reshape(-1, Fdim), real=False)
+        return float(metric.compute())
+
+    return set_statistic_ci(S, fn, confidence=confidence, n_resamples=n_resamples, seed=seed)
+
+
+# --------------------------------------------------------------------------------------------
+# StoryGPT-V's attribute scores and physical validity
+# --------------------------------------------------------------------------------------------
+@dataclass
+class AttributeScores:
+    """Accuracy and F1 of one attribute. correct: (S, N) bool per frame; per_story: (S,) accuracy."""
+
+    correct: torch.Tensor
+    per_story: torch.Tensor
+    accuracy: float
+    f1: float
+
+
+def macro_f1(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> float:
+    """Macro-F1 (mean over classes of per-class F1) of flattened predictions (torchmetrics).
+
+    Classes absent from both target and prediction are left out of the mean (torchmetrics' rule).
+    """
+    return float(multiclass_f1_score(pred.reshape(-1), target.reshape(-1), num_classes=num_classes, average="macro"))
+
+
+def attribute_scores(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> AttributeScores:
+    """Char-Acc / Char-F1 (BG-Acc / BG-F1 ...) in StoryGPT-V's sense, for one single-label attribute.
+
+    StoryGPT-V (Sec. 4.1) reports a fine-tuned classifier's accuracy and F1 on generated frames,
+    following earlier story-visualisation work, where accuracy is exact match per frame and F1 is
+    averaged over classes. Our frames have one character and one background each (single-label),
+    where micro-F1 equals accuracy, so F1 here is macro-F1: a class the model collapses onto or
+    never draws lowers it even when accuracy looks fine.
+
+    Args:
+        pred, target: (S, N) class indices of S stories of N frames.
+        num_classes: number of classes of the attribute.
+    """
+    pred, target = _check_labels(pred, "pred"), _check_labels(target, "target")
+    if pred.shape != target.shape:
+        raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must have the same shape")
+    for name, x in (("pred", pred), ("target", target)):
+        if x.numel() and (x.min() < 0 or x.max() >= num_classes):
+            raise ValueError(f"{name} has classes outside [0, {num_classes - 1}]: {sorted(set(x.view(-1).tolist()))}")
+    correct = pred == target                                                     # (S, N) exact match per frame
+    return AttributeScores(correct=correct, per_story=correct.double().mean(1),
+                           accuracy=float(correct.double().mean()), f1=macro_f1(pred, target, num_classes))
+
+
+COUNT_HEADS = ("n_suns", "n_moons", "n_ears", "n_tails")
+
+
+def physically_valid(counts: Mapping[str, torch.Tensor], normal_ears: int = 2, normal_tails: int = 1) -> torch.Tensor:
+    """(S, N) bool: the frame's predicted counts are the normal ones (ACDC Sec. 4.1, physical constraints).
+
+    Normal: exactly one sun or moon in the sky (n_suns + n_moons == 1; which one belongs to the time
+    of day is the time attribute's business), `normal_ears` ears and `normal_tails` tails.
+
+    Args:
+        counts: {"n_suns", "n_moons", "n_ears", "n_tails"}: (S, N) predicted counts.
+    """
+    missing = [k for k in COUNT_HEADS if k not in counts]
+    if missing:
+        raise ValueError(f"counts is missing {missing}; need {list(COUNT_HEADS)}")
+    c = {k: _check_labels(counts[k], k) for k in COUNT_HEADS}
+    shapes = {tuple(v.shape) for v in c.values()}
+    if len(shapes) != 1:
+        raise ValueError(f"count arrays must share one (S, N) shape, got {sorted(shapes)}")
+    return (c["n_suns"] + c["n_moons"] == 1) & (c["n_ears"] == normal_ears) & (c["n_tails"] == normal_tails)
+
+
+def physical_validity_rate(counts: Mapping[str, torch.Tensor], **normal) -> torch.Tensor:
+    """(S,) share of each story's frames that `physically_valid` accepts."""
+    return physically_valid(counts, **normal).double().mean(1)
