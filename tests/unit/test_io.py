@@ -1,0 +1,28 @@
+"""Atomic writes: whole files only, the usual permissions, nothing left behind on failure."""
+import json
+import os
+import stat
+
+import pytest
+
+from acdc_lib.io import atomic_write_json, atomic_write_text
+
+
+def test_atomic_write_replaces_whole_file_with_umask_mode(tmp_path):
+    p = tmp_path / "sub" / "a.txt"
+    atomic_write_text(p, "one")
+    atomic_write_text(p, "two")
+    assert p.read_text() == "two"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~umask
+    assert [q.name for q in p.parent.iterdir()] == ["a.txt"]
+
+
+def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path):
+    p = tmp_path / "r.json"
+    atomic_write_json(p, {"a": 1})
+    with pytest.raises(ValueError):
+        atomic_write_json(p, {"a": float("nan")})  # NaN is refused, not written as invalid JSON
+    assert json.loads(p.read_text()) == {"a": 1}
+    assert [q.name for q in tmp_path.iterdir()] == ["r.json"]
