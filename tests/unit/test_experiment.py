@@ -1,0 +1,231 @@
+"""The story experiment (acdc_lib.experiment) with the dummies and a fake evaluator that reads marker pixels.
+
+Frames are (1, 2, 2): pixel (0, 0) holds the frame index i / 255, (0, 1) a random draw, (1, 0) the
+context checksum and (1, 1) a correction marker (1 where the corrector ran, or the DM drew the
+frame). All are multiples of 1/255, so the uint8 files keep them exactly. The fake evaluator reads
+species = marker, place = i mod 2, and counts that are normal only for marked frames before frame 4;
+ground truth is species 1, place 0. Every number of the table is then known by hand.
+"""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
+
+from acdc_lib import experiment as E
+from acdc_lib import metrics as M
+from acdc_lib.types import Story
+from dummies import DummyARM, DummyCorrector, DummyMemory
+from tiny_diffusers import tiny_tokenizer
+
+N = 6
+
+
+class VisibleARM(DummyARM):
+    """DummyARM whose tokens are drawn as multiples of 1/255 (they survive the uint8 files)."""
+
+    def decode(self, tokens):
+        return (tokens % 256).float().div(255).view(-1, 1, 2, 2)
+
+    def encode(self, images):
+        return (images * 255).round().long().reshape(images.shape[0], 4)
+
+
+class MarkingCorrector(DummyCorrector):
+    """DummyCorrector that also sets the marker pixel to 1 (white) and can draw frames from text."""
+
+    def correct(self, images, prompts, **kw):
+        out = super().correct(images, prompts, **kw)
+        out[:, 0, 1, 1] = 1.0
+        return out
+
+    def generate(self, prompts, height=None, width=None, *, guidance_scale=7.5, num_inference_steps=50,
+                 generators=None):
+        rows = []
+        for p, g in zip(prompts, generators):
+            i = int(p.split()[-1])                                                # "story k sentence i"
+            rows.append([i / 255, int(torch.randint(0, 256, (1,), generator=g)) / 255, 0.0, 1.0])
+        return torch.tensor(rows).view(-1, 1, 2, 2)
+
+
+def stories(k: int) -> list[Story]:
+    return [Story(story_id=f"s{j}", sentences=[f"story {j} sentence {i}" for i in range(N)]) for j in range(k)]
+
+
+def fake_predict(x):
+    idx = (x[:, 0, 0, 0] * 255).round().long()
+    marked = x[:, 0, 1, 1] > 0.5
+    return {"species": marked.long(), "place": idx % 2,
+            "n_suns": torch.ones_like(idx), "n_moons": torch.zeros_like(idx),
+            "n_ears": torch.where(idx < 4, 2, 3), "n_tails": marked.long()}
+
+
+@pytest.fixture(scope="module")
+def evaluator():
+    tok = tiny_tokenizer()
+    text = CLIPTextConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                          num_attention_heads=2, max_position_embeddings=32, bos_token_id=0, eos_token_id=1,
+                          pad_token_id=1)
+    vision = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                              image_size=4, patch_size=2, num_channels=1)
+    torch.manual_seed(0)
+    clip = CLIPModel(CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=8)).eval()
+
+    def reference(story):
+        ref = torch.zeros(N, 1, 2, 2)
+        ref[:, 0, 0, 0] = torch.arange(N) / 255
+        ref[:, 0, 1, 1] = 1.0
+        ref[:, 0, 0, 1] = torch.tensor([10, 200, 30, 120, 90, 60]) / 255
+        return ref
+
+    return E.Evaluator(
+        embed_images=lambda x: torch.stack([torch.ones(len(x)), (x[:, 0, 0, 0] * 255).round()], 1),  # (1, i)
+        predict_attributes=fake_predict,
+        clip_model_fn=M.clipscore_from_clip_model(clip, tok, mean=(0.5,), std=(0.5,)),
+        fid_features=M.FeatureModule(lambda x: x.flatten(1), 4),
+        num_classes={"species": 2, "place": 2},
+        reference_images=reference,
+        true_attributes=lambda s: {"species": torch.ones(N, dtype=torch.long),
+                                   "place": torch.zeros(N, dtype=torch.long)})
+
+
+def run(out, sts, **cfg):
+    config = E.ExperimentConfig(batch_size=2, num_inference_steps=10, n_bootstrap=200, n_bootstrap_set=20, **cfg)
+    return E.run_experiment(sts, out, arm=VisibleARM(), corrector=MarkingCorrector(), memory=DummyMemory(),
+                            config=config, progress=False), config
+
+
+def test_rows_run_and_write_one_record_per_story(tmp_path):
+    computed, _ = run(tmp_path, stories(3))
+    assert computed == {r: ["s0", "s1", "s2"] for r in E.ROWS}
+    rec = {r: json.loads((tmp_path / r / "s1.json").read_text()) for r in E.ROWS}
+    assert rec["acdc_rules"]["prompts"] == ["MEM: " + s for s in stories(3)[1].sentences]
+    assert rec["acdc_nomem"]["prompts"] == stories(3)[1].sentences and rec["arm"]["prompts"] == [None] * N
+    assert rec["dm_only"]["seed"] == rec["arm"]["seed"] == E.story_seed(0, 1)
+    frames = {r: E.load_frames(tmp_path, r, stories(3)) for r in E.ROWS}
+    assert frames["arm"].shape == (3, N, 1, 2, 2)
+    assert (frames["arm"][:, :, 0, 1, 1] == 0).all() and (frames["acdc_nomem"][:, :, 0, 1, 1] == 1).all()
+    # Paired randomness: the ARM's first draw is the same whether correction runs or not.
+    assert torch.equal(frames["arm"][:, 0, 0, 0, 1], frames["acdc_rules"][:, 0, 0, 0, 1])
+    # Correction feeds back: the context checksum of frame 1 differs between ARM and ACDC.
+    assert not torch.equal(frames["arm"][:, 1, 0, 1, 0], frames["acdc_rules"][:, 1, 0, 1, 0])
+
+
+def test_an_interrupted_run_resumes_and_gives_the_uninterrupted_table(tmp_path, evaluator):
+    sts = stories(4)
+    run(tmp_path / "a", sts[:2])                                                  # "killed" after two stories
+    computed, config = run(tmp_path / "a", sts)
+    assert computed == {r: ["s2", "s3"] for r in E.ROWS}                          # only the missing ones
+    run(tmp_path / "b", sts)
+    for r in E.ROWS:
+        assert torch.equal(E.load_frames(tmp_path / "a", r, sts), E.load_frames(tmp_path / "b", r, sts))
+    ta = E.summarise(tmp_path / "a", sts, evaluator, config).to_dict()
+    tb = E.summarise(tmp_path / "b", sts, evaluator, config).to_dict()
+    assert ta == tb
+    assert run(tmp_path / "a", sts)[0] == {r: [] for r in E.ROWS}
+
+
+def test_a_run_refuses_files_of_other_settings_or_stories(tmp_path):
+    run(tmp_path, stories(2))
+    with pytest.raises(ValueError, match="strength"):
+        run(tmp_path, stories(2), strength=0.3)
+    with pytest.raises(ValueError, match="same order"):
+        run(tmp_path, stories(2)[::-1])
+    with pytest.raises(ValueError, match="unknown rows"):
+        E.ExperimentConfig(rows=("arm", "sd"))
+    with pytest.raises(ValueError, match="generate"):
+        E.run_experiment(stories(2), tmp_path / "x", corrector=DummyCorrector(),
+                         config=E.ExperimentConfig(rows=("dm_only",)), progress=False)
+
+
+def test_table_numbers_equal_hand_computed_values(tmp_path, evaluator):
+    sts = stories(3)
+    _, config = run(tmp_path, sts)
+    table = E.summarise(tmp_path, sts, evaluator, config)
+    rows = table.rows
+    assert list(rows) == ["reference", *E.ROWS]
+    # species = marker: never drawn by the ARM alone, always where the DM drew or corrected.
+    for r, acc in {"arm": 0.0, "acdc_rules": 1.0, "acdc_nomem": 1.0, "dm_only": 1.0, "reference": 1.0}.items():
+        assert rows[r]["char_acc"].value == acc
+    assert rows["arm"]["char_f1"].value == 0.0 and rows["acdc_rules"]["char_f1"].value == 1.0
+    # place = i mod 2 against truth 0: frames 0, 2, 4 right; macro-F1 = (2*3/(2*3+3) + 0) / 2.
+    for r in rows:
+        assert rows[r]["bg_acc"].value == pytest.approx(0.5)
+        assert rows[r]["bg_f1"].value == pytest.approx((6 / 9 + 0) / 2)
+    assert [c.value for c in table.curves["arm"]["bg_acc"]] == [1, 0, 1, 0, 1, 0]
+    # valid = marked and i < 4.
+    assert rows["arm"]["physical_validity"].value == 0.0
+    assert rows["acdc_rules"]["physical_validity"].value == pytest.approx(4 / 6)
+    assert [c.value for c in table.curves["acdc_nomem"]["physical_validity"]] == [1, 1, 1, 1, 0, 0]
+    # embeddings (1, i): consistency is the mean over i of cos((1, i), (1, i + 1)); every story the same.
+    pairs = [(1 + i * (i + 1)) / math.sqrt((1 + i * i) * (1 + (i + 1) ** 2)) for i in range(N - 1)]
+    assert rows["arm"]["frame_consistency"].value == pytest.approx(np.mean(pairs))
+    assert rows["arm"]["frame_consistency"].low == rows["arm"]["frame_consistency"].high
+    assert [c.value for c in table.curves["arm"]["consistency"]] == pytest.approx(pairs)
+    # FID and CLIPScore: the library functions on the saved frames.
+    ref = torch.stack([evaluator.reference_images(s) for s in sts])
+    arm = E.load_frames(tmp_path, "arm", sts)
+    assert rows["reference"]["fid"].value == pytest.approx(0.0, abs=1e-6)
+    assert rows["arm"]["fid"].value == pytest.approx(
+        M.fid(ref.flatten(0, 1), arm.flatten(0, 1), evaluator.fid_features), rel=1e-6)
+    assert rows["arm"]["clip_score"].value == pytest.approx(
+        M.clip_score(arm, [s.sentences for s in sts], evaluator.clip_model_fn).mean().item())
+    md = table.to_markdown()
+    assert md.count("\n") == 2 + len(rows) and "ARM + ACDC, rule memory" in md
+    table.write(tmp_path)
+    assert json.loads((tmp_path / "results.json").read_text())["rows"]["arm"]["char_acc"]["value"] == 0.0
+
+
+def test_paper_tables_reproduce_the_printed_improvements():
+    t = E.PAPER_TABLE1
+    rel = lambda a, b, c: (t[b][c] - t[a][c]) / t[a][c] * 100
+    assert rel("Show-o", "Show-o + ACDC (ours)", "Frame consistency") == pytest.approx(10.4, abs=0.05)
+    assert rel("Show-o", "Show-o + ACDC (ours)", "CLIP-sim") == pytest.approx(7.16, abs=0.005)
+    assert rel("UIO-2 XXL", "UIO-2 XXL + ACDC (ours)", "Frame consistency") == pytest.approx(1.46, abs=0.005)
+    assert rel("UIO-2 XXL", "UIO-2 XXL + ACDC (ours)", "CLIP-sim") == pytest.approx(5.53, abs=0.005)
+    # FID's printed 7.34% and 16.1% divide by the ACDC value.
+    assert (60.50 - 56.36) / 56.36 * 100 == pytest.approx(7.34, abs=0.01)
+    assert (t["UIO-2 XXL"]["FID"] - t["UIO-2 XXL + ACDC (ours)"]["FID"]) / 57.80 * 100 == pytest.approx(16.1, abs=0.05)
+
+
+def test_compare_with_paper_gives_direction_and_relative_size():
+    iv = lambda v: M.Interval(v, v, v)
+    rows = {"arm": {"frame_consistency": iv(0.5), "clip_score": iv(20.0), "fid": iv(10.0)},
+            "acdc_rules": {"frame_consistency": iv(0.6), "clip_score": iv(19.0), "fid": iv(8.0)}}
+    table = E.ResultsTable(rows, {}, {}, 2, N)
+    out = E.compare_with_paper(table)
+    assert {r["comparison"] for r in out} == {"ACDC vs ARM"}                       # other rows are missing
+    assert len(out) == 3 * 2                                                       # 3 metrics x 2 paper ARMs
+    by = {(r["metric"], r["paper_source"].split(":")[1].split("->")[0].strip()): r for r in out}
+    fc = by[("frame_consistency", "Show-o")]
+    assert fc["ours_rel_change_pct"] == pytest.approx(20.0) and fc["ours_direction"] == "+" and fc["ours_better"]
+    assert fc["paper_rel_change_pct"] == pytest.approx((0.9062 - 0.8211) / 0.8211 * 100) and fc["same_direction"]
+    cs = by[("clip_score", "UIO-2 XXL")]
+    assert cs["ours_direction"] == "-" and not cs["ours_better"] and not cs["same_direction"]
+    fid = by[("fid", "Show-o")]
+    assert fid["ours_rel_change_pct"] == pytest.approx(-20.0) and fid["ours_better"] and fid["paper_better"]
+    assert E.comparison_markdown(out).count("| no |") == 2
+
+
+def test_toy_evaluator_bundle_scores_like_the_toy_evaluator():
+    from acdc_lib.stories import load_split
+    from acdc_lib.toyworld.models import AttributeProbe, ToyEvaluator, build_eval_clip
+    from acdc_lib.toyworld.text import build_tokenizer, split_words
+
+    sts = load_split("test")[:2]
+    words = sorted({w for s in sts for t in s.sentences for w in split_words(t)})
+    tok = build_tokenizer(words)
+    torch.manual_seed(0)
+    toy = ToyEvaluator(build_eval_clip(len(tok), hidden=16, layers=1, projection_dim=8), tok,
+                       AttributeProbe(channels=(4, 8, 8), hidden=16))
+    ev = E.toy_evaluator(toy)
+    ref = torch.stack([ev.reference_images(s) for s in sts])                     # (2, 6, 3, 32, 32)
+    assert ref.shape == (2, N, 3, 32, 32)
+    assert ev.true_attributes(sts[0])["species"].shape == (N,)
+    # CLIPScore through torchmetrics = 100 x the toy evaluator's own cosine, averaged per story.
+    got = M.clip_score(ref, [s.sentences for s in sts], ev.clip_model_fn)
+    want = [max(100 * toy.clip_similarity(ref[k], sts[k].sentences).mean().item(), 0.0) for k in range(2)]
+    assert got.tolist() == pytest.approx(want, abs=1e-3) and max(want) > 0
+    assert ev.fid_features(ref[0]).shape == (N, 8) and ev.fid_features.num_features == 8
