@@ -74,6 +74,11 @@ def check(path: str | Path) -> list[str]:
         for name in REQUIRED_PARAMETERS:
             if f"{name} =" not in pcells[0].source:
                 problems.append(f"parameters cell does not define {name}")
+        for line in pcells[0].source.splitlines():
+            code, _, comment = line.partition("#")
+            if code.strip() and "=" in comment:
+                # papermill cannot parse such a line, so the parameter could not be overridden.
+                problems.append(f"parameter line {line.strip()!r}: its comment contains '=', which papermill cannot parse")
     code = [c for c in nb.cells if c.cell_type == "code"]
     if not code or "record_results" not in code[-1].source:
         problems.append("last code cell must call record_results(OUT_DIR, ...)")
