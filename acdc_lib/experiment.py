@@ -268,7 +268,12 @@ def toy_evaluator(toy) -> Evaluator:
 
 @dataclass
 class ResultsTable:
-    """Every metric per row with intervals, per-frame curves, and the labels to print them."""
+    """Every metric per row with intervals, per-frame curves, per-story values and the row labels.
+
+    Args:
+        rows: {row: {metric: Interval}}; curves: {row: {curve: [Interval per frame (pair)]}};
+        per_story: {row: {metric: [S values]}} of the per-story metrics (not FID / F1, set-level).
+    """
 
     rows: dict[str, dict[str, M.Interval]]
     curves: dict[str, dict[str, list[M.Interval]]]
@@ -276,10 +281,12 @@ class ResultsTable:
     n_stories: int
     n_frames: int
     config: dict[str, Any] = field(default_factory=dict)
+    per_story: dict[str, dict[str, list[float]]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"n_stories": self.n_stories, "n_frames": self.n_frames, "config": self.config,
                 "labels": self.labels, "rows": {r: {m: asdict(v) for m, v in d.items()} for r, d in self.rows.items()},
+                "per_story": self.per_story,
                 "curves": {r: {c: [asdict(v) for v in vs] for c, vs in d.items()} for r, d in self.curves.items()}}
 
     def to_markdown(self, digits: int = 3) -> str:
@@ -325,15 +332,14 @@ def summarise(out_dir: str | Path, stories: Sequence[Story], evaluator: Evaluato
     if include_reference:
         frames_of = {"reference": ref, **frames_of}
     ci = dict(confidence=config.confidence, seed=config.base_seed)
-    rows, curves = {}, {}
+    rows, curves, per_story = {}, {}, {}
     for row, frames in frames_of.items():
         cons = M.frame_consistency(M.embed_frames(frames, evaluator.embed_images))
         preds = _predict(evaluator, frames)
-        res = {"frame_consistency": M.bootstrap_ci(cons.per_story, n_resamples=config.n_bootstrap, **ci),
-               "clip_score": M.bootstrap_ci(M.clip_score(frames, texts, evaluator.clip_model_fn),
-                                            n_resamples=config.n_bootstrap, **ci),
-               "fid": M.fid_with_ci(real_feats, M.embed_frames(frames, evaluator.fid_features),
-                                    n_resamples=config.n_bootstrap_set, **ci)}
+        values = {"frame_consistency": cons.per_story, "clip_score": M.clip_score(frames, texts, evaluator.clip_model_fn)}
+        res = {m: M.bootstrap_ci(v, n_resamples=config.n_bootstrap, **ci) for m, v in values.items()}
+        res["fid"] = M.fid_with_ci(real_feats, M.embed_frames(frames, evaluator.fid_features),
+                                   n_resamples=config.n_bootstrap_set, **ci)
         curve = {"consistency": [M.bootstrap_ci(cons.per_pair[:, j], n_resamples=config.n_bootstrap, **ci)
                                  for j in range(N - 1)]}
         for col, head in ATTRIBUTES.items():
@@ -341,6 +347,7 @@ def summarise(out_dir: str | Path, stories: Sequence[Story], evaluator: Evaluato
                 continue
             k = evaluator.num_classes[head]
             sc = M.attribute_scores(preds[head], truth[head], k)
+            values[f"{col}_acc"] = sc.per_story
             res[f"{col}_acc"] = M.bootstrap_ci(sc.per_story, n_resamples=config.n_bootstrap, **ci)
             res[f"{col}_f1"] = M.set_statistic_ci(
                 S, lambda i, h=head, k=k: M.macro_f1(preds[h][i], truth[h][i], k),
@@ -349,12 +356,29 @@ def summarise(out_dir: str | Path, stories: Sequence[Story], evaluator: Evaluato
                                    for j in range(N)]
         if all(h in preds for h in M.COUNT_HEADS):
             valid = M.physically_valid(preds).double()                            # (S, N)
+            values["physical_validity"] = valid.mean(1)
             res["physical_validity"] = M.bootstrap_ci(valid.mean(1), n_resamples=config.n_bootstrap, **ci)
             curve["physical_validity"] = [M.bootstrap_ci(valid[:, j], n_resamples=config.n_bootstrap, **ci)
                                           for j in range(N)]
         rows[row], curves[row] = res, curve
+        per_story[row] = {m: torch.as_tensor(v).double().tolist() for m, v in values.items()}
     labels = {"reference": "Ground-truth renders", **{r: ROWS[r].label for r in config.rows}}
-    return ResultsTable(rows, curves, labels, S, N, asdict(config))
+    return ResultsTable(rows, curves, labels, S, N, asdict(config), per_story)
+
+
+def paired_difference(table: ResultsTable, old_row: str, new_row: str, metric: str, n_resamples: int = 2000,
+                      seed: int = 0, confidence: float = 0.95) -> M.Interval:
+    """Mean per-story change new_row - old_row of a per-story metric, with a bootstrap interval.
+
+    The rows share stories and seeds (the ARM rows even their draws), so the paired interval is
+    the one to read for "what correction does"; it is narrower than the two rows' own intervals.
+    """
+    missing = [r for r in (old_row, new_row) if metric not in table.per_story.get(r, {})]
+    if missing:
+        raise ValueError(f"no per-story {metric!r} for rows {missing}; per-story metrics: "
+                         f"{sorted(next(iter(table.per_story.values()), {}))}")
+    d = np.asarray(table.per_story[new_row][metric]) - np.asarray(table.per_story[old_row][metric])
+    return M.bootstrap_ci(d, n_resamples=n_resamples, seed=seed, confidence=confidence)
 
 
 # --------------------------------------------------------------------------------------------
@@ -414,6 +438,8 @@ def compare_with_paper(ours: ResultsTable, paper: Mapping | None = None) -> list
             continue
         for metric, (col1, col2, sign) in METRIC_MAP.items():
             o = _change(ours.rows[r_old][metric].value, ours.rows[r_new][metric].value, sign)
+            if metric in ours.per_story.get(r_old, {}) and metric in ours.per_story.get(r_new, {}):
+                o["diff_ci"] = asdict(paired_difference(ours, r_old, r_new, metric))
             for table, p_old, p_new in sources:
                 col = col1 if table == "Table 1" else col2
                 p = _change(paper[table][p_old][col], paper[table][p_new][col], sign)

@@ -119,16 +119,18 @@ def set_statistic_ci(n_stories: int, fn: Callable[[np.ndarray], float], confiden
 # --------------------------------------------------------------------------------------------
 @torch.no_grad()
 def embed_frames(frames: torch.Tensor, image_embedder: Callable[[torch.Tensor], torch.Tensor],
-                 batch_size: int = 256) -> torch.Tensor:
-    """(S, N, C, H, W) frames in [0, 1] -> (S, N, D) embeddings, through `image_embedder` in batches.
+                 batch_size: int = 256, device: str | torch.device | None = None) -> torch.Tensor:
+    """(S, N, C, H, W) frames in [0, 1] -> (S, N, D) CPU embeddings, through `image_embedder` in batches.
 
     Args:
         image_embedder: (B, C, H, W) in [0, 1] -> (B, D); e.g. the toy evaluator's CLIP or a real CLIP.
+        device: where each batch is sent before the call (None: as given).
     """
     _check_frames(frames)
     S, N = frames.shape[:2]
     flat = frames.reshape(S * N, *frames.shape[2:])                              # (S*N, C, H, W)
-    out = torch.cat([image_embedder(flat[i:i + batch_size]).float().cpu() for i in range(0, S * N, batch_size)])
+    out = torch.cat([image_embedder(flat[i:i + batch_size].to(device or flat.device)).float().cpu()
+                     for i in range(0, S * N, batch_size)])
     if out.ndim != 2 or out.shape[0] != S * N:
         raise ValueError(f"image_embedder returned {tuple(out.shape)}; expected ({S * N}, D)")
     return out.reshape(S, N, -1)                                                 # (S, N, D)
@@ -250,10 +252,12 @@ def clip_score(frames: torch.Tensor, texts: Sequence[Sequence[str]], model_fn: C
     if len(texts) != S or any(len(t) != N or isinstance(t, str) for t in texts):
         raise ValueError(f"texts must be {S} lists of {N} strings (one per frame), got {len(texts)} entries")
     metric = CLIPScore(model_name_or_path=model_fn)
+    # CLIPScore moves the model to the images' device: send the images to the model instead.
+    device = next(metric.model.parameters()).device
     out = []
     for s in range(S):
         metric.reset()
-        metric.update(list(frames[s]), [str(t) for t in texts[s]])
+        metric.update(list(frames[s].to(device)), [str(t) for t in texts[s]])
         out.append(float(metric.compute()))
     return torch.tensor(out, dtype=torch.float64)
 
@@ -285,16 +289,18 @@ def fid(real_images: torch.Tensor, fake_images: torch.Tensor, feature_module: nn
 
     Args:
         real_images, fake_images: (M, C, H, W) in [0, 1], M >= 2 each (as the module expects them).
-        feature_module: nn.Module (B, C, H, W) -> (B, F) with an int `num_features` (see FeatureModule).
+        feature_module: nn.Module (B, C, H, W) -> (B, F) with an int `num_features` (see FeatureModule);
+            the metric and the images go to the device of its parameters (CPU if it has none).
     """
     for name, x in (("real_images", real_images), ("fake_images", fake_images)):
         if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[0] < 2:
             raise ValueError(f"{name} must be a tensor (M, C, H, W) with M >= 2, got "
                              f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
-    metric = _fid_metric(feature_module)
+    device = next(iter(feature_module.parameters()), torch.empty(0)).device
+    metric = _fid_metric(feature_module).to(device)
     for x, real in ((real_images, True), (fake_images, False)):
         for i in range(0, x.shape[0], batch_size):
-            metric.update(x[i:i + batch_size], real=real)
+            metric.update(x[i:i + batch_size].to(device), real=real)
     return float(metric.compute())
 
 

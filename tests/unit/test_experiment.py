@@ -172,6 +172,15 @@ def test_table_numbers_equal_hand_computed_values(tmp_path, evaluator):
         M.fid(ref.flatten(0, 1), arm.flatten(0, 1), evaluator.fid_features), rel=1e-6)
     assert rows["arm"]["clip_score"].value == pytest.approx(
         M.clip_score(arm, [s.sentences for s in sts], evaluator.clip_model_fn).mean().item())
+    # Paired per-story changes, and the comparison with the paper on every pair of rows.
+    assert E.paired_difference(table, "arm", "acdc_rules", "char_acc") == M.Interval(1.0, 1.0, 1.0)
+    assert E.paired_difference(table, "arm", "acdc_nomem", "physical_validity").value == pytest.approx(4 / 6)
+    with pytest.raises(ValueError, match="per-story"):
+        E.paired_difference(table, "arm", "acdc_rules", "fid")
+    comp = E.compare_with_paper(table)
+    assert len(comp) == (2 + 1 + 2) * 3                                            # paper sources x metrics
+    fc = [r for r in comp if r["metric"] == "frame_consistency"]
+    assert all(r["ours_rel_change_pct"] == 0 and r["ours_diff_ci"]["value"] == 0 for r in fc)
     md = table.to_markdown()
     assert md.count("\n") == 2 + len(rows) and "ARM + ACDC, rule memory" in md
     table.write(tmp_path)
