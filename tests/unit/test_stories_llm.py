@@ -130,3 +130,27 @@ def test_generation_never_leaks_the_key(monkeypatch, fake_server, tmp_path, capl
     dumped = json.dumps({"stories": [s.__dict__ for s in out.stories], "failures": out.failures})
     assert KEY not in dumped and KEY not in caplog.text
     assert KEY.encode() not in (tmp_path / "c.sqlite").read_bytes()
+
+
+@pytest.mark.parametrize("script", [
+    pytest.param(lambda s: s.push_slow(3.0), id="slow answer"),
+    pytest.param(lambda s: s.push_status(429), id="429"),
+    pytest.param(lambda s: s.push_status(500), id="500"),
+    pytest.param(lambda s: s.push_ok("1. A fox.\n2. It ran."), id="malformed"),
+])
+def test_each_failure_mode_is_retried_then_the_story_arrives(fake_server, script):
+    # One bad answer, then good ones: the story still arrives, from the second request.
+    script(fake_server)
+    fake_server.responder = new_story
+    out = generate_llm_stories(1, seed=0, max_attempts=3, client=client(fake_server, max_retries=1))
+    assert len(out.stories) == 1 and out.failures == [] and fake_server.count == 2
+    assert len(out.stories[0].sentences) == 6
+
+
+def test_refused_connection_is_reported_as_a_failure():
+    from fake_openai import refused_url
+
+    c = LLMClient(base_url=refused_url(), timeout=1.0, max_retries=1, backoff_s=0.0)
+    out = generate_llm_stories(2, seed=0, max_attempts=2, client=c)
+    assert out.stories == [] and [f["request_index"] for f in out.failures] == [0, 1]
+    assert all("APIConnectionError" in f["reason"] for f in out.failures), out.failures[0]["reason"]
