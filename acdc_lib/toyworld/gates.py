@@ -47,14 +47,16 @@ class Gate:
     value: float
     threshold: float
     detail: dict[str, Any] = field(default_factory=dict)
+    rule: str | None = None
 
     @property
     def passed(self) -> bool:
         return self.value >= self.threshold
 
     def verdict(self) -> str:
-        """A deterministic line: "<name> >= <threshold as %>: PASS|FAIL"."""
-        return f"{self.name} >= {self.threshold:.0%}: {'PASS' if self.passed else 'FAIL'}"
+        """A deterministic line: "<name> <rule, default '>= threshold as %'>: PASS|FAIL"."""
+        rule = self.rule if self.rule is not None else f">= {self.threshold:.0%}"
+        return f"{self.name} {rule}: {'PASS' if self.passed else 'FAIL'}"
 
 
 def load_split(name: str, n: int | None = None):
@@ -199,13 +201,72 @@ def arm_regime_gate(curve: dict, *, first_min: float = 0.75, drop_min: float = 0
     """
     first, last = curve["mean"][0], curve["mean"][-1]
     value = 1.0 + min(first - first_min, (first - last) - drop_min)
-    return Gate(f"ARM regime (frame-1 accuracy >= {first_min:.0%}, drop to last frame >= {drop_min:.0%})", value, 1.0,
-                {"frame1": first, "last": last, "mean_per_frame": curve["mean"]})
+    return Gate("ARM regime", value, 1.0, {"frame1": first, "last": last, "mean_per_frame": curve["mean"]},
+                rule=f"(frame-1 accuracy >= {first_min:.0%}, last frame >= {drop_min:.0%} lower)")
 
 
 def summarize(gates: Sequence[Gate]) -> list[dict]:
     """JSON-ready list of gates (name, value, threshold, passed, detail)."""
     return [{**asdict(g), "passed": g.passed} for g in gates]
+
+
+# --------------------------------------------------------------------------------------------
+# Figures and budget summaries for notebook 02
+# --------------------------------------------------------------------------------------------
+def image_grid(rows: Sequence[torch.Tensor], row_titles: Sequence[str] | None = None, col_titles=None,
+               scale: float = 0.9):
+    """A matplotlib figure showing rows of (K, 3, H, W) images in [0, 1]; returns the figure."""
+    import matplotlib.pyplot as plt
+
+    R, K = len(rows), max(len(r) for r in rows)
+    fig, axes = plt.subplots(R, K, figsize=(K * scale, R * scale * 1.05), squeeze=False)
+    for i, r in enumerate(rows):
+        for j in range(K):
+            ax = axes[i][j]
+            ax.axis("off")
+            if j < len(r):
+                ax.imshow(r[j].permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
+            if j == 0 and row_titles is not None:
+                ax.text(-2, 16, row_titles[i], ha="right", va="center", fontsize=7)
+            if i == 0 and col_titles is not None and j < len(col_titles):
+                ax.set_title(col_titles[j], fontsize=7)
+    fig.subplots_adjust(wspace=0.05, hspace=0.1)
+    return fig
+
+
+def plot_arm_curves(curves: dict[str, dict]):
+    """Per-frame probe accuracy of free-running ARMs: one panel per visual attribute + the mean."""
+    import matplotlib.pyplot as plt
+
+    keys = [*VISUAL, "mean"]
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.0 * len(keys), 2.8), sharey=True)
+    for ax, k in zip(axes, keys):
+        for name, c in curves.items():
+            y = c["mean"] if k == "mean" else c["per_frame"][k]
+            ax.plot(range(1, len(y) + 1), y, marker="o", label=name)
+        ax.set_title(k)
+        ax.set_xlabel("frame")
+        ax.set_ylim(0, 1.02)
+    axes[0].set_ylabel("probe accuracy vs ground truth")
+    axes[-1].legend()
+    return fig
+
+
+def checkpoint_sizes(root: Path = M.CHECKPOINT_DIR) -> dict[str, float]:
+    """MB of all files per top-level model folder (weights and configs), and their total."""
+    out: dict[str, float] = {}
+    for d in sorted(p for p in Path(root).iterdir() if p.is_dir()):
+        out[d.name] = sum(f.stat().st_size for f in d.rglob("*") if f.is_file()) / 2 ** 20
+    out["total"] = sum(out.values())
+    return out
+
+
+def training_minutes(root: Path = M.CHECKPOINT_DIR) -> dict[str, float]:
+    """Wall minutes per trained model from train_log.json, and their total."""
+    log = json.loads((Path(root) / "train_log.json").read_text())
+    out = {k: v["wall_s"] / 60 for k, v in log.items()}
+    out["total"] = sum(out.values())
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -251,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     res = measure_all(a.n_stories, dm_frames=a.dm_frames, arm_stories=a.arm_stories, checkpoints=a.checkpoints)
     atomic_write_json(a.checkpoints / "gates.json", res)
     for g in res["gates"]:
-        print(f"{g['name']}: {g['value']:.4f} (>= {g['threshold']}) {'PASS' if g['passed'] else 'FAIL'}")
+        print(f"{g['name']}: {g['value']:.4f} {g['rule'] or '>= ' + str(g['threshold'])} {'PASS' if g['passed'] else 'FAIL'}")
     print(json.dumps(res["arm_curves"], indent=1))
 
 

@@ -29,7 +29,7 @@ from acdc_lib.toyworld import models as M
 from acdc_lib.toyworld.world import (ACTIONS, FACINGS, MAX_COUNT, NAMES, PLACES, SPECIES, TIMES, X_RANGE, Y_RANGE,
                                      DEFAULT_Y, SceneState, explicit_caption)
 
-MODELS: tuple[str, ...] = ("evaluator", "vq", "dm", "arm")
+MODELS: tuple[str, ...] = ("evaluator", "vq", "dm", "arm", "arm_strong")
 COUNT_FIELDS: tuple[str, ...] = ("n_suns", "n_moons", "n_ears", "n_tails")
 
 
@@ -112,10 +112,13 @@ class TrainConfig:
 DEFAULTS: dict[str, TrainConfig] = {
     "probe": TrainConfig(steps=1500, batch_size=64, lr=2e-3, seed=101, extra={"p_wrong_counts": 0.4}),
     "clip": TrainConfig(steps=1500, batch_size=128, lr=2e-3, seed=102),
-    "vq": TrainConfig(steps=1200, batch_size=32, lr=1e-3, seed=201, extra={"restart_every": 100}),
-    "dm": TrainConfig(steps=3000, batch_size=64, lr=1e-3, seed=301,
+    "vq": TrainConfig(steps=700, batch_size=32, lr=1e-3, seed=201, extra={"restart_every": 100}),
+    "dm": TrainConfig(steps=2000, batch_size=64, lr=1e-3, seed=301,
                       extra={"p_uncond": 0.1, "ema_decay": 0.999}),
     "arm": TrainConfig(steps=600, batch_size=16, lr=2e-3, seed=401, extra={"hidden": 128, "layers": 2, "n_stories": 4000}),
+    # the same ARM with 3x the training steps: notebook 02 shows how the accumulation curve moves with strength
+    "arm_strong": TrainConfig(steps=1800, batch_size=16, lr=2e-3, seed=402,
+                              extra={"hidden": 128, "layers": 2, "n_stories": 4000}),
 }
 
 
@@ -411,10 +414,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=M.CHECKPOINT_DIR, help="checkpoint folder (default: shipped)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--steps-scale", type=float, default=1.0, help="multiply every model's steps (smoke runs)")
-    p.add_argument("--arm-steps", type=int, default=None, help="ARM steps (a stronger ARM: more)")
+    p.add_argument("--arm-steps", type=int, default=None, help="override the ARM's steps (a stronger ARM: more)")
     p.add_argument("--arm-hidden", type=int, default=None)
     p.add_argument("--arm-layers", type=int, default=None)
-    p.add_argument("--arm-name", default="arm", help="subfolder of the ARM (e.g. arm_strong)")
+    p.add_argument("--arm-name", default=None, help="subfolder to save the ARM in (default: arm / arm_strong)")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -435,8 +438,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     if "dm" in todo:
         train_dm(VQModel.from_pretrained(a.out / "vq").eval(), scaled("dm"), out=a.out)
-    if "arm" in todo:
-        cfg = scaled("arm")
+    for name in ("arm", "arm_strong"):
+        if name not in todo:
+            continue
+        cfg = scaled(name)
         if a.arm_steps:
             cfg.steps = a.arm_steps
         for k in ("hidden", "layers"):
@@ -445,7 +450,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 cfg.extra[k] = v
         vq = VQModel.from_pretrained(a.out / "vq").eval()
         stories = load_split("train")[:cfg.extra.get("n_stories")]
-        train_arm(stories, vq, cfg, out=a.out, name=a.arm_name)
+        train_arm(stories, vq, cfg, out=a.out, name=a.arm_name or name)
     print(f"trained {', '.join(todo)} in {time.time() - t_all:.0f}s -> {a.out}")
 
 
