@@ -414,7 +414,7 @@ COMPARISONS = {
 
 
 def _change(old: float, new: float, sign: int) -> dict[str, Any]:
-    rel = (new - old) / abs(old) * 100.0 if old != 0 else float("nan")
+    rel = (new - old) / abs(old) * 100.0 if old != 0 else None  # None: no relative size from 0
     return {"old": old, "new": new, "rel_change_pct": rel, "direction": "+" if new > old else "-" if new < old else "0",
             "better": (new - old) * sign > 0}
 
@@ -439,7 +439,8 @@ def compare_with_paper(ours: ResultsTable, paper: Mapping | None = None) -> list
         for metric, (col1, col2, sign) in METRIC_MAP.items():
             o = _change(ours.rows[r_old][metric].value, ours.rows[r_new][metric].value, sign)
             if metric in ours.per_story.get(r_old, {}) and metric in ours.per_story.get(r_new, {}):
-                o["diff_ci"] = asdict(paired_difference(ours, r_old, r_new, metric))
+                d = paired_difference(ours, r_old, r_new, metric)
+                o["diff_ci"], o["ci_excludes_0"] = asdict(d), not d.low <= 0.0 <= d.high
             for table, p_old, p_new in sources:
                 col = col1 if table == "Table 1" else col2
                 p = _change(paper[table][p_old][col], paper[table][p_new][col], sign)
@@ -451,9 +452,11 @@ def compare_with_paper(ours: ResultsTable, paper: Mapping | None = None) -> list
 
 def comparison_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     """A markdown table of `compare_with_paper`'s rows."""
-    lines = ["| comparison | metric | paper (source) | paper change | ours change | same direction |",
-             "|---|---|---|---|---|---|"]
+    pct = lambda v: "n/a" if v is None else f"{v:+.1f}%"
+    ci = lambda r: {True: "yes", False: "no"}.get(r.get("ours_ci_excludes_0"), "n/a (set-level)")
+    lines = ["| comparison | metric | paper (source) | paper change | ours change | paired 95% CI excludes 0 "
+             "| same direction |", "|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['comparison']} | {r['metric']} | {r['paper_source']} | {r['paper_rel_change_pct']:+.1f}% "
-                     f"| {r['ours_rel_change_pct']:+.1f}% | {'yes' if r['same_direction'] else 'no'} |")
+        lines.append(f"| {r['comparison']} | {r['metric']} | {r['paper_source']} | {pct(r['paper_rel_change_pct'])} "
+                     f"| {pct(r['ours_rel_change_pct'])} | {ci(r)} | {'yes' if r['same_direction'] else 'no'} |")
     return "\n".join(lines) + "\n"

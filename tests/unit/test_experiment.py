@@ -181,6 +181,9 @@ def test_table_numbers_equal_hand_computed_values(tmp_path, evaluator):
     assert len(comp) == (2 + 1 + 2) * 3                                            # paper sources x metrics
     fc = [r for r in comp if r["metric"] == "frame_consistency"]
     assert all(r["ours_rel_change_pct"] == 0 and r["ours_diff_ci"]["value"] == 0 for r in fc)
+    assert not any(r["ours_ci_excludes_0"] for r in fc)
+    assert not any("ours_ci_excludes_0" in r for r in comp if r["metric"] == "fid")
+    assert E.comparison_markdown(comp).count("n/a (set-level)") == 5
     md = table.to_markdown()
     assert md.count("\n") == 2 + len(rows) and "ARM + ACDC, rule memory" in md
     table.write(tmp_path)
