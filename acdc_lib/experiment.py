@@ -45,6 +45,11 @@ class RowSpec:
     correct_frames: str = "none"
     use_memory: bool = False
 
+    def needs(self) -> list[str]:
+        """The components `run_experiment` must be given for this row."""
+        return ((["arm"] if self.kind == "loop" else []) + (["corrector"] if self.kind == "dm" or
+                self.correct_frames != "none" else []) + (["memory"] if self.use_memory else []))
+
 
 ROWS: dict[str, RowSpec] = {
     "dm_only": RowSpec("DM only (raw sentence per frame)", "dm"),
@@ -126,13 +131,18 @@ def _done(row_dir: Path, story: Story, seed: int) -> bool:
     return True
 
 
-def load_frames(out_dir: str | Path, row: str, stories: Sequence[Story]) -> torch.Tensor:
-    """(S, N, C, H, W) float frames in [0, 1] of `row` as written by `run_experiment`."""
+def _missing(out_dir: str | Path, row: str, stories: Sequence[Story]) -> Path:
     row_dir = Path(out_dir) / row
     missing = [s.story_id for s in stories if not (row_dir / f"{s.story_id}.json").exists()]
     if missing:
         raise ValueError(f"row {row!r} lacks {len(missing)} of {len(stories)} stories (first: {missing[:3]}); "
                          f"run run_experiment first")
+    return row_dir
+
+
+def load_frames(out_dir: str | Path, row: str, stories: Sequence[Story]) -> torch.Tensor:
+    """(S, N, C, H, W) float frames in [0, 1] of `row` as written by `run_experiment`."""
+    row_dir = _missing(out_dir, row, stories)
     arrays = [np.load(row_dir / f"{s.story_id}.npz")["frames"] for s in stories]
     return torch.from_numpy(np.stack(arrays)).float() / 255.0
 
@@ -185,12 +195,18 @@ def run_experiment(stories: Sequence[Story], out_dir: str | Path, *, arm=None, c
         {row: story ids computed by this call}.
     """
     config = config or ExperimentConfig()
+    given = {"arm": arm, "corrector": corrector, "memory": memory}
+    for row in config.rows:  # e.g. acdc_rules without a memory would silently equal acdc_nomem
+        missing = [k for k in ROWS[row].needs() if given[k] is None]
+        if missing:
+            raise ValueError(f"row {row!r} needs {missing}; pass them or leave the row out of config.rows")
+    seeds = {s.story_id: story_seed(config.base_seed, k) for k, s in enumerate(stories)}
+    if len(seeds) != len(stories) or len({len(s) for s in stories}) != 1:
+        raise ValueError(f"stories need unique ids and one length; got {len(stories)} stories, {len(seeds)} ids, "
+                         f"lengths {sorted({len(s) for s in stories})}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_config(out_dir, config)
-    seeds = {s.story_id: story_seed(config.base_seed, k) for k, s in enumerate(stories)}
-    if len(seeds) != len(stories):
-        raise ValueError("story ids must be unique")
     computed: dict[str, list[str]] = {}
     for row in config.rows:
         spec, row_dir = ROWS[row], out_dir / row
@@ -328,12 +344,13 @@ def summarise(out_dir: str | Path, stories: Sequence[Story], evaluator: Evaluato
     truth = {h: torch.stack([torch.as_tensor(evaluator.true_attributes(s)[h]) for s in stories]).long()
              for h in evaluator.num_classes}                                     # {head: (S, N)}
     real_feats = M.embed_frames(ref, evaluator.fid_features)                    # (S, N, F)
-    frames_of = {r: load_frames(out_dir, r, stories) for r in config.rows}
-    if include_reference:
-        frames_of = {"reference": ref, **frames_of}
+    for r in config.rows:  # fail before any scoring if a row is incomplete
+        _missing(out_dir, r, stories)
+    row_names = (["reference"] if include_reference else []) + list(config.rows)
     ci = dict(confidence=config.confidence, seed=config.base_seed)
     rows, curves, per_story = {}, {}, {}
-    for row, frames in frames_of.items():
+    for row in row_names:  # one row's frames in memory at a time
+        frames = ref if row == "reference" else load_frames(out_dir, row, stories)
         cons = M.frame_consistency(M.embed_frames(frames, evaluator.embed_images))
         preds = _predict(evaluator, frames)
         values = {"frame_consistency": cons.per_story, "clip_score": M.clip_score(frames, texts, evaluator.clip_model_fn)}

@@ -127,14 +127,21 @@ def test_an_interrupted_run_resumes_and_gives_the_uninterrupted_table(tmp_path, 
     assert run(tmp_path / "a", sts)[0] == {r: [] for r in E.ROWS}
 
 
-def test_a_run_refuses_files_of_other_settings_or_stories(tmp_path):
-    run(tmp_path, stories(2))
+def test_a_run_refuses_files_of_other_settings_or_stories(tmp_path, evaluator):
+    _, config = run(tmp_path, stories(2))
+    with pytest.raises(ValueError, match="lacks 1 of 3 stories"):
+        E.summarise(tmp_path, stories(3), evaluator, config)
     with pytest.raises(ValueError, match="strength"):
         run(tmp_path, stories(2), strength=0.3)
     with pytest.raises(ValueError, match="same order"):
         run(tmp_path, stories(2)[::-1])
     with pytest.raises(ValueError, match="unknown rows"):
         E.ExperimentConfig(rows=("arm", "sd"))
+    with pytest.raises(ValueError, match=r"row 'acdc_rules' needs \['memory'\]"):
+        E.run_experiment(stories(2), tmp_path / "y", arm=VisibleARM(), corrector=MarkingCorrector(), progress=False)
+    with pytest.raises(ValueError, match="one length"):
+        E.run_experiment(stories(2) + [Story("short", ["a"])], tmp_path / "z", arm=VisibleARM(),
+                         config=E.ExperimentConfig(rows=("arm",)), progress=False)
     with pytest.raises(ValueError, match="generate"):
         E.run_experiment(stories(2), tmp_path / "x", corrector=DummyCorrector(),
                          config=E.ExperimentConfig(rows=("dm_only",)), progress=False)
