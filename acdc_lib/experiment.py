@@ -477,3 +477,27 @@ def comparison_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
         lines.append(f"| {r['comparison']} | {r['metric']} | {r['paper_source']} | {pct(r['paper_rel_change_pct'])} "
                      f"| {pct(r['ours_rel_change_pct'])} | {ci(r)} | {'yes' if r['same_direction'] else 'no'} |")
     return "\n".join(lines) + "\n"
+
+
+def plot_curves(table: ResultsTable, curves: Sequence[str] = ("char_acc", "bg_acc", "consistency"),
+                rows: Sequence[str] | None = None):
+    """One panel per curve: the per-frame value of every row against frame index, with its interval band.
+
+    Consistency is per consecutive pair, drawn at the later frame (pair (i-1, i) at i). Returns the figure.
+    """
+    import matplotlib.pyplot as plt
+
+    rows = list(rows or table.curves)
+    bad = [c for c in curves if any(c not in table.curves[r] for r in rows)]
+    if bad:
+        raise ValueError(f"curves {bad} are not in the table; available: {sorted(next(iter(table.curves.values())))}")
+    fig, axes = plt.subplots(1, len(curves), figsize=(3.6 * len(curves), 3.0), squeeze=False)
+    for ax, c in zip(axes[0], curves):
+        for r in rows:
+            pts = table.curves[r][c]
+            x = np.arange(len(pts)) + (2 if c == "consistency" else 1)          # 1-based frame index
+            ax.plot(x, [p.value for p in pts], marker="o", label=table.labels.get(r, r))
+            ax.fill_between(x, [p.low for p in pts], [p.high for p in pts], alpha=0.15)
+        ax.set(title=c, xlabel="frame", xticks=np.arange(1, table.n_frames + 1))
+    axes[0][0].legend(fontsize=8)
+    return fig

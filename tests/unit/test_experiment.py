@@ -248,3 +248,18 @@ def test_toy_evaluator_bundle_scores_like_the_toy_evaluator():
     want = [max(100 * toy.clip_similarity(ref[k], sts[k].sentences).mean().item(), 0.0) for k in range(2)]
     assert got.tolist() == pytest.approx(want, abs=1e-3) and max(want) > 0
     assert ev.fid_features(ref[0]).shape == (N, 8) and ev.fid_features.num_features == 8
+
+
+def test_plot_curves_draws_every_row_per_curve():
+    import matplotlib
+    matplotlib.use("Agg")
+    iv = lambda v: M.Interval(v, v - 0.1, v + 0.1)
+    curves = {r: {"char_acc": [iv(1 - 0.1 * i) for i in range(N)], "consistency": [iv(0.9)] * (N - 1)}
+              for r in ("arm", "acdc_rules")}
+    fig = E.plot_curves(E.ResultsTable({}, curves, {"arm": "ARM alone"}, 2, N), curves=("char_acc", "consistency"))
+    a, b = fig.axes
+    assert [len(ax.lines) for ax in (a, b)] == [2, 2]
+    assert list(a.lines[0].get_xdata()) == [1, 2, 3, 4, 5, 6] and list(b.lines[0].get_xdata()) == [2, 3, 4, 5, 6]
+    assert a.get_legend_handles_labels()[1] == ["ARM alone", "acdc_rules"]
+    with pytest.raises(ValueError, match="not in the table"):
+        E.plot_curves(E.ResultsTable({}, curves, {}, 2, N), curves=("bg_acc",))
