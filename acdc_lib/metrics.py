@@ -186,7 +186,9 @@ class _FeaturesOnly(nn.Module):
 
 
 class _TensorProcessor:
-    """A processor for [0, 1] tensors: resize + normalise in torch, tokenize text.
+    """A processor for [0, 1] tensors: resize to image_size x image_size + normalise in torch, tokenize text.
+
+    Story frames are square, so CLIP's resize-shortest-side + centre crop reduces to this resize.
 
     Written here because transformers' image processors expect 0-255 images (they would rescale
     [0, 1] floats a second time) and the toy CLIP has no image processor at all.
