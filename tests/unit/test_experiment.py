@@ -12,13 +12,12 @@ import math
 import numpy as np
 import pytest
 import torch
-from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
 
 from acdc_lib import experiment as E
 from acdc_lib import metrics as M
 from acdc_lib.types import Story
 from dummies import DummyARM, DummyCorrector, DummyMemory
-from tiny_diffusers import tiny_tokenizer
+from tiny_diffusers import tiny_clip_model, tiny_tokenizer
 
 N = 6
 
@@ -65,13 +64,7 @@ def fake_predict(x):
 @pytest.fixture(scope="module")
 def evaluator():
     tok = tiny_tokenizer()
-    text = CLIPTextConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                          num_attention_heads=2, max_position_embeddings=32, bos_token_id=0, eos_token_id=1,
-                          pad_token_id=1)
-    vision = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                              image_size=4, patch_size=2, num_channels=1)
-    torch.manual_seed(0)
-    clip = CLIPModel(CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=8)).eval()
+    clip = tiny_clip_model(image_size=4, patch_size=2, num_channels=1)
 
     def reference(story):
         ref = torch.zeros(N, 1, 2, 2)

@@ -5,23 +5,17 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
+from transformers import CLIPModel
 
 from acdc_lib import metrics as M
-from tiny_diffusers import tiny_tokenizer
+from tiny_diffusers import tiny_clip_model, tiny_tokenizer
 
 
 @pytest.fixture(scope="module")
 def tiny_clip():
     """A random 1-layer transformers 5 CLIPModel over 8x8 images and the tiny character tokenizer."""
     tok = tiny_tokenizer()
-    text = CLIPTextConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                          num_attention_heads=2, max_position_embeddings=32, bos_token_id=0, eos_token_id=1,
-                          pad_token_id=1)
-    vision = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                              image_size=8, patch_size=4)
-    torch.manual_seed(0)
-    clip = CLIPModel(CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=8)).eval()
+    clip = tiny_clip_model(image_size=8, patch_size=4)
     return clip, tok
 
 

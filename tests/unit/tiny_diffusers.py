@@ -25,7 +25,7 @@ from diffusers import (
     UNet2DConditionModel,
     VQModel,
 )
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig
 
 TEXT_DIM = 16  # hidden size of the tiny text encoder = the UNet's cross_attention_dim
 MAX_TOKENS = 32  # tiny model_max_length: prompts are padded / truncated to this many tokens
@@ -160,3 +160,15 @@ def save_unet_corrector_parts(parts: dict, path: str | Path) -> Path:
         if parts.get(name) is not None:
             parts[name].save_pretrained(path / name)
     return path
+
+
+def tiny_clip_model(image_size: int = 8, patch_size: int = 4, num_channels: int = 3, seed: int = 0) -> CLIPModel:
+    """A random 1-layer transformers CLIPModel (hidden 16, projection 8) over the tiny tokenizer's vocabulary."""
+    tok = tiny_tokenizer()
+    text = CLIPTextConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                          num_attention_heads=2, max_position_embeddings=32, bos_token_id=0, eos_token_id=1,
+                          pad_token_id=1)
+    vision = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                              image_size=image_size, patch_size=patch_size, num_channels=num_channels)
+    torch.manual_seed(seed)
+    return CLIPModel(CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=8)).eval()
