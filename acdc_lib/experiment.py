@@ -313,10 +313,11 @@ class ResultsTable:
             lines.append(f"| {self.labels.get(r, r)} | " + " | ".join(cells) + " |")
         return "\n".join(lines) + "\n"
 
-    def write(self, out_dir: str | Path) -> None:
-        """results.json and results.md in `out_dir`, written atomically."""
-        atomic_write_json(Path(out_dir) / "results.json", self.to_dict())
-        atomic_write_text(Path(out_dir) / "results.md", self.to_markdown())
+    def write(self, out_dir: str | Path, stem: str = "results") -> None:
+        """<stem>.json and <stem>.md in `out_dir`, written atomically (a notebook's own results.json
+        is record_results', so notebook 03 passes another stem)."""
+        atomic_write_json(Path(out_dir) / f"{stem}.json", self.to_dict())
+        atomic_write_text(Path(out_dir) / f"{stem}.md", self.to_markdown())
 
 
 def _predict(evaluator: Evaluator, frames: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -501,3 +502,203 @@ def plot_curves(table: ResultsTable, curves: Sequence[str] = ("char_acc", "bg_ac
         ax.set(title=c, xlabel="frame", xticks=np.arange(1, table.n_frames + 1))
     axes[0][0].legend(fontsize=8)
     return fig
+
+
+# --------------------------------------------------------------------------------------------
+# Notebook 03: paired changes on the exact metrics, plain-words verdicts, example frames, t' sweep
+# --------------------------------------------------------------------------------------------
+def paired_changes(table: ResultsTable, metrics: Sequence[str] | None = None, n_resamples: int = 2000,
+                   seed: int = 0, confidence: float = 0.95) -> list[dict[str, Any]]:
+    """Paired per-story change (new - old) of every per-story metric, for each comparison of COMPARISONS.
+
+    Every per-story metric here is higher-is-better (consistency, CLIPScore, accuracies, validity),
+    so a positive change is an improvement. Comparisons whose rows the table lacks are left out.
+
+    Args:
+        metrics: per-story metric names (default: all the table has for both rows).
+    Returns:
+        one dict per (comparison, metric): old/new rows and values, diff (Interval as dict), excludes_0.
+    """
+    out = []
+    for comp, (old, new, _) in COMPARISONS.items():
+        if old not in table.per_story or new not in table.per_story:
+            continue
+        names = metrics if metrics is not None else [m for m in table.per_story[old] if m in table.per_story[new]]
+        for m in names:
+            d = paired_difference(table, old, new, m, n_resamples=n_resamples, seed=seed, confidence=confidence)
+            out.append({"comparison": comp, "old": old, "new": new, "metric": m,
+                        "old_value": float(np.mean(table.per_story[old][m])),
+                        "new_value": float(np.mean(table.per_story[new][m])),
+                        "diff": asdict(d), "excludes_0": not d.low <= 0.0 <= d.high})
+    return out
+
+
+def paired_changes_markdown(rows: Sequence[Mapping[str, Any]], digits: int = 3) -> str:
+    """A markdown table of `paired_changes`' rows."""
+    f = lambda v: f"{v:.{digits}f}"
+    lines = ["| comparison | metric | old | new | change [95% CI] | CI excludes 0 |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        d = r["diff"]
+        lines.append(f"| {r['comparison']} | {r['metric']} | {f(r['old_value'])} | {f(r['new_value'])} "
+                     f"| {d['value']:+.{digits}f} [{d['low']:+.{digits}f}, {d['high']:+.{digits}f}] "
+                     f"| {'yes' if r['excludes_0'] else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
+def _verdict(paper_better: set, ours_better: bool | None, significant: bool) -> str:
+    if len(paper_better) != 1:
+        return "paper mixed"
+    claim = paper_better == {True}
+    if ours_better is None:
+        return "no change"
+    if ours_better == claim:
+        return "reproduced" if significant else "same direction, not significant"
+    return "opposite, significant" if significant else "opposite, not significant"
+
+
+def reproduction_verdicts(comparison: Sequence[Mapping[str, Any]], table: ResultsTable) -> list[dict[str, Any]]:
+    """One verdict per (comparison, metric) of `compare_with_paper`'s rows: does the toy world show the paper's change?
+
+    The paper's claim is the direction its sources agree on ("paper mixed" when they do not).
+    Significance of ours: the paired per-story interval excludes 0; for FID (set-level, no
+    per-story value) the two rows' own intervals do not overlap, a stricter test.
+    Verdicts: reproduced, same direction, not significant, opposite, significant,
+    opposite, not significant, no change, paper mixed.
+    """
+    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for r in comparison:
+        groups.setdefault((r["comparison"], r["metric"]), []).append(r)
+    out = []
+    for (comp, metric), rs in groups.items():
+        r0, (old, new, _) = rs[0], COMPARISONS[comp]
+        if "ours_ci_excludes_0" in r0:
+            significant, test = bool(r0["ours_ci_excludes_0"]), "paired per-story 95% interval"
+        else:
+            a, b = table.rows[old][metric], table.rows[new][metric]
+            significant, test = a.high < b.low or b.high < a.low, "rows' 95% intervals (set-level)"
+        ours_better = None if r0["ours_direction"] == "0" else bool(r0["ours_better"])
+        paper_better = {bool(r["paper_better"]) for r in rs}
+        out.append({"comparison": comp, "metric": metric, "verdict": _verdict(paper_better, ours_better, significant),
+                    "ours_rel_change_pct": r0["ours_rel_change_pct"], "ours_better": ours_better,
+                    "significant": significant, "test": test,
+                    "paper_rel_change_pct": [r["paper_rel_change_pct"] for r in rs],
+                    "paper_sources": [r["paper_source"] for r in rs], "paper_better": sorted(paper_better)})
+    return out
+
+
+def verdicts_markdown(verdicts: Sequence[Mapping[str, Any]]) -> str:
+    """Plain-words bullet list of `reproduction_verdicts`."""
+    pct = lambda v: "n/a" if v is None else f"{v:+.1f}%"
+    lines = []
+    for v in verdicts:
+        paper = ", ".join(f"{pct(p)} ({s.split(': ', 1)[1]})" for p, s in zip(v["paper_rel_change_pct"],
+                                                                            v["paper_sources"]))
+        lines.append(f"- **{v['comparison']}, {v['metric']}: {v['verdict']}.** Paper: {paper}. "
+                     f"Ours: {pct(v['ours_rel_change_pct'])} ({'significant' if v['significant'] else 'not significant'}"
+                     f" by the {v['test']}).")
+    return "\n".join(lines) + "\n"
+
+
+def frame_trend(table: ResultsTable, curve: str = "char_acc", rows: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """First vs last frame of a per-frame curve, per row: does the value fall along the story?
+
+    `falls` is True when the last frame's 95% interval lies wholly below the first frame's.
+    """
+    out = []
+    for r in rows or table.curves:
+        pts = table.curves[r].get(curve)
+        if pts is None:
+            raise ValueError(f"curve {curve!r} not in row {r!r}; available: {sorted(table.curves[r])}")
+        first, last = pts[0], pts[-1]
+        out.append({"row": r, "label": table.labels.get(r, r), "curve": curve, "first": first.value,
+                    "last": last.value, "change": last.value - first.value, "falls": last.high < first.low})
+    return out
+
+
+def plot_example_frames(out_dir: str | Path, story: Story, rows: Sequence[str],
+                        reference: Callable[[Story], torch.Tensor] | None = None,
+                        labels: Mapping[str, str] | None = None):
+    """A grid of one story's frames: one line per row (and the ground-truth renders first). Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    lines = ([("reference", reference(story).cpu().float())] if reference is not None else []) + \
+        [(r, load_frames(out_dir, r, [story])[0]) for r in rows]
+    N = len(story)
+    fig, axes = plt.subplots(len(lines), N, figsize=(1.3 * N + 1.6, 1.35 * len(lines)), squeeze=False)
+    for a, (r, frames) in enumerate(lines):
+        for i in range(N):
+            ax = axes[a][i]
+            img = frames[i].clamp(0, 1)
+            if img.shape[0] == 1:  # one channel: grey levels on a fixed [0, 1] scale
+                ax.imshow(img[0].numpy(), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+            else:
+                ax.imshow(img.permute(1, 2, 0).numpy(), interpolation="nearest")
+            ax.set_xticks([]), ax.set_yticks([])
+            if a == 0:
+                ax.set_title(f"frame {i + 1}", fontsize=8)
+        axes[a][0].set_ylabel((labels or {}).get(r, "Ground truth" if r == "reference" else r), fontsize=7,
+                              rotation=0, ha="right", va="center")
+    return fig
+
+
+def sweep_label(strength: float) -> str:
+    """Row name of ACDC (rule memory) at SDEdit strength t' in a sweep table."""
+    return f"acdc_rules_t{strength:g}"
+
+
+def strength_sweep(stories: Sequence[Story], out_root: str | Path, strengths: Sequence[float], *, arm, corrector,
+                   memory, config: ExperimentConfig, device: str | torch.device = "cpu",
+                   progress: bool = True) -> dict[float, Path]:
+    """Run the acdc_rules row at each SDEdit strength t' into out_root/t<t'> (resumable like run_experiment).
+
+    Returns {t': folder}. The stories keep their seeds (story k: story_seed(base_seed, k)), so the
+    first k stories of a larger run draw the same ARM tokens here.
+    """
+    bad = [s for s in strengths if not 0.0 < s <= 1.0]
+    if bad or not strengths:
+        raise ValueError(f"strengths must be a non-empty list of t' in (0, 1], got {list(strengths)!r}")
+    dirs = {}
+    for s in strengths:
+        d = Path(out_root) / f"t{s:g}"
+        cfg = ExperimentConfig(**{**asdict(config), "rows": ("acdc_rules",), "strength": float(s)})
+        run_experiment(stories, d, arm=arm, corrector=corrector, memory=memory, config=cfg, device=device,
+                       progress=progress)
+        dirs[float(s)] = d
+    return dirs
+
+
+def summarise_sweep(dirs: Mapping[float, str | Path], stories: Sequence[Story], evaluator: Evaluator,
+                    config: ExperimentConfig, base_dir: str | Path | None = None,
+                    base_rows: Sequence[str] = ("dm_only", "arm")) -> ResultsTable:
+    """One table over a t' sweep: `base_rows` of the main run (same stories, with the reference) then ACDC per t'.
+
+    Args:
+        dirs: `strength_sweep`'s {t': folder}.
+        base_dir: the main run's folder holding `base_rows` for these stories (None: no base rows).
+    """
+    parts = []
+    if base_dir is not None:
+        parts.append(summarise(base_dir, stories, evaluator,
+                               ExperimentConfig(**{**asdict(config), "rows": tuple(base_rows)})))
+    for s, d in dirs.items():
+        t = summarise(d, stories, evaluator, ExperimentConfig(**{**asdict(config), "rows": ("acdc_rules",),
+                                                                  "strength": float(s)}), include_reference=False)
+        name = sweep_label(s)
+        t.rows, t.curves, t.per_story = ({name: x["acdc_rules"]} for x in (t.rows, t.curves, t.per_story))
+        t.labels = {name: f"ARM + ACDC, rule memory, t'={s:g}"}
+        parts.append(t)
+    merged = {k: {} for k in ("rows", "curves", "per_story", "labels")}
+    for t in parts:
+        for k in merged:
+            merged[k].update(getattr(t, k))
+    return ResultsTable(merged["rows"], merged["curves"], merged["labels"], len(stories), len(stories[0]),
+                        {**asdict(config), "strengths": [float(s) for s in dirs]}, merged["per_story"])
+
+
+def paper_table_markdown(table: Mapping[str, Mapping[str, float]] | None = None) -> str:
+    """The paper's Table 1 (default) as a markdown table (values as printed)."""
+    table = table or PAPER_TABLE1
+    cols = list(next(iter(table.values())))
+    lines = ["| row | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    lines += [f"| {r} | " + " | ".join(f"{v:g}" for v in d.values()) + " |" for r, d in table.items()]
+    return "\n".join(lines) + "\n"
