@@ -685,7 +685,7 @@ def summarise_sweep(dirs: Mapping[float, str | Path], stories: Sequence[Story], 
                                                                   "strength": float(s)}), include_reference=False)
         name = sweep_label(s)
         t.rows, t.curves, t.per_story = ({name: x["acdc_rules"]} for x in (t.rows, t.curves, t.per_story))
-        t.labels = {name: f"ARM + ACDC, rule memory, t'={s:g}"}
+        t.labels = {name: f"ARM + ACDC, rule memory, t'={s:g}, N={config.num_inference_steps}"}
         parts.append(t)
     merged = {k: {} for k in ("rows", "curves", "per_story", "labels")}
     for t in parts:

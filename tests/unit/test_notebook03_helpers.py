@@ -98,10 +98,10 @@ def test_strength_sweep_runs_acdc_at_each_strength_and_tabulates_beside_the_base
         E.strength_sweep(sts, tmp_path / "bad", (0.0, 0.5), **kw)
     table = E.summarise_sweep(dirs, sts[:2], evaluator, config, base_dir=tmp_path / "main")
     assert list(table.rows) == ["reference", "dm_only", "arm", "acdc_rules_t0.3", "acdc_rules_t0.7"]
-    assert table.labels["acdc_rules_t0.7"] == "ARM + ACDC, rule memory, t'=0.7" and table.n_stories == 2
+    assert table.labels["acdc_rules_t0.7"] == "ARM + ACDC, rule memory, t'=0.7, N=10" and table.n_stories == 2
     assert table.rows["arm"]["char_acc"].value == 0.0 and table.rows["acdc_rules_t0.3"]["char_acc"].value == 1.0
     assert set(table.per_story) == set(table.rows) and set(table.curves) == set(table.rows)
-    assert "| ARM + ACDC, rule memory, t'=0.3 |" in table.to_markdown()
+    assert "| ARM + ACDC, rule memory, t'=0.3, N=10 |" in table.to_markdown()
     assert list(E.summarise_sweep(dirs, sts[:2], evaluator, config).rows) == ["acdc_rules_t0.3", "acdc_rules_t0.7"]
 
 
