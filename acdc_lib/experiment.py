@@ -702,3 +702,36 @@ def paper_table_markdown(table: Mapping[str, Mapping[str, float]] | None = None)
     lines = ["| row | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     lines += [f"| {r} | " + " | ".join(f"{v:g}" for v in d.values()) + " |" for r, d in table.items()]
     return "\n".join(lines) + "\n"
+
+
+def curve_claims(table: ResultsTable, curve: str = "char_acc") -> list[str]:
+    """Plain-words lines on the paper's per-frame claims, from the per-frame curves of `table`.
+
+    Three claims (Sec. 4.1 and Fig. 4): errors accumulate in the ARM alone (last frame below the
+    first); ACDC holds the later frames up (ACDC's last frame above the ARM's); memory matters more
+    in later frames (the rule-minus-no-memory gap is larger at the last frame than at the first).
+    "Significant" means the two 95% intervals compared do not overlap (unpaired, conservative).
+    """
+    t = {x["row"]: x for x in frame_trend(table, curve, [r for r in ("arm", "acdc_rules", "acdc_nomem")
+                                                         if r in table.curves])}
+    c, n = table.curves, table.n_frames
+    apart = lambda a, b: a.high < b.low or b.high < a.low
+    sig = lambda s: "significant" if s else "not significant"
+    lines = []
+    if "arm" in t:
+        a = t["arm"]
+        lines.append(f"Errors accumulate in the ARM alone: {curve} {a['first']:.3f} at frame 1, {a['last']:.3f} at "
+                     f"frame {n} (change {a['change']:+.3f}, {sig(a['falls'])}).")
+    if "arm" in t and "acdc_rules" in t:
+        r, a = c["acdc_rules"][curve], c["arm"][curve]
+        lines.append(f"ACDC (rule memory) at frame {n}: {curve} {r[-1].value:.3f} against the ARM's {a[-1].value:.3f} "
+                     f"({r[-1].value - a[-1].value:+.3f}, {sig(apart(r[-1], a[-1]))}); at frame 1 "
+                     f"{r[0].value - a[0].value:+.3f} ({sig(apart(r[0], a[0]))}).")
+    if "acdc_rules" in t and "acdc_nomem" in t:
+        r, m = c["acdc_rules"][curve], c["acdc_nomem"][curve]
+        g1, gn = r[0].value - m[0].value, r[-1].value - m[-1].value
+        lines.append(f"Memory in later frames: rule minus no-memory {curve} {g1:+.3f} at frame 1 "
+                     f"({sig(apart(r[0], m[0]))}), {gn:+.3f} at frame {n} ({sig(apart(r[-1], m[-1]))}); the gap is "
+                     f"{'larger' if gn > g1 else 'not larger'} later, "
+                     f"{'as' if gn > g1 else 'unlike'} the paper's Fig. 4.")
+    return lines

@@ -122,3 +122,19 @@ def test_example_frames_figure_and_table_files(tmp_path, evaluator):
     assert (tmp_path / "table1_toy.md").read_text() == table.to_markdown()
     md = E.paper_table_markdown()
     assert md.count("\n") == 2 + 5 and "| Show-o + ACDC (ours) | 0.9062 | 30.82 | -0.0003 | 56.36 |" in md
+
+
+def test_curve_claims_read_the_per_frame_curves():
+    curves = {"arm": {"char_acc": [iv(0.9, 0.02), iv(0.7, 0.02), iv(0.5, 0.02)]},
+              "acdc_rules": {"char_acc": [iv(0.92, 0.02), iv(0.9, 0.02), iv(0.88, 0.02)]},
+              "acdc_nomem": {"char_acc": [iv(0.91, 0.02), iv(0.8, 0.02), iv(0.6, 0.02)]}}
+    lines = E.curve_claims(E.ResultsTable({}, curves, {}, 2, 3))
+    assert lines[0] == "Errors accumulate in the ARM alone: char_acc 0.900 at frame 1, 0.500 at frame 3 " \
+                       "(change -0.400, significant)."
+    assert "0.880 against the ARM's 0.500 (+0.380, significant); at frame 1 +0.020 (not significant)" in lines[1]
+    assert "+0.010 at frame 1 (not significant), +0.280 at frame 3 (significant); the gap is larger later, as" in lines[2]
+    curves["acdc_rules"]["char_acc"][-1] = iv(0.55, 0.02)
+    curves["arm"]["char_acc"][-1] = iv(0.9, 0.02)
+    lines = E.curve_claims(E.ResultsTable({}, curves, {}, 2, 3))
+    assert "(change +0.000, not significant)" in lines[0] and "not larger later, unlike" in lines[2]
+    assert E.curve_claims(E.ResultsTable({}, {"arm": curves["arm"]}, {}, 2, 3)) == lines[:1]
