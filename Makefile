@@ -15,7 +15,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export MPLBACKEND := Agg
 
-.PHONY: env reproduce test test-unit test-notebooks check-cpu-only clean-runs
+.PHONY: env reproduce test test-unit test-notebooks check-cpu-only clean-runs train-toy bench
 
 env: $(STAMP)
 
@@ -46,6 +46,17 @@ test-notebooks: env
 	@if ls notebooks/*.ipynb > /dev/null 2>&1; then \
 	  $(BIN)/python -m pytest -q --nbval-lax -p no:cacheprovider --nbval-cell-timeout=600 notebooks/; \
 	else echo "no notebooks yet"; fi
+
+# Retrain every toy model from scratch, seeded, into TOY_OUT (default: the shipped checkpoints, which
+# git then shows as changed); the train split is regenerated from data/stories/MANIFEST.json first.
+TOY_OUT ?= acdc_lib/toyworld/checkpoints
+train-toy: env
+	$(BIN)/python -m acdc_lib.stories make-splits --check
+	$(BIN)/python -m acdc_lib.toyworld.train all --out $(TOY_OUT)
+
+# Speed targets are checked by benchmarks that print ratios, never by timed unit tests.
+bench: env
+	$(BIN)/python benchmarks/bench_render.py
 
 clean-runs:
 	rm -rf papermill_runs/out figures/smoke
