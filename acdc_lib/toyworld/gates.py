@@ -273,7 +273,7 @@ def training_minutes(root: Path = M.CHECKPOINT_DIR) -> dict[str, float]:
 # CLI: measure every gate on the test split and write gates.json beside the checkpoints
 # --------------------------------------------------------------------------------------------
 def measure_all(n_stories: int | None = None, *, dm_frames: int = 256, arm_stories: int = 200,
-                checkpoints: Path = M.CHECKPOINT_DIR, extra_arms: Sequence[str] = ("arm_strong",),
+                checkpoints: Path = M.CHECKPOINT_DIR, extra_arms: Sequence[str] = ("arm_weak",),
                 dm_steps: int = 25, seed: int = 0) -> dict:
     """Measure all gates on the test split with the models under `checkpoints`; returns the gates.json dict."""
     t0 = time.time()
