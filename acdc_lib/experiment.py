@@ -500,7 +500,9 @@ def plot_curves(table: ResultsTable, curves: Sequence[str] = ("char_acc", "bg_ac
             ax.plot(x, [p.value for p in pts], marker="o", label=table.labels.get(r, r))
             ax.fill_between(x, [p.low for p in pts], [p.high for p in pts], alpha=0.15)
         ax.set(title=c, xlabel="frame", xticks=np.arange(1, table.n_frames + 1))
-    axes[0][0].legend(fontsize=8)
+    # one legend below the panels (inside the first panel it hid the curves); savefig's tight bbox keeps it
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="upper center", bbox_to_anchor=(0.5, -0.05),
+               ncol=min(len(rows), 5), fontsize=8)
     return fig
 
 
