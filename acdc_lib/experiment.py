@@ -656,7 +656,7 @@ def strength_sweep(stories: Sequence[Story], out_root: str | Path, strengths: Se
     Returns {t': folder}. The stories keep their seeds (story k: story_seed(base_seed, k)), so the
     first k stories of a larger run draw the same ARM tokens here.
     """
-    bad = [s for s in strengths if not 0.0 < s <= 1.0]
+    bad = [s for s in strengths if isinstance(s, (bool, str)) or not isinstance(s, (int, float)) or not 0.0 < s <= 1.0]
     if bad or not strengths:
         raise ValueError(f"strengths must be a non-empty list of t' in (0, 1], got {list(strengths)!r}")
     dirs = {}

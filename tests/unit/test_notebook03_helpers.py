@@ -96,6 +96,8 @@ def test_strength_sweep_runs_acdc_at_each_strength_and_tabulates_beside_the_base
     assert E.strength_sweep(sts[:2], tmp_path / "sweep", (0.3,), **kw) == {0.3: dirs[0.3]}   # resumes
     with pytest.raises(ValueError, match=r"t' in \(0, 1\]"):
         E.strength_sweep(sts, tmp_path / "bad", (0.0, 0.5), **kw)
+    with pytest.raises(ValueError, match="got \\['0.5'\\]"):                  # e.g. a papermill -p string
+        E.strength_sweep(sts, tmp_path / "bad", ["0.5"], **kw)
     table = E.summarise_sweep(dirs, sts[:2], evaluator, config, base_dir=tmp_path / "main")
     assert list(table.rows) == ["reference", "dm_only", "arm", "acdc_rules_t0.3", "acdc_rules_t0.7"]
     assert table.labels["acdc_rules_t0.7"] == "ARM + ACDC, rule memory, t'=0.7, N=10" and table.n_stories == 2
