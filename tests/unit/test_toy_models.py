@@ -153,3 +153,58 @@ def test_vq_dm_arm_training_reduce_loss():
 def test_train_refuses_the_test_split():
     with pytest.raises(ValueError, match="held out"):
         T.load_split("test")
+
+
+# ---- the shipped checkpoints (acdc_lib/toyworld/checkpoints), loaded with from_pretrained ----
+def test_shipped_evaluator_reads_fresh_renders():
+    ev = M.load_evaluator()
+    states = T.random_states(48, np.random.default_rng(12345))
+    x = T.render(states)
+    pred, truth = ev.predict(x), M.state_labels(states)
+    assert float((pred["species"] == truth["species"]).float().mean()) >= 0.9
+    assert float((pred["place"] == truth["place"]).float().mean()) >= 0.9
+    f = ev.image_features(x)
+    assert f.shape == (48, ev.num_features) and torch.allclose(f.norm(dim=-1), torch.ones(48), atol=1e-5)
+    caps = [explicit_caption(s) for s in states]
+    sim = f @ ev.text_features(caps).T
+    assert float((sim.argmax(1) == torch.arange(48)).float().mean()) >= 0.5  # own caption ranks first mostly
+
+
+def test_shipped_vq_round_trip():
+    vq = M.load_vq()
+    x = T.render(T.random_states(16, np.random.default_rng(7)))
+    codes = M.vq_encode(vq, x)
+    assert codes.shape == (16, M.TOKENS_PER_FRAME) and int(codes.max()) < vq.config.num_vq_embeddings
+    rec = M.vq_decode(vq, codes)
+    assert rec.shape == x.shape and float((rec - x).pow(2).mean()) < 0.01
+    assert float((M.vq_decode(vq, codes[torch.randperm(16)]) - x).pow(2).mean()) > 0.01  # codes carry the frame
+
+
+def test_shipped_dm_runs_through_unetcorrector():
+    dm = M.load_dm()
+    gens = lambda: [torch.Generator().manual_seed(s) for s in (0, 1)]  # noqa: E731
+    prompts = ["Max the fox sits in the meadow during the day.", "Luna the owl runs on the beach at night."]
+    img = dm.generate(prompts, num_inference_steps=4, generators=gens())
+    assert img.shape == (2, 3, 32, 32) and 0 <= float(img.min()) and float(img.max()) <= 1
+    out = dm.correct(img, prompts, strength=0.5, num_inference_steps=4, generators=gens())
+    assert out.shape == img.shape and dm.last_steps_run == 2
+
+
+@pytest.mark.parametrize("name", ["arm", "arm_weak"])
+def test_shipped_arms_generate_a_first_frame(name):
+    arm = M.load_arm(M.CHECKPOINT_DIR / name)
+    texts = [["Max the fox was sitting in the meadow on a sunny day."], ["Luna, a young owl, ran on the beach under the moon."]]
+    tokens = arm.generate(texts, torch.zeros(2, 0, 64, dtype=torch.long), [torch.Generator().manual_seed(s) for s in (0, 1)])
+    assert tokens.shape == (2, 64) and int(tokens.max()) < arm.layout.codebook_size
+    img = arm.decode(tokens)
+    assert img.shape == (2, 3, 32, 32) and 0 <= float(img.min()) and float(img.max()) <= 1
+
+
+def test_degrade_blurs_some_frames_and_keeps_range():
+    x = T.render(T.random_states(16, np.random.default_rng(0)))
+    y = T.degrade(x, np.random.default_rng(1), p_blur=1.0, max_noise=0.0)
+    assert y.shape == x.shape and 0 <= float(y.min()) and float(y.max()) <= 1
+    # blur lowers the high frequencies: neighbouring pixels differ less
+    tv = lambda im: float((im[..., 1:] - im[..., :-1]).abs().mean())  # noqa: E731
+    assert tv(y) < 0.9 * tv(x)
+    assert torch.equal(T.degrade(x, np.random.default_rng(1), p_blur=0.0, max_noise=0.0), x)
