@@ -48,11 +48,13 @@ test-notebooks: env
 	else echo "no notebooks yet"; fi
 
 # Retrain every toy model from scratch, seeded, into TOY_OUT (default: the shipped checkpoints, which
-# git then shows as changed); the train split is regenerated from data/stories/MANIFEST.json first.
+# git then shows as changed), then measure the gates (gates.json beside them); the train split is
+# regenerated from data/stories/MANIFEST.json first.
 TOY_OUT ?= acdc_lib/toyworld/checkpoints
 train-toy: env
 	$(BIN)/python -m acdc_lib.stories make-splits --check
 	$(BIN)/python -m acdc_lib.toyworld.train all --out $(TOY_OUT)
+	$(BIN)/python -m acdc_lib.toyworld.gates --checkpoints $(TOY_OUT)
 
 # Speed targets are checked by benchmarks that print ratios, never by timed unit tests.
 bench: env
