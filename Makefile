@@ -51,9 +51,12 @@ test-notebooks: env
 # git then shows as changed), then measure the gates (gates.json beside them); the train split is
 # regenerated from data/stories/MANIFEST.json first.
 TOY_OUT ?= acdc_lib/toyworld/checkpoints
+# Trainings at once (one process and one torch thread each): the VQ then the DM on one core, the
+# evaluator then the ARMs on the other.
+TOY_JOBS ?= 2
 train-toy: env
 	$(BIN)/python -m acdc_lib.stories make-splits --check
-	$(BIN)/python -m acdc_lib.toyworld.train all --out $(TOY_OUT)
+	$(BIN)/python -m acdc_lib.toyworld.train all --out $(TOY_OUT) --jobs $(TOY_JOBS)
 	$(BIN)/python -m acdc_lib.toyworld.gates --checkpoints $(TOY_OUT)
 
 # Speed targets are checked by benchmarks that print ratios, never by timed unit tests.

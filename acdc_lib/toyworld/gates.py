@@ -262,10 +262,15 @@ def checkpoint_sizes(root: Path = M.CHECKPOINT_DIR) -> dict[str, float]:
 
 
 def training_minutes(root: Path = M.CHECKPOINT_DIR) -> dict[str, float]:
-    """Wall minutes per trained model from train_log.json, and their total."""
+    """Wall minutes per trained model from train_log.json and "total": the wall time of the whole run.
+
+    When the models were trained in parallel (`train all --jobs 2`, logged as "all"), "total" is that
+    run's wall time and "sum" the sum of the per-model times; trained one after another, both are the sum.
+    """
     log = json.loads((Path(root) / "train_log.json").read_text())
-    out = {k: v["wall_s"] / 60 for k, v in log.items()}
-    out["total"] = sum(out.values())
+    out = {k: v["wall_s"] / 60 for k, v in log.items() if k != "all"}
+    out["sum"] = sum(out.values())
+    out["total"] = log["all"]["wall_s"] / 60 if "all" in log else out["sum"]
     return out
 
 
@@ -273,7 +278,7 @@ def training_minutes(root: Path = M.CHECKPOINT_DIR) -> dict[str, float]:
 # CLI: measure every gate on the test split and write gates.json beside the checkpoints
 # --------------------------------------------------------------------------------------------
 def measure_all(n_stories: int | None = None, *, dm_frames: int = 256, arm_stories: int = 200,
-                checkpoints: Path = M.CHECKPOINT_DIR, extra_arms: Sequence[str] = ("arm_weak",),
+                checkpoints: Path = M.CHECKPOINT_DIR, extra_arms: Sequence[str] = ("arm_weak", "arm_strong"),
                 dm_steps: int = 25, seed: int = 0) -> dict:
     """Measure all gates on the test split with the models under `checkpoints`; returns the gates.json dict."""
     t0 = time.time()

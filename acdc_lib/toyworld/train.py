@@ -1,4 +1,4 @@
-"""Train the toy world's models from scratch, seeded: `python -m acdc_lib.toyworld.train [evaluator|vq|dm|arm|arm_weak|all]`.
+"""Train the toy world's models from scratch, seeded: `python -m acdc_lib.toyworld.train [evaluator|vq|dm|arm|all]`.
 
 Order: the evaluator (probe + CLIP, needed to measure every gate; it shares nothing with the
 generators), then the VQ tokenizer, the DM, and the ARM (which needs the VQ's codes). Each trainer
@@ -12,9 +12,12 @@ The test split is never read here: gates are measured on it by `acdc_lib.toyworl
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import math
 import platform
+import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,7 +32,7 @@ from acdc_lib.toyworld import models as M
 from acdc_lib.toyworld.world import (ACTIONS, FACINGS, MAX_COUNT, NAMES, PLACES, SPECIES, TIMES, X_RANGE, Y_RANGE,
                                      DEFAULT_Y, SceneState, explicit_caption)
 
-MODELS: tuple[str, ...] = ("evaluator", "vq", "dm", "arm", "arm_weak")
+MODELS: tuple[str, ...] = ("evaluator", "vq", "dm", "arm")
 COUNT_FIELDS: tuple[str, ...] = ("n_suns", "n_moons", "n_ears", "n_tails")
 
 
@@ -113,14 +116,16 @@ DEFAULTS: dict[str, TrainConfig] = {
     "probe": TrainConfig(steps=1500, batch_size=64, lr=2e-3, seed=101, extra={"p_wrong_counts": 0.4, "degrade": True}),
     "clip": TrainConfig(steps=1500, batch_size=128, lr=2e-3, seed=102),
     "vq": TrainConfig(steps=1200, batch_size=32, lr=2e-3, seed=201, extra={"restart_every": 100, "character_weight": 10.0}),
-    "dm": TrainConfig(steps=2500, batch_size=64, lr=1e-3, seed=301,
-                      extra={"p_uncond": 0.1, "ema_decay": 0.999}),
-    # The shipped ARM: small and briefly trained, so that free-running generation makes its own errors.
-    "arm": TrainConfig(steps=1800, batch_size=16, lr=2e-3, seed=402,
-                       extra={"hidden": 128, "layers": 2, "n_stories": 3000}),
-    # The same ARM with a third of the steps: notebook 02 shows how the accumulation curve moves with strength.
-    "arm_weak": TrainConfig(steps=600, batch_size=16, lr=2e-3, seed=401,
-                            extra={"hidden": 128, "layers": 2, "n_stories": 3000}),
+    "dm": TrainConfig(steps=5000, batch_size=64, lr=1e-3, seed=301,
+                      extra={"p_uncond": 0.1, "ema_decay": 0.999, "snr_gamma": 5.0}),
+    # The ARMs: one small LM trained for `steps`, its weights kept at each `snapshots` step. The shipped
+    # `arm` is the snapshot whose free-running curve on `val_stories` stories of the TRAIN split (never
+    # trained on, never the test split) best meets the regime rule of gates.arm_regime_gate; `arm_weak`
+    # is the `weak_step` snapshot and `arm_strong` the last one, so notebook 02 shows the curve's move
+    # with training budget.
+    "arm": TrainConfig(steps=2400, batch_size=16, lr=2e-3, seed=402,
+                       extra={"hidden": 128, "layers": 2, "n_stories": 3000, "val_stories": 200,
+                              "snapshots": [600, 900, 1200, 1500, 1800, 2400], "weak_step": 600}),
 }
 
 
@@ -147,9 +152,13 @@ def _log(out: Path, name: str, cfg: TrainConfig, t0: float, losses: list[float],
         "machine": platform.machine(), "torch": torch.__version__, **more,
     }
     path = out / "train_log.json"
-    log = json.loads(path.read_text()) if path.exists() else {}
-    log[name] = rec
-    atomic_write_json(path, log)
+    # Trainings may run in parallel processes (`--jobs`): hold a lock over the read-modify-write,
+    # so that no process's record is lost.
+    with open(out / ".train_log.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        log = json.loads(path.read_text()) if path.exists() else {}
+        log[name] = rec
+        atomic_write_json(path, log)
     return rec
 
 
@@ -337,8 +346,12 @@ def train_dm(vq, cfg: TrainConfig | None = None, verbose: bool = True, out: Path
     on their explicit captions; the caption is replaced by "" with probability p_uncond (condition
     dropout), so one model gives both the conditional and unconditional predictions classifier-free
     guidance needs. The VQ is frozen (it is the DM's autoencoder). EMA weights are saved.
+    With cfg.extra["snr_gamma"] set, each example's loss is weighted by min(SNR(t), gamma) / SNR(t)
+    (Min-SNR weighting, Hang et al. 2023, through diffusers' compute_snr): nearly clean timesteps, which
+    only polish pixels, stop dominating the gradient, and the coarse content the gates read (species,
+    place) is learned in fewer steps. The logged loss is the unweighted MSE either way.
     """
-    from diffusers.training_utils import EMAModel
+    from diffusers.training_utils import EMAModel, compute_snr
 
     from acdc_lib.sdedit import encode_text
     from acdc_lib.toyworld.text import build_tokenizer
@@ -366,14 +379,20 @@ def train_dm(vq, cfg: TrainConfig | None = None, verbose: bool = True, out: Path
         t = torch.randint(0, T, (len(states),), generator=g)
         noise = torch.randn(z0.shape, generator=g)
         zt = sched_train.add_noise(z0, noise, t)
-        loss = F.mse_loss(unet(zt, t, encoder_hidden_states=emb).sample, noise)
+        per_example = (unet(zt, t, encoder_hidden_states=emb).sample - noise).pow(2).mean(dim=(1, 2, 3))
+        gamma = cfg.extra.get("snr_gamma")
+        if gamma:
+            snr = compute_snr(sched_train, t)
+            loss = (per_example * torch.clamp(snr, max=gamma) / snr).mean()
+        else:
+            loss = per_example.mean()
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         lr_sched.step()
         ema.step(params)
-        losses.append(loss.item())
+        losses.append(per_example.mean().item())
         if verbose:
             _progress("dm", step, cfg, losses, t0)
     ema.copy_to(params)
@@ -410,13 +429,15 @@ def image_token_labels(ids: torch.LongTensor, layout: M.ARMLayout) -> torch.Long
 
 
 def train_arm(stories, vq, cfg: TrainConfig | None = None, verbose: bool = True, out: Path | None = None,
-              name: str = "arm", seqs: torch.LongTensor | None = None):
+              name: str = "arm", seqs: torch.LongTensor | None = None, snapshots: dict | None = None):
     """Train the ARM (LlamaForCausalLM) with teacher forcing on ground-truth stories; returns (ToyARM, losses).
 
     Loss: next-token cross-entropy on image codes only (Eq. 1's p(v^i | v^{1:i-1}, u^{1:i})).
     Size and steps are deliberately small (cfg.extra hidden/layers, cfg.steps) so that free-running
     sampling makes its own errors; a larger budget gives the "stronger ARM" of notebook 02.
     `seqs`: the precomputed `arm_sequences(stories, vq, ...)` (to share them between two ARMs).
+    `snapshots`: a dict to fill with {step: copy of the LM's state_dict} after each step listed in
+    cfg.extra["snapshots"] (the last step is always kept).
     """
     from transformers import LlamaForCausalLM
 
@@ -447,11 +468,135 @@ def train_arm(stories, vq, cfg: TrainConfig | None = None, verbose: bool = True,
         losses.append(loss.item())
         if verbose:
             _progress(name, step, cfg, losses, t0)
+        if snapshots is not None and (step + 1 in cfg.extra.get("snapshots", ()) or step + 1 == cfg.steps):
+            snapshots[step + 1] = {k: v.detach().clone() for k, v in lm.state_dict().items()}
     arm = M.ToyARM(lm.eval(), vq, tok, layout)
     if out is not None:
         arm.save_pretrained(out / name)
         _log(out, name, cfg, t0, losses, params=M.count_parameters(lm), train_stories=len(stories))
     return arm, losses
+
+
+def arm_from_snapshot(arm: M.ToyARM, state: dict) -> M.ToyARM:
+    """A ToyARM with `arm`'s config, VQ and tokenizer and the LM weights `state`."""
+    import copy
+
+    lm = copy.deepcopy(arm.lm)
+    lm.load_state_dict(state)
+    return M.ToyARM(lm.eval(), arm.vq, arm.tokenizer, arm.layout)
+
+
+def select_arm(snapshots: dict, arm: M.ToyARM, evaluator, val_stories, *, seed: int = 12345) -> tuple[int, list[dict]]:
+    """Free-running curves of every snapshot on `val_stories`; the step whose curve best meets the regime rule.
+
+    The rule is gates.arm_regime_gate's (frame 1 >= 75%, last frame >= 5 points lower); "best" is the
+    largest margin, so a passing snapshot is chosen whenever one exists. The stories come from the train
+    split (held out from the ARM's training), so the test split's gate measures the choice afresh.
+    Returns (chosen step, one record per snapshot).
+    """
+    from acdc_lib.toyworld.gates import arm_curve, arm_regime_gate
+
+    records = []
+    for step in sorted(snapshots):
+        c = arm_curve(arm_from_snapshot(arm, snapshots[step]), evaluator, val_stories, seed=seed)
+        g = arm_regime_gate(c)
+        records.append({"step": step, "frame1": g.detail["frame1"], "last": g.detail["last"],
+                        "mean_per_frame": c["mean"], "value": g.value, "passed": g.passed})
+        print(f"[arm] snapshot {step}: frame 1 {g.detail['frame1']:.3f}, last {g.detail['last']:.3f} "
+              f"({'meets' if g.passed else 'misses'} the regime rule)", flush=True)
+    best = max(records, key=lambda r: r["value"])
+    return best["step"], records
+
+
+def train_arm_family(out: Path, cfg: TrainConfig | None = None, verbose: bool = True) -> dict:
+    """Train the ARM once (cfg.steps) and write out/arm (the snapshot chosen by `select_arm` on validation
+    stories of the train split), out/arm_weak (cfg.extra["weak_step"]) and out/arm_strong (the last step).
+
+    Needs out/vq and out/evaluator. Returns the log record (selection table included).
+    """
+    from diffusers import VQModel
+
+    from acdc_lib.toyworld.text import build_tokenizer
+
+    cfg = cfg or DEFAULTS["arm"]
+    vq = VQModel.from_pretrained(out / "vq").eval()
+    split = load_split("train")
+    n, n_val = cfg.extra.get("n_stories", 3000), cfg.extra.get("val_stories", 200)
+    if n + n_val > len(split):
+        raise ValueError(f"n_stories + val_stories = {n + n_val} exceeds the train split's {len(split)} stories")
+    stories, val = split[:n], split[-n_val:]
+    t0, tok = time.time(), build_tokenizer()
+    layout = M.ARMLayout(n_text=len(tok), codebook_size=vq.config.num_vq_embeddings)
+    seqs = arm_sequences(stories, vq, tok, layout)
+    t_data = time.time() - t0
+    snaps: dict[int, dict] = {}
+    arm, losses = train_arm(stories, vq, cfg, verbose=verbose, seqs=seqs, snapshots=snaps)
+    t_sel = time.time()
+    chosen, records = select_arm(snaps, arm, M.load_evaluator(out / "evaluator"), val)
+    weak = cfg.extra.get("weak_step", min(snaps))
+    for name, step in (("arm", chosen), ("arm_weak", weak), ("arm_strong", max(snaps))):
+        arm_from_snapshot(arm, snaps[step]).save_pretrained(out / name)
+    return _log(out, "arm", cfg, t0, losses, params=M.count_parameters(arm.lm), train_stories=len(stories),
+                data_s=round(t_data, 1), select_s=round(time.time() - t_sel, 1), val_stories=len(val),
+                chosen_step=chosen, weak_step=weak, strong_step=max(snaps), selection=records)
+
+
+# --------------------------------------------------------------------------------------------
+# Parallel training
+# --------------------------------------------------------------------------------------------
+# Task -> (models it trains, tasks whose checkpoints it reads). The DM and the ARMs read the VQ.
+TASKS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "vq": (("vq",), ()), "dm": (("dm",), ("vq",)), "probe": (("probe",), ()), "clip": (("clip",), ()),
+    "arms": (("arm",), ("vq", "probe")),  # the probe judges the snapshots
+}
+PRIORITY: tuple[str, ...] = ("vq", "dm", "probe", "clip", "arms")  # vq -> dm is the longest chain: first
+
+
+def run_parallel(todo: Sequence[str], out: Path, jobs: int, forwarded: Sequence[str] = (),
+                 poll_s: float = 2.0) -> float:
+    """Train `todo` in up to `jobs` child processes (one torch thread each), respecting TASKS' dependencies.
+
+    Each task runs `python -m acdc_lib.toyworld.train <models> --out <out> --threads 1`; a task
+    starts once the tasks it reads have finished (a dependency outside `todo` must already be in
+    `out`). Children print to our stdout. If one fails, the others are stopped and RuntimeError
+    names it. Returns the wall time in seconds, also logged as "all" in train_log.json.
+    We use subprocesses rather than a process pool because each child needs its own thread count
+    and a dependency order, and a failed child must not leave the others running.
+    """
+    want = {m for m in todo} | ({"probe", "clip"} if "evaluator" in todo else set())
+    tasks = [t for t in PRIORITY if any(m in want for m in TASKS[t][0])]
+    done: set[str] = set()
+    running: dict[str, tuple[subprocess.Popen, float]] = {}
+    t0, walls = time.time(), {}
+    try:
+        while len(done) < len(tasks):
+            for t in tasks:
+                ready = all(d in done or d not in tasks for d in TASKS[t][1])
+                if len(running) < jobs and t not in done and t not in running and ready:
+                    models = [m for m in TASKS[t][0] if m in want]
+                    cmd = [sys.executable, "-m", "acdc_lib.toyworld.train", *models, "--out", str(out),
+                           "--threads", "1", *forwarded]
+                    print(f"[parallel] start {t}: {' '.join(models)} ({time.time() - t0:.0f}s)", flush=True)
+                    running[t] = (subprocess.Popen(cmd), time.time())
+            time.sleep(poll_s)
+            for t, (proc, ts) in list(running.items()):
+                rc = proc.poll()
+                if rc is None:
+                    continue
+                del running[t]
+                if rc != 0:
+                    raise RuntimeError(f"training task {t!r} failed with exit code {rc}")
+                walls[t] = round(time.time() - ts, 1)
+                done.add(t)
+                print(f"[parallel] done {t} in {walls[t]:.0f}s ({time.time() - t0:.0f}s)", flush=True)
+    finally:
+        for proc, _ in running.values():
+            proc.terminate()
+    wall = time.time() - t0
+    cfg = TrainConfig(steps=0, batch_size=0, lr=0.0, seed=0, extra={"jobs": jobs, "tasks": tasks})
+    _log(out, "all", cfg, t0, [], task_wall_s=walls, what=f"every task, {jobs} at once")
+    print(f"trained {', '.join(tasks)} in {wall:.0f}s with {jobs} jobs -> {out}")
+    return wall
 
 
 # --------------------------------------------------------------------------------------------
@@ -467,19 +612,36 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--arm-steps", type=int, default=None, help="override the ARM's steps (a stronger ARM: more; use with --arm-name)")
     p.add_argument("--arm-hidden", type=int, default=None)
     p.add_argument("--arm-layers", type=int, default=None)
-    p.add_argument("--arm-name", default=None, help="subfolder to save the ARM in (default: arm / arm_weak)")
+    p.add_argument("--arm-val-stories", type=int, default=None, help="train-split stories judging the ARM snapshots")
+    p.add_argument("--arm-name", default=None,
+                   help="train one ARM and save it under this name (default: arm, arm_weak and arm_strong from snapshots)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="trainings run at once, each in its own process with one torch thread (make train-toy: 2)")
     a = p.parse_args(argv)
+    if a.jobs < 1:
+        p.error(f"--jobs must be >= 1, got {a.jobs}")
     if a.threads:
         torch.set_num_threads(a.threads)
     a.out.mkdir(parents=True, exist_ok=True)
 
     def scaled(name: str) -> TrainConfig:
         c = DEFAULTS[name]
-        return TrainConfig(**{**asdict(c), "steps": max(1, int(round(c.steps * a.steps_scale))),
+        sc = lambda n: max(1, int(round(n * a.steps_scale)))  # noqa: E731
+        extra = dict(c.extra)
+        if "snapshots" in extra:
+            extra["snapshots"] = sorted({sc(n) for n in extra["snapshots"]})
+            extra["weak_step"] = sc(extra["weak_step"])
+        return TrainConfig(**{**asdict(c), "steps": sc(c.steps), "extra": extra,
                               "warmup": min(c.warmup, max(1, int(c.steps * a.steps_scale) // 5))})
 
     todo = MODELS if "all" in a.which else tuple(a.which)
     t_all = time.time()
+    if a.jobs > 1:
+        forwarded = [f"--steps-scale={a.steps_scale}"] + [f"--arm-{k.replace('_', '-')}={getattr(a, 'arm_' + k)}"
+                                                          for k in ("steps", "hidden", "layers", "val_stories", "name")
+                                                          if getattr(a, "arm_" + k)]
+        run_parallel(todo, a.out, a.jobs, forwarded)
+        return
     parts = [p for p in ("probe", "clip") if p in todo or "evaluator" in todo]
     if parts:
         train_evaluator(a.out, scaled("probe"), scaled("clip"), parts)
@@ -489,27 +651,19 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     if "dm" in todo:
         train_dm(VQModel.from_pretrained(a.out / "vq").eval(), scaled("dm"), out=a.out)
-    shared: dict[int, torch.Tensor] = {}  # the two ARMs train on the same sequences: compute them once
-    for name in ("arm", "arm_weak"):
-        if name not in todo:
-            continue
-        cfg = scaled(name)
+    if "arm" in todo:
+        cfg = scaled("arm")
         if a.arm_steps:
             cfg.steps = a.arm_steps
-        for k in ("hidden", "layers"):
+        for k in ("hidden", "layers", "val_stories"):
             v = getattr(a, f"arm_{k}")
             if v:
                 cfg.extra[k] = v
-        vq = VQModel.from_pretrained(a.out / "vq").eval()
-        stories = load_split("train")[:cfg.extra.get("n_stories")]
-        if len(stories) not in shared:
-            from acdc_lib.toyworld.text import build_tokenizer
-
-            t_data, tok = time.time(), build_tokenizer()
-            layout = M.ARMLayout(n_text=len(tok), codebook_size=vq.config.num_vq_embeddings)
-            shared[len(stories)] = arm_sequences(stories, vq, tok, layout)
-            _log(a.out, "arm_data", cfg, t_data, [], n_stories=len(stories), what="render + VQ-encode the train stories")
-        train_arm(stories, vq, cfg, out=a.out, name=a.arm_name or name, seqs=shared[len(stories)])
+        if a.arm_name:  # one ARM of these settings, saved under that name (no snapshots, no selection)
+            vq = VQModel.from_pretrained(a.out / "vq").eval()
+            train_arm(load_split("train")[:cfg.extra.get("n_stories")], vq, cfg, out=a.out, name=a.arm_name)
+        else:
+            train_arm_family(a.out, cfg)
     print(f"trained {', '.join(todo)} in {time.time() - t_all:.0f}s -> {a.out}")
 
 

@@ -2,6 +2,8 @@
 and the shipped checkpoints loaded with from_pretrained."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -142,12 +144,29 @@ def test_vq_dm_arm_training_reduce_loss():
                         verbose=False)
     assert _falls(vl)
     assert vq.config.scaling_factor != 0.18215  # set to the latents' 1/std for the DM
-    _, dl = T.train_dm(vq, cfg(25, 2e-3, channels=(16, 32)), verbose=False)
+    _, dl = T.train_dm(vq, cfg(25, 2e-3, channels=(16, 32), snr_gamma=5.0), verbose=False)  # Min-SNR, as shipped
     assert _falls(dl)
     stories = generate_stories(4, seed=11, n_sentences=2)
     arm, al = T.train_arm(stories, vq, cfg(25, 3e-3, hidden=32, layers=1), verbose=False)
     assert _falls(al)
     assert arm.tokens_per_frame == 64
+
+
+def test_parallel_training_logs_every_task_and_the_run(tmp_path):
+    # Two real child processes, a few steps each: both records and the run's wall time are logged
+    # (the log's lock keeps concurrent writers from losing one another's records).
+    wall = T.run_parallel(["probe", "clip"], tmp_path, jobs=2, forwarded=["--steps-scale=0.002"], poll_s=0.2)
+    log = json.loads((tmp_path / "train_log.json").read_text())
+    assert {"evaluator_probe", "evaluator_clip", "all"} <= set(log)
+    assert log["evaluator_probe"]["config"]["steps"] == 3 and log["evaluator_probe"]["torch_threads"] == 1
+    assert log["all"]["config"]["extra"] == {"jobs": 2, "tasks": ["probe", "clip"]} and wall > 0
+    assert (tmp_path / "evaluator" / "probe").is_dir() and (tmp_path / "evaluator" / "clip").is_dir()
+
+
+def test_parallel_training_stops_on_a_failed_task(tmp_path):
+    # The DM reads the VQ's checkpoint; with no VQ in `out` its child fails and the run says which task.
+    with pytest.raises(RuntimeError, match="'dm' failed"):
+        T.run_parallel(["dm"], tmp_path, jobs=2, forwarded=["--steps-scale=0.002"], poll_s=0.2)
 
 
 def test_train_refuses_the_test_split():
