@@ -3,7 +3,7 @@
 Four models, each a library class saved with `save_pretrained` and loaded with `from_pretrained`
 (the shipped weights live in `acdc_lib/toyworld/checkpoints/`, written by `acdc_lib.toyworld.train`):
 
-1. VQ tokenizer (`diffusers.VQModel`): a 32x32 frame <-> 8x8 = 64 codes of a 256-entry codebook.
+1. VQ tokenizer (`diffusers.VQModel`): a 32x32 frame <-> 8x8 = 64 codes of a 1024-entry codebook.
    It is the ARM's D (decode) and E (encode).
 2. ARM (`transformers.LlamaForCausalLM`) over word tokens and image codes, wrapped by `ToyARM`, which
    implements the ARM protocol of `acdc_lib.types` (Eq. 1: v^i ~ p(v^i | v^{1:i-1}, u^{1:i})).
@@ -49,7 +49,7 @@ VISUAL_HEADS: tuple[str, ...] = ("species", "place", "time", "action")
 # --------------------------------------------------------------------------------------------
 # Configs of the library models (small enough for 2 CPU cores; see train.py for budgets)
 # --------------------------------------------------------------------------------------------
-def vq_config(codebook_size: int = 256, channels: tuple[int, ...] = (32, 64, 64), embed_dim: int = 8) -> dict:
+def vq_config(codebook_size: int = 1024, channels: tuple[int, ...] = (32, 64, 64), embed_dim: int = 8) -> dict:
     """diffusers VQModel kwargs: 3 blocks (2 downsamplings) take 32x32 frames to 8x8 codes."""
     return dict(
         in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * len(channels),

@@ -209,7 +209,7 @@ def test_shipped_dm_runs_through_unetcorrector():
     assert out.shape == img.shape and dm.last_steps_run == 2
 
 
-@pytest.mark.parametrize("name", ["arm", "arm_weak"])
+@pytest.mark.parametrize("name", ["arm", "arm_weak", "arm_strong"])
 def test_shipped_arms_generate_a_first_frame(name):
     arm = M.load_arm(M.CHECKPOINT_DIR / name)
     texts = [["Max the fox was sitting in the meadow on a sunny day."], ["Luna, a young owl, ran on the beach under the moon."]]
