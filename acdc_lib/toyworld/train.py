@@ -521,6 +521,10 @@ def train_arm_family(out: Path, cfg: TrainConfig | None = None, verbose: bool = 
     from acdc_lib.toyworld.text import build_tokenizer
 
     cfg = cfg or DEFAULTS["arm"]
+    kept = sorted({n for n in cfg.extra.get("snapshots", ()) if n <= cfg.steps} | {cfg.steps})
+    weak = cfg.extra.get("weak_step", kept[0])
+    if weak not in kept:  # checked before any training, e.g. --arm-steps below the weak step
+        raise ValueError(f"weak_step {weak} is not among the snapshots kept in {cfg.steps} steps: {kept}")
     vq = VQModel.from_pretrained(out / "vq").eval()
     split = load_split("train")
     n, n_val = cfg.extra.get("n_stories", 3000), cfg.extra.get("val_stories", 200)
@@ -535,7 +539,6 @@ def train_arm_family(out: Path, cfg: TrainConfig | None = None, verbose: bool = 
     arm, losses = train_arm(stories, vq, cfg, verbose=verbose, seqs=seqs, snapshots=snaps)
     t_sel = time.time()
     chosen, records = select_arm(snaps, arm, M.load_evaluator(out / "evaluator"), val)
-    weak = cfg.extra.get("weak_step", min(snaps))
     for name, step in (("arm", chosen), ("arm_weak", weak), ("arm_strong", max(snaps))):
         arm_from_snapshot(arm, snaps[step]).save_pretrained(out / name)
     return _log(out, "arm", cfg, t0, losses, params=M.count_parameters(arm.lm), train_stories=len(stories),

@@ -169,6 +169,12 @@ def test_parallel_training_stops_on_a_failed_task(tmp_path):
         T.run_parallel(["dm"], tmp_path, jobs=2, forwarded=["--steps-scale=0.002"], poll_s=0.2)
 
 
+def test_arm_family_refuses_a_weak_step_it_would_not_keep(tmp_path):
+    cfg = T.TrainConfig(steps=500, batch_size=2, lr=1e-3, seed=0, extra={"snapshots": [300, 600], "weak_step": 600})
+    with pytest.raises(ValueError, match="weak_step 600 is not among the snapshots kept in 500 steps"):
+        T.train_arm_family(tmp_path, cfg)
+
+
 def test_train_refuses_the_test_split():
     with pytest.raises(ValueError, match="held out"):
         T.load_split("test")
