@@ -16,6 +16,7 @@ import fcntl
 import json
 import math
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -121,13 +122,16 @@ DEFAULTS: dict[str, TrainConfig] = {
     "dm": TrainConfig(steps=5000, batch_size=64, lr=1e-3, seed=301,
                       extra={"p_uncond": 0.1, "ema_decay": 0.999, "snr_gamma": 5.0}),
     # The ARMs: one small LM trained for `steps`, its weights kept at each `snapshots` step. The shipped
-    # `arm` is the snapshot whose free-running curve on `val_stories` stories of the TRAIN split (never
-    # trained on, never the test split) best meets the regime rule of gates.arm_regime_gate; `arm_weak`
-    # is the `weak_step` snapshot and `arm_strong` the last one, so notebook 02 shows the curve's move
-    # with training budget.
-    "arm": TrainConfig(steps=2400, batch_size=16, lr=2e-3, seed=402,
-                       extra={"hidden": 128, "layers": 2, "n_stories": 3000, "val_stories": 200,
-                              "snapshots": [600, 900, 1200, 1500, 1800, 2400], "weak_step": 600}),
+    # `arm` is the snapshot chosen by `choose_snapshot` from free-running curves on `val_stories` stories
+    # of the TRAIN split (never trained on, never the test split); `arm_weak` is the `weak_step` snapshot
+    # and `arm_strong` the last one (not written again when it is `arm`), so notebook 02 shows the
+    # curve's move with training budget. 4 layers on 15,000 stories: at the same wall time as 2 layers
+    # on 3,000 stories (which overfit: held-out loss 2.33 against 2.0 in training) its held-out loss is
+    # 1.95 and frame-1 accuracy on validation stories 0.83 instead of 0.75 (experiments of session 3,
+    # issue 5 note).
+    "arm": TrainConfig(steps=1400, batch_size=16, lr=2e-3, seed=402,
+                       extra={"hidden": 128, "layers": 4, "n_stories": 15000, "val_stories": 200,
+                              "snapshots": [700, 1000, 1400], "weak_step": 700}),
 }
 
 
@@ -488,13 +492,29 @@ def arm_from_snapshot(arm: M.ToyARM, state: dict) -> M.ToyARM:
     return M.ToyARM(lm.eval(), arm.vq, arm.tokenizer, arm.layout)
 
 
-def select_arm(snapshots: dict, arm: M.ToyARM, evaluator, val_stories, *, seed: int = 12345) -> tuple[int, list[dict]]:
-    """Free-running curves of every snapshot on `val_stories`; the step whose curve best meets the regime rule.
+def choose_snapshot(records: Sequence[dict]) -> int:
+    """The step to ship as `arm`, from `select_arm`'s records (each with "step", "value", "passed").
 
-    The rule is gates.arm_regime_gate's (frame 1 >= 75%, last frame >= 5 points lower); "best" is the
-    largest margin, so a passing snapshot is chosen whenever one exists. The stories come from the train
-    split (held out from the ARM's training), so the test split's gate measures the choice afresh.
-    Returns (chosen step, one record per snapshot).
+    Among the snapshots that meet the regime rule, the one with the largest margin ("value"); when none
+    meets it, the last (best-trained) snapshot. The fallback is deliberate: when no snapshot shows
+    errors that accumulate, the smallest miss is decided by a few points of sampling noise in the drift
+    and would ship an undertrained ARM (as it did in session 3: 700 of 1400 steps, frame-1 accuracy
+    0.73 against 0.83), without coming any closer to the paper's regime.
+    """
+    if not records:
+        raise ValueError("no snapshot records to choose from")
+    passing = [r for r in records if r["passed"]]
+    if passing:
+        return max(passing, key=lambda r: r["value"])["step"]
+    return max(r["step"] for r in records)
+
+
+def select_arm(snapshots: dict, arm: M.ToyARM, evaluator, val_stories, *, seed: int = 12345) -> tuple[int, list[dict]]:
+    """Free-running curves of every snapshot on `val_stories`, and the step `choose_snapshot` picks.
+
+    The rule is gates.arm_regime_gate's (frame 1 >= 75%, last frame >= 5 points lower). The stories come
+    from the train split (held out from the ARM's training), so the test split's gate measures the
+    choice afresh. Returns (chosen step, one record per snapshot).
     """
     from acdc_lib.toyworld.gates import arm_curve, arm_regime_gate
 
@@ -506,13 +526,13 @@ def select_arm(snapshots: dict, arm: M.ToyARM, evaluator, val_stories, *, seed: 
                         "mean_per_frame": c["mean"], "value": g.value, "passed": g.passed})
         print(f"[arm] snapshot {step}: frame 1 {g.detail['frame1']:.3f}, last {g.detail['last']:.3f} "
               f"({'meets' if g.passed else 'misses'} the regime rule)", flush=True)
-    best = max(records, key=lambda r: r["value"])
-    return best["step"], records
+    return choose_snapshot(records), records
 
 
 def train_arm_family(out: Path, cfg: TrainConfig | None = None, verbose: bool = True) -> dict:
     """Train the ARM once (cfg.steps) and write out/arm (the snapshot chosen by `select_arm` on validation
-    stories of the train split), out/arm_weak (cfg.extra["weak_step"]) and out/arm_strong (the last step).
+    stories of the train split), out/arm_weak (cfg.extra["weak_step"]) and out/arm_strong (the last step,
+    only when it is not the chosen one).
 
     Needs out/vq and out/evaluator. Returns the log record (selection table included).
     """
@@ -539,7 +559,10 @@ def train_arm_family(out: Path, cfg: TrainConfig | None = None, verbose: bool = 
     arm, losses = train_arm(stories, vq, cfg, verbose=verbose, seqs=seqs, snapshots=snaps)
     t_sel = time.time()
     chosen, records = select_arm(snaps, arm, M.load_evaluator(out / "evaluator"), val)
-    for name, step in (("arm", chosen), ("arm_weak", weak), ("arm_strong", max(snaps))):
+    family = [("arm", chosen), ("arm_weak", weak)] + ([("arm_strong", max(snaps))] if max(snaps) != chosen else [])
+    if max(snaps) == chosen and (out / "arm_strong").is_dir():
+        shutil.rmtree(out / "arm_strong")  # a stale one from an earlier run would pose as a stronger ARM
+    for name, step in family:
         arm_from_snapshot(arm, snaps[step]).save_pretrained(out / name)
     return _log(out, "arm", cfg, t0, losses, params=M.count_parameters(arm.lm), train_stories=len(stories),
                 data_s=round(t_data, 1), select_s=round(time.time() - t_sel, 1), val_stories=len(val),

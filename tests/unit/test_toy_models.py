@@ -175,6 +175,15 @@ def test_arm_family_refuses_a_weak_step_it_would_not_keep(tmp_path):
         T.train_arm_family(tmp_path, cfg)
 
 
+def test_choose_snapshot_prefers_the_widest_pass_else_the_last_step():
+    rec = lambda step, value: {"step": step, "value": value, "passed": value >= 1.0}  # noqa: E731
+    assert T.choose_snapshot([rec(700, 0.97), rec(1000, 1.02), rec(1400, 1.01)]) == 1000
+    # none meets the rule: the smallest miss (700) is not preferred over the best-trained snapshot
+    assert T.choose_snapshot([rec(700, 0.975), rec(1000, 0.96), rec(1400, 0.96)]) == 1400
+    with pytest.raises(ValueError, match="no snapshot"):
+        T.choose_snapshot([])
+
+
 def test_train_refuses_the_test_split():
     with pytest.raises(ValueError, match="held out"):
         T.load_split("test")
@@ -215,8 +224,17 @@ def test_shipped_dm_runs_through_unetcorrector():
     assert out.shape == img.shape and dm.last_steps_run == 2
 
 
+def test_shipped_arm_family_is_what_the_training_log_chose():
+    log = json.loads((M.CHECKPOINT_DIR / "train_log.json").read_text())["arm"]
+    assert log["chosen_step"] == T.choose_snapshot(log["selection"])
+    # arm_strong is shipped exactly when the last snapshot is not the chosen one
+    assert (M.CHECKPOINT_DIR / "arm_strong").is_dir() == (log["strong_step"] != log["chosen_step"])
+
+
 @pytest.mark.parametrize("name", ["arm", "arm_weak", "arm_strong"])
 def test_shipped_arms_generate_a_first_frame(name):
+    if name == "arm_strong" and not (M.CHECKPOINT_DIR / name).is_dir():
+        pytest.skip("arm_strong is not shipped when the last snapshot is the chosen arm")
     arm = M.load_arm(M.CHECKPOINT_DIR / name)
     texts = [["Max the fox was sitting in the meadow on a sunny day."], ["Luna, a young owl, ran on the beach under the moon."]]
     tokens = arm.generate(texts, torch.zeros(2, 0, 64, dtype=torch.long), [torch.Generator().manual_seed(s) for s in (0, 1)])
