@@ -193,6 +193,45 @@ def arm_curve(arm, evaluator: M.ToyEvaluator, stories, *, seed: int = 0, batch_s
     return {"per_frame": per_frame, "mean": mean, "images": images, "n_stories": S}
 
 
+@torch.no_grad()
+def arm_frame_nll(arm, stories, *, swap_earlier_frames: bool = False, batch_size: int = 50) -> list[float]:
+    """Teacher-forced loss (mean nats per code) of the ARM on each frame's image codes, frame 1..N.
+
+    The context is the story's true text and the VQ codes of its true earlier frames. With
+    `swap_earlier_frames`, the earlier frames' codes come from the next story in `stories` instead (its
+    text stays), so the difference from the plain call is what the ARM draws from its earlier frames: an
+    ARM that ignores them scores the same both ways, and its own mistakes cannot propagate through them.
+    Needs at least two stories to swap.
+    """
+    from acdc_lib.toyworld.train import arm_sequences  # train imports this module's helpers lazily too
+
+    if swap_earlier_frames and len(stories) < 2:
+        raise ValueError("swap_earlier_frames needs at least two stories (one lends the other its frames)")
+    layout, lm = arm.layout, arm.lm
+    device = next(lm.parameters()).device
+    ids = arm_sequences(stories, arm.vq, arm.tokenizer, layout)  # (S, N * segment)
+    n_frames = ids.shape[1] // layout.segment
+    frame_of = torch.arange(ids.shape[1]) // layout.segment
+    is_code = ids >= layout.code_offset
+    out = []
+    for i in range(n_frames):
+        x = ids.clone()
+        if swap_earlier_frames and i > 0:
+            lent = (frame_of < i) & is_code
+            x[lent] = ids.roll(1, dims=0)[lent]
+        end = (i + 1) * layout.segment  # later frames cannot matter to a causal LM
+        labels = torch.where(is_code & (frame_of == i), x, torch.full_like(x, -100))[:, :end]
+        total, count = 0.0, 0
+        for b in range(0, len(x), batch_size):
+            xb, lb = x[b:b + batch_size, :end].to(device), labels[b:b + batch_size].to(device)
+            logits = lm(input_ids=xb).logits[:, :-1].float()
+            total += float(torch.nn.functional.cross_entropy(logits.transpose(1, 2), lb[:, 1:], ignore_index=-100,
+                                                             reduction="sum"))
+            count += int((lb[:, 1:] != -100).sum())
+        out.append(total / count)
+    return out
+
+
 def arm_regime_gate(curve: dict, *, first_min: float = 0.75, drop_min: float = 0.05) -> Gate:
     """The ARM regime: mean accuracy at frame 1 >= first_min and the last frame >= drop_min lower.
 

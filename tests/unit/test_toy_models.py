@@ -175,6 +175,24 @@ def test_arm_family_refuses_a_weak_step_it_would_not_keep(tmp_path):
         T.train_arm_family(tmp_path, cfg)
 
 
+def test_arm_frame_nll_is_the_lm_loss_and_swapping_reaches_only_later_frames(tiny_arm):
+    from acdc_lib.toyworld.gates import arm_frame_nll
+
+    stories = T.load_split("train")[:3]
+    plain = arm_frame_nll(tiny_arm, stories, batch_size=2)
+    swapped = arm_frame_nll(tiny_arm, stories, swap_earlier_frames=True)
+    assert len(plain) == len(stories[0].sentences) and all(np.isfinite(plain))
+    # frame 1 is the LM's own loss on the first segment's codes; nothing earlier can be swapped
+    ids = T.arm_sequences(stories, tiny_arm.vq, tiny_arm.tokenizer, tiny_arm.layout)[:, :tiny_arm.layout.segment]
+    with torch.no_grad():
+        ref = float(tiny_arm.lm(input_ids=ids, labels=T.image_token_labels(ids, tiny_arm.layout)).loss)
+    assert plain[0] == pytest.approx(ref, rel=1e-5) and swapped[0] == pytest.approx(plain[0], rel=1e-6)
+    # a random LM attends to everything, so lent frames change its loss on the frames after them
+    assert all(abs(a - b) > 1e-6 for a, b in zip(plain[1:], swapped[1:]))
+    with pytest.raises(ValueError, match="at least two stories"):
+        arm_frame_nll(tiny_arm, stories[:1], swap_earlier_frames=True)
+
+
 def test_choose_snapshot_prefers_the_widest_pass_else_the_last_step():
     rec = lambda step, value: {"step": step, "value": value, "passed": value >= 1.0}  # noqa: E731
     assert T.choose_snapshot([rec(700, 0.97), rec(1000, 1.02), rec(1400, 1.01)]) == 1000
