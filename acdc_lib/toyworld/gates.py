@@ -213,22 +213,29 @@ def arm_frame_nll(arm, stories, *, swap_earlier_frames: bool = False, batch_size
     n_frames = ids.shape[1] // layout.segment
     frame_of = torch.arange(ids.shape[1]) // layout.segment
     is_code = ids >= layout.code_offset
-    out = []
-    for i in range(n_frames):
-        x = ids.clone()
-        if swap_earlier_frames and i > 0:
-            lent = (frame_of < i) & is_code
-            x[lent] = ids.roll(1, dims=0)[lent]
-        end = (i + 1) * layout.segment  # later frames cannot matter to a causal LM
-        labels = torch.where(is_code & (frame_of == i), x, torch.full_like(x, -100))[:, :end]
-        total, count = 0.0, 0
+
+    def losses(x: torch.LongTensor, frames: Sequence[int]) -> list[float]:
+        """Mean loss on the codes of each of `frames`, from one causal pass over x up to the last of them."""
+        end = (max(frames) + 1) * layout.segment  # later frames cannot matter to a causal LM
+        total, count = torch.zeros(len(frames)), torch.zeros(len(frames))
         for b in range(0, len(x), batch_size):
-            xb, lb = x[b:b + batch_size, :end].to(device), labels[b:b + batch_size].to(device)
+            xb = x[b:b + batch_size, :end].to(device)
             logits = lm(input_ids=xb).logits[:, :-1].float()
-            total += float(torch.nn.functional.cross_entropy(logits.transpose(1, 2), lb[:, 1:], ignore_index=-100,
-                                                             reduction="sum"))
-            count += int((lb[:, 1:] != -100).sum())
-        out.append(total / count)
+            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), xb[:, 1:], reduction="none").cpu()
+            for k, i in enumerate(frames):
+                mask = is_code[b:b + batch_size, 1:end] & (frame_of[1:end] == i)
+                total[k] += nll[mask].sum()
+                count[k] += mask.sum()
+        return (total / count).tolist()
+
+    if not swap_earlier_frames:  # the true context serves every frame: one pass
+        return losses(ids, range(n_frames))
+    lender = ids.roll(1, dims=0)
+    out = losses(ids, [0])  # frame 1 has no earlier frames to lend
+    for i in range(1, n_frames):
+        x, lent = ids.clone(), (frame_of < i) & is_code
+        x[lent] = lender[lent]
+        out += losses(x, [i])
     return out
 
 
