@@ -559,14 +559,16 @@ def train_arm_family(out: Path, cfg: TrainConfig | None = None, verbose: bool = 
     arm, losses = train_arm(stories, vq, cfg, verbose=verbose, seqs=seqs, snapshots=snaps)
     t_sel = time.time()
     chosen, records = select_arm(snaps, arm, M.load_evaluator(out / "evaluator"), val)
-    family = [("arm", chosen), ("arm_weak", weak)] + ([("arm_strong", max(snaps))] if max(snaps) != chosen else [])
-    if max(snaps) == chosen and (out / "arm_strong").is_dir():
-        shutil.rmtree(out / "arm_strong")  # a stale one from an earlier run would pose as a stronger ARM
+    family, strong = [("arm", chosen), ("arm_weak", weak)], max(snaps)
+    if strong != chosen:
+        family.append(("arm_strong", strong))
+    else:  # a stale arm_strong from an earlier run would pose as a stronger ARM
+        shutil.rmtree(out / "arm_strong", ignore_errors=True)
     for name, step in family:
         arm_from_snapshot(arm, snaps[step]).save_pretrained(out / name)
     return _log(out, "arm", cfg, t0, losses, params=M.count_parameters(arm.lm), train_stories=len(stories),
                 data_s=round(t_data, 1), select_s=round(time.time() - t_sel, 1), val_stories=len(val),
-                chosen_step=chosen, weak_step=weak, strong_step=max(snaps), selection=records)
+                chosen_step=chosen, weak_step=weak, strong_step=strong, selection=records)
 
 
 # --------------------------------------------------------------------------------------------
