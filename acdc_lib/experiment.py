@@ -1,11 +1,14 @@
 """The story experiment of issue 7 (the paper's Sec. 4.1 / Table 1 on the toy world), model-agnostic.
 
-Four rows over the same stories and per-story seeds (so the ARM rows share their random draws):
+Five rows over the same stories and per-story seeds (so the ARM rows share their random draws):
 
-    dm_only     each frame generated from its raw sentence alone by the DM (the paper's SD v1.5 row)
-    arm         the ARM alone (Eq. 1, no correction)
-    acdc_rules  ARM + ACDC on every frame, corrector prompts from the rule-based memory (Eq. 2-3)
-    acdc_nomem  ARM + ACDC on every frame, corrector prompts = the raw sentences
+    dm_only      each frame generated from its raw sentence alone by the DM (the paper's SD v1.5 row)
+    arm          the ARM alone (Eq. 1, no correction)
+    acdc_rules   ARM + ACDC on every frame, corrector prompts from the rule-based memory (Eq. 2-3)
+    acdc_nomem   ARM + ACDC on every frame, corrector prompts = the raw sentences
+    arm_true_ctx the ARM with the ground-truth earlier frames as its context (an oracle only a world
+                 with ground-truth frames has): frame i's error here is the ARM's own, so the
+                 per-frame gap to `arm` is the error it inherited from its earlier frames
 
 `run_experiment` writes every finished story at once to <out_dir>/<row>/<story_id>.npz (uint8 frames)
 and .json (seed, prompts, memory source); a rerun skips what is there, so a killed run resumes.
@@ -38,7 +41,7 @@ from acdc_lib.types import LoopConfig, Story
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RowSpec:
-    """One row of the table: how its frames are made (kind "dm" or "loop") and its label."""
+    """One row of the table: how its frames are made (kind "dm", "loop" or "true_context") and its label."""
 
     label: str
     kind: str
@@ -47,8 +50,9 @@ class RowSpec:
 
     def needs(self) -> list[str]:
         """The components `run_experiment` must be given for this row."""
-        return ((["arm"] if self.kind == "loop" else []) + (["corrector"] if self.kind == "dm" or
-                self.correct_frames != "none" else []) + (["memory"] if self.use_memory else []))
+        return ((["arm"] if self.kind in ("loop", "true_context") else []) + (["corrector"] if self.kind == "dm" or
+                self.correct_frames != "none" else []) + (["memory"] if self.use_memory else [])
+                + (["reference"] if self.kind == "true_context" else []))
 
 
 ROWS: dict[str, RowSpec] = {
@@ -56,6 +60,7 @@ ROWS: dict[str, RowSpec] = {
     "arm": RowSpec("ARM alone", "loop"),
     "acdc_rules": RowSpec("ARM + ACDC, rule memory", "loop", "all", True),
     "acdc_nomem": RowSpec("ARM + ACDC, no memory", "loop", "all", False),
+    "arm_true_ctx": RowSpec("ARM, true earlier frames (oracle)", "true_context"),
 }
 GENERATION_FIELDS = ("strength", "guidance_scale", "num_inference_steps", "base_seed", "image_size")
 
@@ -180,7 +185,27 @@ def _dm_only(stories: Sequence[Story], corrector, seeds: Sequence[int], config: 
     return torch.stack(frames, 1)
 
 
+def _arm_true_context(stories: Sequence[Story], arm, reference: Callable[[Story], torch.Tensor],
+                      seeds: Sequence[int], device) -> torch.Tensor:
+    """(B, N, C, H, W): frame i of story b sampled by the ARM from u^{1:i} and E(true frames 1..i-1).
+
+    Each story draws from its ARM generator (`story_generators(seed)[0]`), as in the `arm` row, and
+    every frame draws the same number of codes, so frame 1 equals the `arm` row's frame 1 and later
+    frames differ from it only through the context: the paired per-frame gap is the inherited error.
+    """
+    ref = torch.stack([reference(s).to(device) for s in stories])                 # (B, N, C, H, W)
+    B, N = ref.shape[:2]
+    context = torch.stack([arm.encode(ref[:, i]) for i in range(N)], 1)          # (B, N, n) true v^1..v^N
+    gens = [story_generators(s, device)[0] for s in seeds]
+    frames = []
+    for i in range(N):
+        tokens = arm.generate([s.sentences[: i + 1] for s in stories], context[:, :i], gens)
+        frames.append(arm.decode(tokens).detach().cpu())
+    return torch.stack(frames, 1)
+
+
 def run_experiment(stories: Sequence[Story], out_dir: str | Path, *, arm=None, corrector=None, memory=None,
+                   reference: Callable[[Story], torch.Tensor] | None = None,
                    config: ExperimentConfig | None = None, device: str | torch.device = "cpu",
                    progress: bool = True) -> dict[str, list[str]]:
     """Generate every row's frames for `stories`, batched, writing each story's files as its batch ends.
@@ -191,11 +216,13 @@ def run_experiment(stories: Sequence[Story], out_dir: str | Path, *, arm=None, c
         out_dir: results folder; <out_dir>/<row>/<story_id>.{npz,json} and <out_dir>/config.json.
         arm: ARM protocol (rows arm, acdc_*); corrector: Corrector (acdc_*), with generate() for dm_only.
         memory: the memory of acdc_rules (e.g. RuleMemory()).
+        reference: story -> (N, C, H, W) ground-truth frames in [0, 1] (row arm_true_ctx), e.g.
+            `Evaluator.reference_images`.
     Returns:
         {row: story ids computed by this call}.
     """
     config = config or ExperimentConfig()
-    given = {"arm": arm, "corrector": corrector, "memory": memory}
+    given = {"arm": arm, "corrector": corrector, "memory": memory, "reference": reference}
     for row in config.rows:  # e.g. acdc_rules without a memory would silently equal acdc_nomem
         missing = [k for k in ROWS[row].needs() if given[k] is None]
         if missing:
@@ -219,6 +246,8 @@ def run_experiment(stories: Sequence[Story], out_dir: str | Path, *, arm=None, c
                 bseeds = [seeds[s.story_id] for s in batch]
                 if spec.kind == "dm":
                     frames, prompts, sources = _dm_only(batch, corrector, bseeds, config, device), None, None
+                elif spec.kind == "true_context":
+                    frames, prompts, sources = _arm_true_context(batch, arm, reference, bseeds, device), None, None
                 else:
                     loop_cfg = LoopConfig(correct_frames=spec.correct_frames, strength=config.strength,
                                           guidance_scale=config.guidance_scale,
@@ -289,6 +318,8 @@ class ResultsTable:
     Args:
         rows: {row: {metric: Interval}}; curves: {row: {curve: [Interval per frame (pair)]}};
         per_story: {row: {metric: [S values]}} of the per-story metrics (not FID / F1, set-level).
+        per_frame: {row: {curve: S lists of N values}} behind the accuracy and validity curves, for
+            paired per-frame comparisons (`frame_gaps`).
     """
 
     rows: dict[str, dict[str, M.Interval]]
@@ -298,11 +329,12 @@ class ResultsTable:
     n_frames: int
     config: dict[str, Any] = field(default_factory=dict)
     per_story: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    per_frame: dict[str, dict[str, list[list[float]]]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"n_stories": self.n_stories, "n_frames": self.n_frames, "config": self.config,
                 "labels": self.labels, "rows": {r: {m: asdict(v) for m, v in d.items()} for r, d in self.rows.items()},
-                "per_story": self.per_story,
+                "per_story": self.per_story, "per_frame": self.per_frame,
                 "curves": {r: {c: [asdict(v) for v in vs] for c, vs in d.items()} for r, d in self.curves.items()}}
 
     def to_markdown(self, digits: int = 3) -> str:
@@ -349,7 +381,7 @@ def summarise(out_dir: str | Path, stories: Sequence[Story], evaluator: Evaluato
         _missing(out_dir, r, stories)
     row_names = (["reference"] if include_reference else []) + list(config.rows)
     ci = dict(confidence=config.confidence, seed=config.base_seed)
-    rows, curves, per_story = {}, {}, {}
+    rows, curves, per_story, per_frame = {}, {}, {}, {}
     for row in row_names:  # one row's frames in memory at a time
         frames = ref if row == "reference" else load_frames(out_dir, row, stories)
         cons = M.frame_consistency(M.embed_frames(frames, evaluator.embed_images))
@@ -360,6 +392,7 @@ def summarise(out_dir: str | Path, stories: Sequence[Story], evaluator: Evaluato
                                    n_resamples=config.n_bootstrap_set, **ci)
         curve = {"consistency": [M.bootstrap_ci(cons.per_pair[:, j], n_resamples=config.n_bootstrap, **ci)
                                  for j in range(N - 1)]}
+        frame_values = {}
         for col, head in ATTRIBUTES.items():
             if head not in evaluator.num_classes:
                 continue
@@ -372,16 +405,19 @@ def summarise(out_dir: str | Path, stories: Sequence[Story], evaluator: Evaluato
                 n_resamples=config.n_bootstrap_set, **ci)
             curve[f"{col}_acc"] = [M.bootstrap_ci(sc.correct[:, j].double(), n_resamples=config.n_bootstrap, **ci)
                                    for j in range(N)]
+            frame_values[f"{col}_acc"] = sc.correct.double()
         if all(h in preds for h in M.COUNT_HEADS):
             valid = M.physically_valid(preds).double()                            # (S, N)
             values["physical_validity"] = valid.mean(1)
             res["physical_validity"] = M.bootstrap_ci(valid.mean(1), n_resamples=config.n_bootstrap, **ci)
             curve["physical_validity"] = [M.bootstrap_ci(valid[:, j], n_resamples=config.n_bootstrap, **ci)
                                           for j in range(N)]
+            frame_values["physical_validity"] = valid
         rows[row], curves[row] = res, curve
         per_story[row] = {m: torch.as_tensor(v).double().tolist() for m, v in values.items()}
+        per_frame[row] = {c: v.tolist() for c, v in frame_values.items()}
     labels = {"reference": "Ground-truth renders", **{r: ROWS[r].label for r in config.rows}}
-    return ResultsTable(rows, curves, labels, S, N, asdict(config), per_story)
+    return ResultsTable(rows, curves, labels, S, N, asdict(config), per_story, per_frame)
 
 
 def paired_difference(table: ResultsTable, old_row: str, new_row: str, metric: str, n_resamples: int = 2000,
@@ -617,6 +653,58 @@ def frame_trend(table: ResultsTable, curve: str = "char_acc", rows: Sequence[str
     return out
 
 
+def _frame_values(table: ResultsTable, row: str, curve: str) -> np.ndarray:
+    got = table.per_frame.get(row, {})
+    if curve not in got:
+        raise ValueError(f"no per-frame {curve!r} for row {row!r}; rows with per-frame values: {sorted(table.per_frame)}, "
+                         f"curves: {sorted(got)}")
+    return np.asarray(got[curve], dtype=float)                                   # (S, N)
+
+
+def frame_gaps(table: ResultsTable, old_row: str, new_row: str, curve: str = "char_acc", n_resamples: int = 2000,
+               seed: int = 0, confidence: float = 0.95) -> dict[str, Any]:
+    """Paired per-story change new_row - old_row of a per-frame curve, frame by frame and over the later frames.
+
+    Returns {"per_frame": [Interval per frame], "later": Interval of the per-story mean change over
+    frames 2..N}. With old_row="arm", new_row="arm_true_ctx" the change at frame i is what the ARM lost
+    by continuing from its own frames instead of the true ones: the error it inherited.
+    """
+    old, new = _frame_values(table, old_row, curve), _frame_values(table, new_row, curve)
+    d = new - old                                                                 # (S, N)
+    kw = dict(n_resamples=n_resamples, seed=seed, confidence=confidence)
+    return {"per_frame": [M.bootstrap_ci(d[:, j], **kw) for j in range(d.shape[1])],
+            "later": M.bootstrap_ci(d[:, 1:].mean(1), **kw)}
+
+
+# (old row, new row, what the change measures) for `frame_gaps_markdown`
+FRAME_GAPS = (("arm", "arm_true_ctx", "inherited by the ARM (true minus own earlier frames)"),
+              ("arm", "acdc_rules", "ACDC (rule memory) minus ARM alone"),
+              ("arm_true_ctx", "acdc_rules", "ACDC (rule memory) minus the oracle-context ARM"))
+
+
+def frame_gaps_markdown(table: ResultsTable, curves: Sequence[str] = ("char_acc", "bg_acc", "time_acc", "action_acc"),
+                        pairs: Sequence[tuple[str, str, str]] = FRAME_GAPS, n_resamples: int = 2000,
+                        seed: int = 0) -> tuple[str, list[dict[str, Any]]]:
+    """A markdown table of `frame_gaps` for each (pair, curve) the table has, and the same as records."""
+    n = table.n_frames
+    lines = ["| change | curve | " + " | ".join(f"frame {i + 1}" for i in range(n)) + f" | frame {n} [95% CI] "
+             f"| frames 2-{n} mean [95% CI] |", "|---" * (n + 4) + "|"]
+    records = []
+    for old, new, what in pairs:
+        if old not in table.per_frame or new not in table.per_frame:
+            continue
+        for c in curves:
+            g = frame_gaps(table, old, new, c, n_resamples=n_resamples, seed=seed)
+            last, later = g["per_frame"][-1], g["later"]
+            ci = lambda v: f"{v.value:+.3f} [{v.low:+.3f}, {v.high:+.3f}]"
+            lines.append(f"| {what} | {c} | " + " | ".join(f"{v.value:+.3f}" for v in g["per_frame"])
+                         + f" | {ci(last)} | {ci(later)} |")
+            records.append({"old": old, "new": new, "change": what, "curve": c,
+                            "per_frame": [asdict(v) for v in g["per_frame"]], "later": asdict(later),
+                            "later_excludes_0": not later.low <= 0.0 <= later.high})
+    return "\n".join(lines) + "\n", records
+
+
 def plot_example_frames(out_dir: str | Path, story: Story, rows: Sequence[str],
                         reference: Callable[[Story], torch.Tensor] | None = None,
                         labels: Mapping[str, str] | None = None):
@@ -686,15 +774,17 @@ def summarise_sweep(dirs: Mapping[float, str | Path], stories: Sequence[Story], 
         t = summarise(d, stories, evaluator, ExperimentConfig(**{**asdict(config), "rows": ("acdc_rules",),
                                                                   "strength": float(s)}), include_reference=False)
         name = sweep_label(s)
-        t.rows, t.curves, t.per_story = ({name: x["acdc_rules"]} for x in (t.rows, t.curves, t.per_story))
+        t.rows, t.curves, t.per_story, t.per_frame = ({name: x["acdc_rules"]}
+                                                      for x in (t.rows, t.curves, t.per_story, t.per_frame))
         t.labels = {name: f"ARM + ACDC, rule memory, t'={s:g}, N={config.num_inference_steps}"}
         parts.append(t)
-    merged = {k: {} for k in ("rows", "curves", "per_story", "labels")}
+    merged = {k: {} for k in ("rows", "curves", "per_story", "labels", "per_frame")}
     for t in parts:
         for k in merged:
             merged[k].update(getattr(t, k))
     return ResultsTable(merged["rows"], merged["curves"], merged["labels"], len(stories), len(stories[0]),
-                        {**asdict(config), "strengths": [float(s) for s in dirs]}, merged["per_story"])
+                        {**asdict(config), "strengths": [float(s) for s in dirs]}, merged["per_story"],
+                        merged["per_frame"])
 
 
 def paper_table_markdown(table: Mapping[str, Mapping[str, float]] | None = None) -> str:

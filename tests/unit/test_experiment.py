@@ -16,7 +16,7 @@ import torch
 from acdc_lib import experiment as E
 from acdc_lib import metrics as M
 from acdc_lib.types import Story
-from dummies import DummyARM, DummyCorrector, DummyMemory
+from dummies import DummyARM, DummyCorrector, DummyMemory, checksum
 from tiny_diffusers import tiny_clip_model, tiny_tokenizer
 
 N = 6
@@ -61,17 +61,18 @@ def fake_predict(x):
             "n_ears": torch.where(idx < 4, 2, 3), "n_tails": marked.long()}
 
 
+def reference(story):
+    ref = torch.zeros(N, 1, 2, 2)
+    ref[:, 0, 0, 0] = torch.arange(N) / 255
+    ref[:, 0, 1, 1] = 1.0
+    ref[:, 0, 0, 1] = torch.tensor([10, 200, 30, 120, 90, 60]) / 255
+    return ref
+
+
 @pytest.fixture(scope="module")
 def evaluator():
     tok = tiny_tokenizer()
     clip = tiny_clip_model(image_size=4, patch_size=2, num_channels=1)
-
-    def reference(story):
-        ref = torch.zeros(N, 1, 2, 2)
-        ref[:, 0, 0, 0] = torch.arange(N) / 255
-        ref[:, 0, 1, 1] = 1.0
-        ref[:, 0, 0, 1] = torch.tensor([10, 200, 30, 120, 90, 60]) / 255
-        return ref
 
     return E.Evaluator(
         embed_images=lambda x: torch.stack([torch.ones(len(x)), (x[:, 0, 0, 0] * 255).round()], 1),  # (1, i)
@@ -87,7 +88,7 @@ def evaluator():
 def run(out, sts, **cfg):
     config = E.ExperimentConfig(batch_size=2, num_inference_steps=10, n_bootstrap=200, n_bootstrap_set=20, **cfg)
     return E.run_experiment(sts, out, arm=VisibleARM(), corrector=MarkingCorrector(), memory=DummyMemory(),
-                            config=config, progress=False), config
+                            reference=reference, config=config, progress=False), config
 
 
 def test_rows_run_and_write_one_record_per_story(tmp_path):
@@ -104,6 +105,34 @@ def test_rows_run_and_write_one_record_per_story(tmp_path):
     assert torch.equal(frames["arm"][:, 0, 0, 0, 1], frames["acdc_rules"][:, 0, 0, 0, 1])
     # Correction feeds back: the context checksum of frame 1 differs between ARM and ACDC.
     assert not torch.equal(frames["arm"][:, 1, 0, 1, 0], frames["acdc_rules"][:, 1, 0, 1, 0])
+
+
+def test_the_true_context_row_continues_from_the_true_frames_with_the_arm_rows_draws(tmp_path, evaluator):
+    sts = stories(3)
+    _, config = run(tmp_path, sts)
+    arm, oracle = (E.load_frames(tmp_path, r, sts) for r in ("arm", "arm_true_ctx"))
+    assert torch.equal(arm[:, 0], oracle[:, 0])                          # frame 1: same (empty) context, same draw
+    assert torch.equal(arm[:, :, 0, 0, 1], oracle[:, :, 0, 0, 1])        # every frame: the same draws
+    true_codes = VisibleARM().encode(reference(sts[0]))                  # (N, 4) codes of the true frames
+    for i in range(1, N):                                                # context checksum: the true frames'
+        want = (checksum(true_codes[:i]) % 256) / 255
+        assert oracle[:, i, 0, 1, 0].tolist() == pytest.approx([want] * 3, abs=1e-6)
+        assert not torch.equal(arm[:, i, 0, 1, 0], oracle[:, i, 0, 1, 0])
+    with pytest.raises(ValueError, match=r"row 'arm_true_ctx' needs \['reference'\]"):
+        E.run_experiment(sts, tmp_path / "x", arm=VisibleARM(), config=E.ExperimentConfig(rows=("arm_true_ctx",)),
+                         progress=False)
+    # Per-frame paired gaps: place = i mod 2 in every row, so no gap; species = marker, 1 only where corrected.
+    table = E.summarise(tmp_path, sts, evaluator, config)
+    assert table.per_frame["arm"]["bg_acc"] == [[1.0, 0.0] * 3] * 3
+    g = E.frame_gaps(table, "arm", "arm_true_ctx", "bg_acc")
+    assert [v.value for v in g["per_frame"]] == [0.0] * N and g["later"] == M.Interval(0.0, 0.0, 0.0)
+    g = E.frame_gaps(table, "arm", "acdc_rules", "char_acc")
+    assert [v.value for v in g["per_frame"]] == [1.0] * N and g["later"].value == 1.0
+    md, recs = E.frame_gaps_markdown(table, curves=("char_acc", "bg_acc"))
+    assert len(recs) == 3 * 2 and md.count("\n") == 2 + 6
+    assert [r["later_excludes_0"] for r in recs if r["curve"] == "char_acc"] == [False, True, True]
+    with pytest.raises(ValueError, match="per-frame 'clip_score'"):
+        E.frame_gaps(table, "arm", "acdc_rules", "clip_score")
 
 
 def test_an_interrupted_run_resumes_and_gives_the_uninterrupted_table(tmp_path, evaluator):
