@@ -167,30 +167,41 @@ def dm_gate(corrector, evaluator: M.ToyEvaluator, states, *, seed: int = 0, guid
 # --------------------------------------------------------------------------------------------
 # ARM
 # --------------------------------------------------------------------------------------------
-def arm_curve(arm, evaluator: M.ToyEvaluator, stories, *, seed: int = 0, batch_size: int = 32) -> dict:
-    """Free-running ARM generation of `stories` (no correction) and the probe's accuracy per frame index.
+def arm_curve(arm, evaluator: M.ToyEvaluator, stories, *, seed: int = 0, batch_size: int = 32,
+              context: str = "own") -> dict:
+    """ARM generation of `stories` (no correction) and the probe's accuracy per frame index.
 
-    Runs `acdc_lib.loop.run_stories` with correct_frames="none"; story k gets seed `seed + k`.
+    context="own": free-running, `acdc_lib.loop.run_stories` with correct_frames="none" (Eq. 1).
+    context="true": frame i from the text and the ground-truth frames 1..i-1 (the oracle row of
+    `acdc_lib.experiment`), with the same random draws, so the per-frame gap between the two curves
+    is the error the ARM inherits from its own earlier frames. Story k gets seed `seed + k`.
     Returns {"per_frame": {attribute: [acc at frame 1..N]}, "mean": [mean over VISUAL per frame],
-    "images": (S, N, 3, 32, 32)}.
+    "correct": {attribute: (S, N) bool}, "images": (S, N, 3, 32, 32)}.
     """
+    from acdc_lib.experiment import _arm_true_context
     from acdc_lib.loop import run_stories
     from acdc_lib.types import LoopConfig
 
+    if context not in ("own", "true"):
+        raise ValueError(f"context must be 'own' or 'true', got {context!r}")
     cfg = LoopConfig(correct_frames="none", use_memory=False)
     frames = []
     for i in range(0, len(stories), batch_size):
         chunk = stories[i:i + batch_size]
-        out = run_stories(chunk, arm, None, None, cfg, seeds=[seed + i + k for k in range(len(chunk))])
+        seeds = [seed + i + k for k in range(len(chunk))]
+        if context == "true":
+            frames += list(_arm_true_context(chunk, arm, lambda s: _render(s.states), seeds, getattr(arm, "device", "cpu")))
+            continue
+        out = run_stories(chunk, arm, None, None, cfg, seeds=seeds)
         frames += [s.arm_images() for s in out.stories]
     images = torch.stack(frames)  # (S, N, 3, H, W)
     S, N = images.shape[:2]
     states, _ = frames_of(stories)
     pred, truth = evaluator.predict(images.flatten(0, 1)), M.state_labels(states)
-    per_frame = {k: [float((pred[k].view(S, N)[:, j] == truth[k].view(S, N)[:, j]).float().mean()) for j in range(N)]
-                 for k in VISUAL}
+    correct = {k: pred[k].view(S, N) == truth[k].view(S, N) for k in VISUAL}
+    per_frame = {k: [float(correct[k][:, j].float().mean()) for j in range(N)] for k in VISUAL}
     mean = [float(np.mean([per_frame[k][j] for k in VISUAL])) for j in range(N)]
-    return {"per_frame": per_frame, "mean": mean, "images": images, "n_stories": S}
+    return {"per_frame": per_frame, "mean": mean, "correct": correct, "images": images, "n_stories": S}
 
 
 @torch.no_grad()

@@ -269,3 +269,22 @@ def test_degrade_blurs_some_frames_and_keeps_range():
     tv = lambda im: float((im[..., 1:] - im[..., :-1]).abs().mean())  # noqa: E731
     assert tv(y) < 0.9 * tv(x)
     assert torch.equal(T.degrade(x, np.random.default_rng(1), p_blur=0.0, max_noise=0.0), x)
+
+
+def test_arm_curve_with_the_true_context_shares_frame_one_and_its_draws(tiny_arm):
+    from acdc_lib.toyworld.gates import VISUAL, arm_curve
+
+    class ZeroProbe:  # every attribute predicted as class 0: the curve is then the share of class-0 truths
+        def predict(self, images):
+            return {k: torch.zeros(len(images), dtype=torch.long) for k in VISUAL}
+
+    stories = T.load_split("train")[:3]
+    own = arm_curve(tiny_arm, ZeroProbe(), stories, seed=5, batch_size=2)
+    true = arm_curve(tiny_arm, ZeroProbe(), stories, seed=5, batch_size=2, context="true")
+    N = len(stories[0].sentences)
+    assert own["images"].shape == true["images"].shape == (3, N, 3, 32, 32)
+    assert torch.equal(own["images"][:, 0], true["images"][:, 0])          # same text, same draws, no context
+    assert not torch.equal(own["images"][:, 1:], true["images"][:, 1:])    # a random LM reads its context
+    assert own["correct"]["place"].shape == (3, N) and own["per_frame"] == true["per_frame"]
+    with pytest.raises(ValueError, match="context must be 'own' or 'true'"):
+        arm_curve(tiny_arm, ZeroProbe(), stories, context="lent")
