@@ -318,8 +318,8 @@ class ResultsTable:
     Args:
         rows: {row: {metric: Interval}}; curves: {row: {curve: [Interval per frame (pair)]}};
         per_story: {row: {metric: [S values]}} of the per-story metrics (not FID / F1, set-level).
-        per_frame: {row: {curve: S lists of N values}} behind the accuracy and validity curves, for
-            paired per-frame comparisons (`frame_gaps`).
+        per_frame: {row: {curve: S lists of N 0/1 values}} behind the accuracy and validity curves,
+            for paired per-frame comparisons (`frame_gaps`).
     """
 
     rows: dict[str, dict[str, M.Interval]]
@@ -347,8 +347,9 @@ class ResultsTable:
 
     def write(self, out_dir: str | Path, stem: str = "results") -> None:
         """<stem>.json and <stem>.md in `out_dir`, written atomically (a notebook's own results.json
-        is record_results', so notebook 03 passes another stem)."""
-        atomic_write_json(Path(out_dir) / f"{stem}.json", self.to_dict())
+        is record_results', so notebook 03 passes another stem). The JSON is compact: its per-story and
+        per-frame lists, one number per line when indented, made it 5x larger; the .md is the view."""
+        atomic_write_json(Path(out_dir) / f"{stem}.json", self.to_dict(), indent=None)
         atomic_write_text(Path(out_dir) / f"{stem}.md", self.to_markdown())
 
 
@@ -415,7 +416,7 @@ def summarise(out_dir: str | Path, stories: Sequence[Story], evaluator: Evaluato
             frame_values["physical_validity"] = valid
         rows[row], curves[row] = res, curve
         per_story[row] = {m: torch.as_tensor(v).double().tolist() for m, v in values.items()}
-        per_frame[row] = {c: v.tolist() for c, v in frame_values.items()}
+        per_frame[row] = {c: v.long().tolist() for c, v in frame_values.items()}  # 0/1 per story and frame
     labels = {"reference": "Ground-truth renders", **{r: ROWS[r].label for r in config.rows}}
     return ResultsTable(rows, curves, labels, S, N, asdict(config), per_story, per_frame)
 
