@@ -706,6 +706,32 @@ def frame_gaps_markdown(table: ResultsTable, curves: Sequence[str] = ("char_acc"
     return "\n".join(lines) + "\n", records
 
 
+def accumulation_claims(table: ResultsTable, curves: Sequence[str] = ("char_acc", "bg_acc", "time_acc", "action_acc"),
+                        n_resamples: int = 2000, seed: int = 0) -> list[str]:
+    """Plain-words lines on accumulation measured against the oracle row (`arm_true_ctx`), per curve.
+
+    For each curve: the error the ARM alone inherits over frames 2..N (oracle minus ARM, paired per
+    story) and where ACDC with rule memory stands against the oracle over the same frames. Empty when
+    the table has no oracle row. "Significant": the 95% interval of the per-story mean excludes 0.
+    """
+    if "arm_true_ctx" not in table.per_frame or "arm" not in table.per_frame:
+        return []
+    n, lines = table.n_frames, []
+    ci = lambda v: f"{v.value:+.3f} [{v.low:+.3f}, {v.high:+.3f}]"
+    for c in curves:
+        inh = frame_gaps(table, "arm", "arm_true_ctx", c, n_resamples=n_resamples, seed=seed)["later"]
+        sig = not inh.low <= 0.0 <= inh.high
+        line = (f"{c}: the ARM alone inherits {ci(inh)} over frames 2-{n} (oracle minus ARM), "
+                + ("significant: its errors here accumulate" if sig and inh.value > 0 else
+                   "significant, but its own frames help it" if sig else "not significant: nothing inherited"))
+        if "acdc_rules" in table.per_frame:
+            a = frame_gaps(table, "arm_true_ctx", "acdc_rules", c, n_resamples=n_resamples, seed=seed)["later"]
+            where = "above" if a.low > 0 else "below" if a.high < 0 else "level with"
+            line += f"; ACDC (rule memory) is {where} the oracle ({ci(a)})"
+        lines.append(line + ".")
+    return lines
+
+
 def plot_example_frames(out_dir: str | Path, story: Story, rows: Sequence[str],
                         reference: Callable[[Story], torch.Tensor] | None = None,
                         labels: Mapping[str, str] | None = None):
