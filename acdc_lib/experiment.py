@@ -185,7 +185,7 @@ def _dm_only(stories: Sequence[Story], corrector, seeds: Sequence[int], config: 
     return torch.stack(frames, 1)
 
 
-def _arm_true_context(stories: Sequence[Story], arm, reference: Callable[[Story], torch.Tensor],
+def arm_true_context(stories: Sequence[Story], arm, reference: Callable[[Story], torch.Tensor],
                       seeds: Sequence[int], device) -> torch.Tensor:
     """(B, N, C, H, W): frame i of story b sampled by the ARM from u^{1:i} and E(true frames 1..i-1).
 
@@ -247,7 +247,7 @@ def run_experiment(stories: Sequence[Story], out_dir: str | Path, *, arm=None, c
                 if spec.kind == "dm":
                     frames, prompts, sources = _dm_only(batch, corrector, bseeds, config, device), None, None
                 elif spec.kind == "true_context":
-                    frames, prompts, sources = _arm_true_context(batch, arm, reference, bseeds, device), None, None
+                    frames, prompts, sources = arm_true_context(batch, arm, reference, bseeds, device), None, None
                 else:
                     loop_cfg = LoopConfig(correct_frames=spec.correct_frames, strength=config.strength,
                                           guidance_scale=config.guidance_scale,
@@ -662,6 +662,10 @@ def _frame_values(table: ResultsTable, row: str, curve: str) -> np.ndarray:
     return np.asarray(got[curve], dtype=float)                                   # (S, N)
 
 
+def _signed(v: M.Interval) -> str:
+    return f"{v.value:+.3f} [{v.low:+.3f}, {v.high:+.3f}]"
+
+
 def frame_gaps(table: ResultsTable, old_row: str, new_row: str, curve: str = "char_acc", n_resamples: int = 2000,
                seed: int = 0, confidence: float = 0.95) -> dict[str, Any]:
     """Paired per-story change new_row - old_row of a per-frame curve, frame by frame and over the later frames.
@@ -697,37 +701,37 @@ def frame_gaps_markdown(table: ResultsTable, curves: Sequence[str] = ("char_acc"
         for c in curves:
             g = frame_gaps(table, old, new, c, n_resamples=n_resamples, seed=seed)
             last, later = g["per_frame"][-1], g["later"]
-            ci = lambda v: f"{v.value:+.3f} [{v.low:+.3f}, {v.high:+.3f}]"
             lines.append(f"| {what} | {c} | " + " | ".join(f"{v.value:+.3f}" for v in g["per_frame"])
-                         + f" | {ci(last)} | {ci(later)} |")
+                         + f" | {_signed(last)} | {_signed(later)} |")
             records.append({"old": old, "new": new, "change": what, "curve": c,
                             "per_frame": [asdict(v) for v in g["per_frame"]], "later": asdict(later),
                             "later_excludes_0": not later.low <= 0.0 <= later.high})
     return "\n".join(lines) + "\n", records
 
 
-def accumulation_claims(table: ResultsTable, curves: Sequence[str] = ("char_acc", "bg_acc", "time_acc", "action_acc"),
-                        n_resamples: int = 2000, seed: int = 0) -> list[str]:
+def accumulation_claims(gaps: Sequence[Mapping[str, Any]], n_frames: int) -> list[str]:
     """Plain-words lines on accumulation measured against the oracle row (`arm_true_ctx`), per curve.
 
+    Args:
+        gaps: `frame_gaps_markdown`'s records (so no interval is bootstrapped twice).
+        n_frames: N, for the wording "frames 2-N".
     For each curve: the error the ARM alone inherits over frames 2..N (oracle minus ARM, paired per
     story) and where ACDC with rule memory stands against the oracle over the same frames. Empty when
-    the table has no oracle row. "Significant": the 95% interval of the per-story mean excludes 0.
+    the records hold no oracle comparison. "Significant": the 95% interval of the per-story mean excludes 0.
     """
-    if "arm_true_ctx" not in table.per_frame or "arm" not in table.per_frame:
-        return []
-    n, lines = table.n_frames, []
-    ci = lambda v: f"{v.value:+.3f} [{v.low:+.3f}, {v.high:+.3f}]"
-    for c in curves:
-        inh = frame_gaps(table, "arm", "arm_true_ctx", c, n_resamples=n_resamples, seed=seed)["later"]
+    later = {(g["old"], g["new"], g["curve"]): M.Interval(**g["later"]) for g in gaps}
+    lines = []
+    for (old, new, c), inh in later.items():
+        if (old, new) != ("arm", "arm_true_ctx"):
+            continue
         sig = not inh.low <= 0.0 <= inh.high
-        line = (f"{c}: the ARM alone inherits {ci(inh)} over frames 2-{n} (oracle minus ARM), "
+        line = (f"{c}: the ARM alone inherits {_signed(inh)} over frames 2-{n_frames} (oracle minus ARM), "
                 + ("significant: its errors here accumulate" if sig and inh.value > 0 else
                    "significant, but its own frames help it" if sig else "not significant: nothing inherited"))
-        if "acdc_rules" in table.per_frame:
-            a = frame_gaps(table, "arm_true_ctx", "acdc_rules", c, n_resamples=n_resamples, seed=seed)["later"]
+        a = later.get(("arm_true_ctx", "acdc_rules", c))
+        if a is not None:
             where = "above" if a.low > 0 else "below" if a.high < 0 else "level with"
-            line += f"; ACDC (rule memory) is {where} the oracle ({ci(a)})"
+            line += f"; ACDC (rule memory) is {where} the oracle ({_signed(a)})"
         lines.append(line + ".")
     return lines
 

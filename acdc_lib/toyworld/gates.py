@@ -178,7 +178,7 @@ def arm_curve(arm, evaluator: M.ToyEvaluator, stories, *, seed: int = 0, batch_s
     Returns {"per_frame": {attribute: [acc at frame 1..N]}, "mean": [mean over VISUAL per frame],
     "correct": {attribute: (S, N) bool}, "images": (S, N, 3, 32, 32)}.
     """
-    from acdc_lib.experiment import _arm_true_context
+    from acdc_lib.experiment import arm_true_context
     from acdc_lib.loop import run_stories
     from acdc_lib.types import LoopConfig
 
@@ -190,7 +190,8 @@ def arm_curve(arm, evaluator: M.ToyEvaluator, stories, *, seed: int = 0, batch_s
         chunk = stories[i:i + batch_size]
         seeds = [seed + i + k for k in range(len(chunk))]
         if context == "true":
-            frames += list(_arm_true_context(chunk, arm, lambda s: _render(s.states), seeds, getattr(arm, "device", "cpu")))
+            device = getattr(arm, "device", "cpu")
+            frames += list(arm_true_context(chunk, arm, lambda s: _render(s.states), seeds, device))
             continue
         out = run_stories(chunk, arm, None, None, cfg, seeds=seeds)
         frames += [s.arm_images() for s in out.stories]

@@ -131,11 +131,11 @@ def test_the_true_context_row_continues_from_the_true_frames_with_the_arm_rows_d
     md, recs = E.frame_gaps_markdown(table, curves=("char_acc", "bg_acc"))
     assert len(recs) == 3 * 2 and md.count("\n") == 2 + 6
     assert [r["later_excludes_0"] for r in recs if r["curve"] == "char_acc"] == [False, True, True]
-    claims = E.accumulation_claims(table, curves=("char_acc", "bg_acc"))
+    claims = E.accumulation_claims(recs, N)
     assert claims[0].startswith("char_acc: the ARM alone inherits +0.000") and "nothing inherited" in claims[0]
     assert "ACDC (rule memory) is above the oracle (+1.000" in claims[0]
     assert "level with the oracle" in claims[1]
-    assert E.accumulation_claims(E.ResultsTable({}, {}, {}, 3, N)) == []
+    assert E.accumulation_claims([r for r in recs if r["new"] != "arm_true_ctx"], N) == []
     with pytest.raises(ValueError, match="per-frame 'clip_score'"):
         E.frame_gaps(table, "arm", "acdc_rules", "clip_score")
 
