@@ -662,10 +662,6 @@ def _frame_values(table: ResultsTable, row: str, curve: str) -> np.ndarray:
     return np.asarray(got[curve], dtype=float)                                   # (S, N)
 
 
-def _signed(v: M.Interval) -> str:
-    return f"{v.value:+.3f} [{v.low:+.3f}, {v.high:+.3f}]"
-
-
 def frame_gaps(table: ResultsTable, old_row: str, new_row: str, curve: str = "char_acc", n_resamples: int = 2000,
                seed: int = 0, confidence: float = 0.95) -> dict[str, Any]:
     """Paired per-story change new_row - old_row of a per-frame curve, frame by frame and over the later frames.
@@ -702,7 +698,7 @@ def frame_gaps_markdown(table: ResultsTable, curves: Sequence[str] = ("char_acc"
             g = frame_gaps(table, old, new, c, n_resamples=n_resamples, seed=seed)
             last, later = g["per_frame"][-1], g["later"]
             lines.append(f"| {what} | {c} | " + " | ".join(f"{v.value:+.3f}" for v in g["per_frame"])
-                         + f" | {_signed(last)} | {_signed(later)} |")
+                         + f" | {last.signed()} | {later.signed()} |")
             records.append({"old": old, "new": new, "change": what, "curve": c,
                             "per_frame": [asdict(v) for v in g["per_frame"]], "later": asdict(later),
                             "later_excludes_0": not later.low <= 0.0 <= later.high})
@@ -725,13 +721,13 @@ def accumulation_claims(gaps: Sequence[Mapping[str, Any]], n_frames: int) -> lis
         if (old, new) != ("arm", "arm_true_ctx"):
             continue
         sig = not inh.low <= 0.0 <= inh.high
-        line = (f"{c}: the ARM alone inherits {_signed(inh)} over frames 2-{n_frames} (oracle minus ARM), "
+        line = (f"{c}: the ARM alone inherits {inh.signed()} over frames 2-{n_frames} (oracle minus ARM), "
                 + ("significant: its errors here accumulate" if sig and inh.value > 0 else
                    "significant, but its own frames help it" if sig else "not significant: nothing inherited"))
         a = later.get(("arm_true_ctx", "acdc_rules", c))
         if a is not None:
             where = "above" if a.low > 0 else "below" if a.high < 0 else "level with"
-            line += f"; ACDC (rule memory) is {where} the oracle ({_signed(a)})"
+            line += f"; ACDC (rule memory) is {where} the oracle ({a.signed()})"
         lines.append(line + ".")
     return lines
 

@@ -60,6 +60,10 @@ class Interval:
     def __str__(self) -> str:
         return f"{self.value:.4g} [{self.low:.4g}, {self.high:.4g}]"
 
+    def signed(self) -> str:
+        """A change with its interval, 3 decimals and signs: "+0.044 [+0.025, +0.071]"."""
+        return f"{self.value:+.3f} [{self.low:+.3f}, {self.high:+.3f}]"
+
 
 def bootstrap_ci(values: Any, stat: Callable = np.mean, confidence: float = 0.95, n_resamples: int = 2000,
                  seed: int | np.random.Generator = 0, method: str = "BCa") -> Interval:

@@ -205,6 +205,45 @@ def arm_curve(arm, evaluator: M.ToyEvaluator, stories, *, seed: int = 0, batch_s
     return {"per_frame": per_frame, "mean": mean, "correct": correct, "images": images, "n_stories": S}
 
 
+def arm_inheritance(own: dict, true: dict, *, n_resamples: int = 2000, seed: int = 0,
+                    confidence: float = 0.95) -> dict[str, dict[str, Any]]:
+    """How much of the free-running ARM's fall is inherited, from two `arm_curve`s of the same stories.
+
+    Args:
+        own, true: `arm_curve(..., context="own")` and `arm_curve(..., context="true")` of the same
+            stories with the same seed (so frame 1 is the same draw in both).
+        n_resamples, seed, confidence: of the paired bootstrap over stories (`metrics.bootstrap_ci`).
+    Returns:
+        {attribute or "mean": {"fall": frame 1 minus frame N, free-running (the ARM regime gate's
+        quantity); "inherited": true minus own, each story's mean over frames 2..N; "inherited_last":
+        the same at frame N}}, each an `Interval` over stories. "mean" averages VISUAL per story first.
+        Only the true-context curve separates accumulation from later frames being harder: the
+        context-free DM row of notebook 03 falls too.
+    """
+    from acdc_lib.metrics import bootstrap_ci
+
+    for name, c in (("own", own), ("true", true)):
+        if "correct" not in c or set(c["correct"]) != set(VISUAL):
+            raise ValueError(f"{name} must be an arm_curve result with per-story 'correct' for {list(VISUAL)}")
+    shapes = {tuple(c["correct"][k].shape) for c in (own, true) for k in VISUAL}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 2 or next(iter(shapes))[1] < 2:
+        raise ValueError(f"own and true must cover the same stories and >= 2 frames; got (stories, frames) {sorted(shapes)}")
+    a = {k: own["correct"][k].float().numpy() for k in VISUAL}
+    b = {k: true["correct"][k].float().numpy() for k in VISUAL}
+    a["mean"], b["mean"] = np.mean([a[k] for k in VISUAL], 0), np.mean([b[k] for k in VISUAL], 0)
+    kw = dict(n_resamples=n_resamples, seed=seed, confidence=confidence)
+    return {k: {"fall": bootstrap_ci(a[k][:, 0] - a[k][:, -1], **kw),
+                "inherited": bootstrap_ci((b[k] - a[k])[:, 1:].mean(1), **kw),
+                "inherited_last": bootstrap_ci(b[k][:, -1] - a[k][:, -1], **kw)} for k in a}
+
+
+def inheritance_lines(res: dict[str, dict[str, Any]], n_frames: int) -> list[str]:
+    """One line per attribute of `arm_inheritance`'s result, signed intervals."""
+    return [f"{k:>8}: fall frame 1 -> {n_frames} (free-running) {r['fall'].signed()}; inherited over frames "
+            f"2-{n_frames} {r['inherited'].signed()}, at frame {n_frames} {r['inherited_last'].signed()}"
+            for k, r in res.items()]
+
+
 @torch.no_grad()
 def arm_frame_nll(arm, stories, *, swap_earlier_frames: bool = False, batch_size: int = 50) -> list[float]:
     """Teacher-forced loss (mean nats per code) of the ARM on each frame's image codes, frame 1..N.
@@ -362,6 +401,32 @@ def measure_all(n_stories: int | None = None, *, dm_frames: int = 256, arm_stori
     }
 
 
+def measure_inheritance(stories: str, *, checkpoints: Path = M.CHECKPOINT_DIR, seed: int = 0,
+                        arm_name: str = "arm") -> dict:
+    """`arm_inheritance` of the ARM `arm_name` on the test stories "START:STOP"; test story j draws with seed + j.
+
+    Returns a JSON-ready dict: the stories, the per-frame curves of both contexts, the intervals and
+    `inheritance_lines`. The slice lets a fresh set of test stories check a figure measured on others.
+    """
+    try:
+        start, stop = (int(v) for v in stories.split(":"))
+    except ValueError:
+        raise ValueError(f"stories must be START:STOP (two ints), got {stories!r}") from None
+    test = load_split("test")
+    if not 0 <= start < stop <= len(test) or stop - start < 2:
+        raise ValueError(f"stories {stories!r}: need 0 <= START < STOP <= {len(test)} and >= 2 stories")
+    chunk, ev = test[start:stop], M.load_evaluator(checkpoints / "evaluator")
+    arm = M.load_arm(checkpoints / arm_name, checkpoints / "vq")
+    own = arm_curve(arm, ev, chunk, seed=seed + start)
+    true = arm_curve(arm, ev, chunk, seed=seed + start, context="true")
+    res = arm_inheritance(own, true)
+    return {"arm": arm_name, "stories": stories, "n_stories": len(chunk), "seed": seed,
+            "curves": {"own": {"mean": own["mean"], "per_frame": own["per_frame"]},
+                       "true": {"mean": true["mean"], "per_frame": true["per_frame"]}},
+            "intervals": {k: {m: asdict(v) for m, v in r.items()} for k, r in res.items()},
+            "lines": inheritance_lines(res, len(own["mean"]))}
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Measure the toy models' gates on the test split; write gates.json")
     p.add_argument("--checkpoints", type=Path, default=M.CHECKPOINT_DIR)
@@ -369,9 +434,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--dm-frames", type=int, default=256)
     p.add_argument("--arm-stories", type=int, default=200)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--inheritance", metavar="START:STOP", default=None,
+                   help="instead of the gates: the shipped ARM's fall and inherited error (arm_inheritance) on test "
+                        "stories START..STOP-1, printed (and written to --out); writes no gates.json")
+    p.add_argument("--seed", type=int, default=0, help="with --inheritance: test story j draws with seed + j")
+    p.add_argument("--out", type=Path, default=None, help="with --inheritance: a JSON file for the result")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
+    if a.inheritance is not None:
+        res = measure_inheritance(a.inheritance, checkpoints=a.checkpoints, seed=a.seed)
+        print(f"ARM on test stories {res['stories']} ({res['n_stories']}), 95% paired bootstrap intervals:")
+        print("\n".join(res["lines"]))
+        if a.out is not None:
+            atomic_write_json(a.out, res)
+        return
     res = measure_all(a.n_stories, dm_frames=a.dm_frames, arm_stories=a.arm_stories, checkpoints=a.checkpoints)
     atomic_write_json(a.checkpoints / "gates.json", res)
     for g in res["gates"]:

@@ -288,3 +288,36 @@ def test_arm_curve_with_the_true_context_shares_frame_one_and_its_draws(tiny_arm
     assert own["correct"]["place"].shape == (3, N) and own["per_frame"] == true["per_frame"]
     with pytest.raises(ValueError, match="context must be 'own' or 'true'"):
         arm_curve(tiny_arm, ZeroProbe(), stories, context="lent")
+
+
+def test_arm_inheritance_pairs_stories_and_frames_by_hand():
+    from acdc_lib.toyworld.gates import VISUAL, arm_inheritance, inheritance_lines
+
+    def curve(rows):  # the same 0/1 rows (stories x frames) for every attribute
+        return {"correct": {k: torch.tensor(rows, dtype=torch.bool) for k in VISUAL}}
+
+    # 4 stories, 3 frames. Free-running: stories 0-1 lose the attribute at frame 2 and keep it lost;
+    # with the true earlier frames only story 0 loses it at frame 3. Frame 1 is shared, as arm_curve makes it.
+    own = curve([[1, 0, 0], [1, 0, 0], [1, 1, 1], [0, 0, 0]])
+    true = curve([[1, 1, 0], [1, 1, 1], [1, 1, 1], [0, 0, 0]])
+    res = arm_inheritance(own, true, n_resamples=200)
+    assert set(res) == {*VISUAL, "mean"}
+    for k in res:
+        assert res[k]["fall"].value == pytest.approx(0.5)             # (1 + 1 + 0 + 0) / 4
+        assert res[k]["inherited"].value == pytest.approx(0.375)      # per story over frames 2-3: .5, 1, 0, 0
+        assert res[k]["inherited_last"].value == pytest.approx(0.25)  # frame 3: story 1 only
+        assert res[k]["inherited"].low <= 0.375 <= res[k]["inherited"].high
+    lines = inheritance_lines(res, 3)
+    assert len(lines) == len(VISUAL) + 1 and "+0.375 [" in lines[-1] and "frames 2-3" in lines[-1]
+    with pytest.raises(ValueError, match="same stories"):
+        arm_inheritance(own, curve([[1, 1, 0]]))
+    with pytest.raises(ValueError, match="per-story 'correct'"):
+        arm_inheritance(own, {"mean": [0.5]})
+
+
+def test_measure_inheritance_refuses_a_bad_slice():
+    from acdc_lib.toyworld.gates import measure_inheritance
+
+    for bad in ("5", "a:b", "10:5", "0:1", "0:100000"):
+        with pytest.raises(ValueError, match="START:STOP|START < STOP"):
+            measure_inheritance(bad)
