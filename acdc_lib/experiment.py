@@ -670,7 +670,16 @@ def frame_gaps(table: ResultsTable, old_row: str, new_row: str, curve: str = "ch
     frames 2..N}. With old_row="arm", new_row="arm_true_ctx" the change at frame i is what the ARM lost
     by continuing from its own frames instead of the true ones: the error it inherited.
     """
-    old, new = _frame_values(table, old_row, curve), _frame_values(table, new_row, curve)
+    return paired_frame_gaps(_frame_values(table, old_row, curve), _frame_values(table, new_row, curve),
+                             n_resamples=n_resamples, seed=seed, confidence=confidence)
+
+
+def paired_frame_gaps(old: Any, new: Any, n_resamples: int = 2000, seed: int = 0,
+                      confidence: float = 0.95) -> dict[str, Any]:
+    """`frame_gaps` on (S, N) arrays of per-story, per-frame values of the same stories (N >= 2)."""
+    old, new = np.asarray(old, dtype=float), np.asarray(new, dtype=float)
+    if old.shape != new.shape or old.ndim != 2 or old.shape[1] < 2:
+        raise ValueError(f"old and new must be (stories, frames >= 2) arrays of one shape, got {old.shape}, {new.shape}")
     d = new - old                                                                 # (S, N)
     kw = dict(n_resamples=n_resamples, seed=seed, confidence=confidence)
     return {"per_frame": [M.bootstrap_ci(d[:, j], **kw) for j in range(d.shape[1])],

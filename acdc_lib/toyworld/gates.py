@@ -220,21 +220,25 @@ def arm_inheritance(own: dict, true: dict, *, n_resamples: int = 2000, seed: int
         Only the true-context curve separates accumulation from later frames being harder: the
         context-free DM row of notebook 03 falls too.
     """
+    from acdc_lib.experiment import paired_frame_gaps
     from acdc_lib.metrics import bootstrap_ci
 
     for name, c in (("own", own), ("true", true)):
         if "correct" not in c or set(c["correct"]) != set(VISUAL):
             raise ValueError(f"{name} must be an arm_curve result with per-story 'correct' for {list(VISUAL)}")
     shapes = {tuple(c["correct"][k].shape) for c in (own, true) for k in VISUAL}
-    if len(shapes) != 1 or len(next(iter(shapes))) != 2 or next(iter(shapes))[1] < 2:
-        raise ValueError(f"own and true must cover the same stories and >= 2 frames; got (stories, frames) {sorted(shapes)}")
+    if len(shapes) != 1:
+        raise ValueError(f"own and true must cover the same stories; got (stories, frames) {sorted(shapes)}")
     a = {k: own["correct"][k].float().numpy() for k in VISUAL}
     b = {k: true["correct"][k].float().numpy() for k in VISUAL}
     a["mean"], b["mean"] = np.mean([a[k] for k in VISUAL], 0), np.mean([b[k] for k in VISUAL], 0)
     kw = dict(n_resamples=n_resamples, seed=seed, confidence=confidence)
-    return {k: {"fall": bootstrap_ci(a[k][:, 0] - a[k][:, -1], **kw),
-                "inherited": bootstrap_ci((b[k] - a[k])[:, 1:].mean(1), **kw),
-                "inherited_last": bootstrap_ci(b[k][:, -1] - a[k][:, -1], **kw)} for k in a}
+    out = {}
+    for k in a:
+        gaps = paired_frame_gaps(a[k], b[k], **kw)  # the oracle minus own, as notebook 03's frame_gaps
+        out[k] = {"fall": bootstrap_ci(a[k][:, 0] - a[k][:, -1], **kw), "inherited": gaps["later"],
+                  "inherited_last": gaps["per_frame"][-1]}
+    return out
 
 
 def inheritance_lines(res: dict[str, dict[str, Any]], n_frames: int) -> list[str]:

@@ -290,3 +290,10 @@ def test_plot_curves_draws_every_row_per_curve():
     assert a.get_legend_handles_labels()[1] == ["ARM alone", "acdc_rules"]
     with pytest.raises(ValueError, match="not in the table"):
         E.plot_curves(E.ResultsTable({}, curves, {}, 2, N), curves=("bg_acc",))
+
+
+def test_paired_frame_gaps_refuses_arrays_that_do_not_pair():
+    with pytest.raises(ValueError, match="one shape"):
+        E.paired_frame_gaps(np.zeros((3, 6)), np.zeros((4, 6)))
+    with pytest.raises(ValueError, match="frames >= 2"):
+        E.paired_frame_gaps(np.zeros((3, 1)), np.zeros((3, 1)))
