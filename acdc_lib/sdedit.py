@@ -25,6 +25,8 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
+from acdc_lib.defaults import PAPER_GUIDANCE_SCALE, PAPER_NUM_INFERENCE_STEPS, PAPER_STRENGTH
+
 __all__ = [
     "DEFAULT_STRENGTH", "DEFAULT_GUIDANCE_SCALE", "DEFAULT_NUM_INFERENCE_STEPS",
     "ModelNotAvailableError", "steps_for_strength", "validate_images", "validate_videos",
@@ -33,11 +35,10 @@ __all__ = [
     "encode_text",
 ]
 
-# The paper's correction settings: DDIM sampling, CFG scale 7.5, t' = 0.5 (t' in [0.4, 0.5] for
-# stories, [0.4, 0.6] for video). N = 50 is diffusers' default number of steps.
-DEFAULT_STRENGTH = 0.5
-DEFAULT_GUIDANCE_SCALE = 7.5
-DEFAULT_NUM_INFERENCE_STEPS = 50
+# The paper's correction settings (DDIM, CFG 7.5, t' = 0.5, N = 50), under this module's older names.
+DEFAULT_STRENGTH = PAPER_STRENGTH
+DEFAULT_GUIDANCE_SCALE = PAPER_GUIDANCE_SCALE
+DEFAULT_NUM_INFERENCE_STEPS = PAPER_NUM_INFERENCE_STEPS
 
 
 class ModelNotAvailableError(OSError):

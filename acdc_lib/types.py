@@ -1,8 +1,8 @@
-"""Core data types and the three protocols every backend implements (DESIGN.md section 3).
+"""Core data types and the protocols every backend implements.
 
-The ACDC loop (`acdc_lib.loop`) sees models only through these protocols, so the embedded toy world
-and the real models (Stable Diffusion, AnimateDiff, transformers ARMs, an LLM memory) are
-interchangeable:
+The ACDC loop (`acdc_lib.loop`) and the experiment (`acdc_lib.experiment`) see models only through
+these protocols, so the embedded toy world and the real models (Stable Diffusion, AnimateDiff,
+transformers ARMs, an LLM memory, CLIP / Inception / DINOv2 scoring) are interchangeable:
 
     ARM        generate(texts, prev_tokens, generators) -> tokens    v^i ~ p(v^i | v^{1:i-1}, u^{1:i})  (Eq. 1)
                decode(tokens) -> images                              x_0^i = D(v^i)
@@ -10,6 +10,9 @@ interchangeable:
     Corrector  correct(images, prompts, ...) -> images               SDEdit, Eq. (2)
     VideoCorrector  correct_video(videos, prompts, ...) -> videos    Eq. (5)
     Memory     refine(sentences) -> MemoryOutput                     y^i ~ p(y^i | y^{1:i-1}, d), Eq. (3)
+    TextToImage  generate(prompts, height, width, ...) -> images     a frame from its text alone (the DM-only row)
+    Evaluator  embed_images / fid_features / clip_model_fn / predict_attributes    scoring models
+    GroundTruth  reference_images(story) / true_attributes(story)    what a world with known frames adds
 
 Images are float tensors in [0, 1], shape (B, C, H, W); videos (B, L, C, H, W); image tokens are
 long tensors (B, n). Every stochastic call takes one `torch.Generator` per batch row, so a story's
@@ -18,9 +21,11 @@ numbers never depend on which other stories share its batch.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, Sequence, Union, runtime_checkable
+from typing import Any, Literal, Mapping, Protocol, Sequence, Union, runtime_checkable
 
 import torch
+
+from acdc_lib.defaults import PAPER_GUIDANCE_SCALE, PAPER_NUM_INFERENCE_STEPS, PAPER_STRENGTH
 
 SCHEMA_VERSION = 1
 
@@ -99,9 +104,9 @@ class Corrector(Protocol):
         images: torch.Tensor,
         prompts: Sequence[str],
         *,
-        strength: float = 0.5,
-        guidance_scale: float = 7.5,
-        num_inference_steps: int = 50,
+        strength: float = PAPER_STRENGTH,
+        guidance_scale: float = PAPER_GUIDANCE_SCALE,
+        num_inference_steps: int = PAPER_NUM_INFERENCE_STEPS,
         generators: Sequence[torch.Generator] | None = None,
     ) -> torch.Tensor:
         """(B, C, H, W) images in [0, 1] and B prompts -> corrected (B, C, H, W) images in [0, 1].
@@ -120,9 +125,9 @@ class VideoCorrector(Protocol):
         videos: torch.Tensor,
         prompts: Sequence[str],
         *,
-        strength: float = 0.5,
-        guidance_scale: float = 7.5,
-        num_inference_steps: int = 50,
+        strength: float = PAPER_STRENGTH,
+        guidance_scale: float = PAPER_GUIDANCE_SCALE,
+        num_inference_steps: int = PAPER_NUM_INFERENCE_STEPS,
         generators: Sequence[torch.Generator] | None = None,
     ) -> torch.Tensor:
         """(B, L, C, H, W) videos in [0, 1] and B prompts -> corrected (B, L, C, H, W) in [0, 1]."""
@@ -154,6 +159,67 @@ class Memory(Protocol):
         ...
 
 
+@runtime_checkable
+class TextToImage(Protocol):
+    """A text-to-image model drawing each frame from its prompt alone (the paper's Stable Diffusion row)."""
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        height: int | None = None,
+        width: int | None = None,
+        *,
+        guidance_scale: float = PAPER_GUIDANCE_SCALE,
+        num_inference_steps: int = PAPER_NUM_INFERENCE_STEPS,
+        generators: Sequence[torch.Generator] | None = None,
+    ) -> torch.Tensor:
+        """B prompts -> (B, C, height, width) images in [0, 1]; all N steps from noise, row b from generators[b]."""
+        ...
+
+
+@runtime_checkable
+class Evaluator(Protocol):
+    """The models that score frames. They never share weights or training with the models they judge.
+
+    Required:
+        name: a short label for tables ("toy", "real").
+        embed_images: (B, C, H, W) in [0, 1] -> (B, D) image embeddings (frame consistency).
+        fid_features: an nn.Module (B, C, H, W) in [0, 1] -> (B, F) with an int `num_features` (FID).
+        clip_model_fn: torchmetrics CLIPScore's `model_name_or_path` callable, () -> (model, processor).
+        attributes: {column: number of classes} of the attributes `predict_attributes` reads ({} for none).
+        predict_attributes: (B, C, H, W) -> {column: (B,) long} for every column of `attributes`.
+    Optional (used where present):
+        embed_subject(images) -> (B, D): features of the subject (subject consistency, e.g. DINOv2).
+        physically_valid(images) -> (B,) bool: whether a frame is physically plausible.
+    """
+
+    name: str
+    fid_features: Any
+    attributes: Mapping[str, int]
+
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        ...
+
+    def clip_model_fn(self) -> tuple:
+        ...
+
+    def predict_attributes(self, images: torch.Tensor) -> Mapping[str, torch.Tensor]:
+        ...
+
+
+@runtime_checkable
+class GroundTruth(Protocol):
+    """What a world with known frames gives the scorer: true frames and true attribute labels per story."""
+
+    def reference_images(self, story: Story) -> torch.Tensor:
+        """(N, C, H, W) ground-truth frames in [0, 1] of the story's N sentences."""
+        ...
+
+    def true_attributes(self, story: Story) -> Mapping[str, torch.Tensor]:
+        """{column: (N,) long} true labels, for the columns an evaluator's `attributes` names."""
+        ...
+
+
 # --------------------------------------------------------------------------------------------
 # Loop configuration and results
 # --------------------------------------------------------------------------------------------
@@ -175,9 +241,9 @@ class LoopConfig:
     """
 
     correct_frames: CorrectPolicy = "all"
-    strength: float = 0.5
-    guidance_scale: float = 7.5
-    num_inference_steps: int = 50
+    strength: float = PAPER_STRENGTH
+    guidance_scale: float = PAPER_GUIDANCE_SCALE
+    num_inference_steps: int = PAPER_NUM_INFERENCE_STEPS
     use_memory: bool = True
 
 

@@ -143,13 +143,15 @@ def test_attribute_scores_refuse_bad_input():
 
 
 def test_physical_validity_counts_only_normal_frames():
+    from acdc_lib.toyworld import validity as V
+
     normal = {"n_suns": torch.tensor([[1, 0, 1, 1]]), "n_moons": torch.tensor([[0, 1, 1, 0]]),
               "n_ears": torch.tensor([[2, 2, 2, 3]]), "n_tails": torch.tensor([[1, 1, 1, 1]])}
     # day, night, sun AND moon (invalid), three ears (invalid)
-    assert M.physically_valid(normal).tolist() == [[True, True, False, False]]
-    assert M.physical_validity_rate(normal).tolist() == [0.5]
+    assert V.physically_valid(normal).tolist() == [[True, True, False, False]]
+    assert V.physical_validity_rate(normal).tolist() == [0.5]
     with pytest.raises(ValueError, match="missing"):
-        M.physically_valid({"n_suns": normal["n_suns"]})
+        V.physically_valid({"n_suns": normal["n_suns"]})
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,65 @@
+"""The toy world's parts, by name, for `acdc_lib.components` (registered as the `toy` backend).
+
+Each builder takes `model_id`, the checkpoint root (a folder with arm/ vq/ dm/ evaluator/; None: the
+shipped checkpoints), and `device`; `dtype` is accepted for a uniform call and must be float32 (the toy
+models are trained and shipped in float32).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from acdc_lib.toyworld import models as TM
+
+
+def _root(model_id) -> Path:
+    root = Path(model_id) if model_id is not None else TM.CHECKPOINT_DIR
+    if not root.is_dir():
+        raise FileNotFoundError(f"toy checkpoint folder {str(root)!r} does not exist; pass a folder with arm/ vq/ "
+                                f"dm/ evaluator/ (None: the shipped {TM.CHECKPOINT_DIR})")
+    return root
+
+
+def _check_dtype(dtype) -> None:
+    if dtype not in (None, torch.float32, "float32"):
+        raise ValueError(f"the toy models run in float32 only, got dtype={dtype!r}")
+
+
+def arm(model_id=None, device="cpu", dtype=None, subfolder: str = "arm", **kwargs):
+    """The toy ARM at <root>/<subfolder> (arm, arm_weak, arm_strong) with the VQ at <root>/vq."""
+    _check_dtype(dtype)
+    root = _root(model_id)
+    return TM.load_arm(root / subfolder, root / "vq", device=device, **kwargs)
+
+
+def corrector(model_id=None, device="cpu", dtype=None, **kwargs):
+    """The toy DM (UNetCorrector: SDEdit `correct` and text-to-image `generate`) at <root>/dm."""
+    _check_dtype(dtype)
+    return TM.load_dm(_root(model_id) / "dm", device=device, **kwargs)
+
+
+def evaluator(model_id=None, device="cpu", dtype=None):
+    """The independent toy evaluator (CLIP + probe) at <root>/evaluator, behind the Evaluator protocol."""
+    from acdc_lib.toyworld.evaluation import ToyStoryEvaluator
+
+    _check_dtype(dtype)
+    return ToyStoryEvaluator(TM.load_evaluator(_root(model_id) / "evaluator", device=device))
+
+
+def ground_truth(**_):
+    """Renders and labels of each story's ground-truth states."""
+    from acdc_lib.toyworld.evaluation import ToyGroundTruth
+
+    return ToyGroundTruth()
+
+
+def vocabulary(**_):
+    """The toy world's words, for the rule-based memory."""
+    from acdc_lib.toyworld.vocabulary import toy_vocabulary
+
+    return toy_vocabulary()
+
+
+COMPONENTS = {"arm": {"toy": arm}, "corrector": {"toy": corrector}, "evaluator": {"toy": evaluator},
+              "ground_truth": {"toy": ground_truth}, "vocabulary": {"toy": vocabulary}}

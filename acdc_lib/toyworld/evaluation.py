@@ -1,0 +1,80 @@
+"""The toy world's scoring parts: its evaluator (CLIP + probe) and its ground truth (the renderer).
+
+`ToyStoryEvaluator` implements `acdc_lib.types.Evaluator` over `ToyEvaluator`, and `ToyGroundTruth`
+implements `acdc_lib.types.GroundTruth` from the stories' scene states, so the model-agnostic scorer
+(`acdc_lib.experiment`) reads the toy world only through those protocols.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+
+from acdc_lib import metrics as M
+from acdc_lib.toyworld.models import IMAGE_SIZE, PROBE_HEADS, ToyEvaluator, state_labels
+from acdc_lib.toyworld.validity import COUNT_HEADS, physically_valid
+
+# table column -> probe head: StoryGPT-V's character and background accuracy, then time and action
+ATTRIBUTE_COLUMNS: dict[str, str] = {"char": "species", "bg": "place", "time": "time", "action": "action"}
+
+
+class ToyStoryEvaluator:
+    """The toy evaluator behind the Evaluator protocol (it shares nothing with the ARM or the DM).
+
+    Args:
+        toy: the loaded ToyEvaluator (`models.load_evaluator()`).
+    """
+
+    name = "toy"
+
+    def __init__(self, toy: ToyEvaluator):
+        self.toy = toy
+        self.attributes: dict[str, int] = {c: PROBE_HEADS[h] for c, h in ATTRIBUTE_COLUMNS.items()}
+        self.fid_features = M.FeatureModule(toy.image_features, toy.num_features)
+        # CLIPScore through the same tiny CLIP; its pixels are x * 2 - 1, as ToyEvaluator feeds it
+        self._clip_fn = M.clipscore_from_clip_model(toy.clip, toy.tokenizer, IMAGE_SIZE, (0.5,) * 3, (0.5,) * 3,
+                                                    {"padding": "max_length"})
+
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, 32, 32) in [0, 1] -> (B, F) L2-normalised CLIP image embeddings."""
+        return self.toy.image_features(images)
+
+    def clip_model_fn(self) -> tuple:
+        """CLIPScore's model callable: () -> (model, processor)."""
+        return self._clip_fn()
+
+    def predict_attributes(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(B, 3, 32, 32) -> {column: (B,) long} read by the probe."""
+        heads = self.toy.predict(images)
+        return {c: heads[h] for c, h in ATTRIBUTE_COLUMNS.items()}
+
+    def physically_valid(self, images: torch.Tensor) -> torch.Tensor:
+        """(B,) bool: the probe counts one sun or moon, two ears and one tail."""
+        heads = self.toy.predict(images)
+        return physically_valid({k: heads[k][None] for k in COUNT_HEADS})[0]
+
+
+class ToyGroundTruth:
+    """True frames (rendered from each story's states) and true attribute labels, per story."""
+
+    def reference_images(self, story) -> torch.Tensor:
+        """(N, 3, 32, 32) renders of the story's ground-truth states."""
+        from acdc_lib.toyworld.render import render_states
+
+        _require_states(story)
+        return render_states(story.states).images
+
+    def true_attributes(self, story) -> Mapping[str, torch.Tensor]:
+        """{column: (N,) long} labels of the story's states."""
+        _require_states(story)
+        labels = state_labels(story.states)
+        return {c: labels[h] for c, h in ATTRIBUTE_COLUMNS.items()}
+
+
+def _require_states(story) -> None:
+    if not story.states:
+        raise ValueError(f"story {story.story_id!r} (source {story.source!r}) has no ground-truth states; "
+                         "score it without a ground truth")
+
+
+__all__ = ["ATTRIBUTE_COLUMNS", "ToyStoryEvaluator", "ToyGroundTruth"]
