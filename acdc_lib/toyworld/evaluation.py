@@ -57,6 +57,8 @@ class ToyStoryEvaluator:
 class ToyGroundTruth:
     """True frames (rendered from each story's states) and true attribute labels, per story."""
 
+    label = "Ground-truth renders"
+
     def reference_images(self, story) -> torch.Tensor:
         """(N, 3, 32, 32) renders of the story's ground-truth states."""
         from acdc_lib.toyworld.render import render_states

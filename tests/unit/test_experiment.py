@@ -19,6 +19,13 @@ from acdc_lib.types import Story
 from dummies import DummyARM, DummyCorrector, DummyMemory, checksum
 from tiny_diffusers import tiny_clip_model, tiny_tokenizer
 
+
+def load_test_stories():
+    from acdc_lib.stories import read_stories
+    from acdc_lib.io import DATA_DIR
+
+    return read_stories(DATA_DIR / "stories" / "test.jsonl")
+
 N = 6
 
 
@@ -53,12 +60,8 @@ def stories(k: int) -> list[Story]:
     return [Story(story_id=f"s{j}", sentences=[f"story {j} sentence {i}" for i in range(N)]) for j in range(k)]
 
 
-def fake_predict(x):
-    idx = (x[:, 0, 0, 0] * 255).round().long()
-    marked = x[:, 0, 1, 1] > 0.5
-    return {"species": marked.long(), "place": idx % 2,
-            "n_suns": torch.ones_like(idx), "n_moons": torch.zeros_like(idx),
-            "n_ears": torch.where(idx < 4, 2, 3), "n_tails": marked.long()}
+def _marks(x):
+    return (x[:, 0, 0, 0] * 255).round().long(), x[:, 0, 1, 1] > 0.5
 
 
 def reference(story):
@@ -69,20 +72,50 @@ def reference(story):
     return ref
 
 
+class FakeEvaluator:
+    """Evaluator protocol over 2x2 frames: char = the marker pixel, bg = frame index mod 2, valid = marked and i < 4."""
+
+    name = "fake"
+    attributes = {"char": 2, "bg": 2}
+
+    def __init__(self):
+        clip = tiny_clip_model(image_size=4, patch_size=2, num_channels=1)
+        self._clip = M.clipscore_from_clip_model(clip, tiny_tokenizer(), mean=(0.5,), std=(0.5,))
+        self.fid_features = M.FeatureModule(lambda x: x.flatten(1), 4)
+
+    def embed_images(self, x):
+        return torch.stack([torch.ones(len(x)), (x[:, 0, 0, 0] * 255).round()], 1)   # (1, i)
+
+    def clip_model_fn(self):
+        return self._clip()
+
+    def predict_attributes(self, x):
+        idx, marked = _marks(x)
+        return {"char": marked.long(), "bg": idx % 2}
+
+    def physically_valid(self, x):
+        idx, marked = _marks(x)
+        return marked & (idx < 4)
+
+
+class FakeTruth:
+    label = "Ground truth"
+
+    def reference_images(self, story):
+        return reference(story)
+
+    def true_attributes(self, story):
+        return {"char": torch.ones(N, dtype=torch.long), "bg": torch.zeros(N, dtype=torch.long)}
+
+
 @pytest.fixture(scope="module")
 def evaluator():
-    tok = tiny_tokenizer()
-    clip = tiny_clip_model(image_size=4, patch_size=2, num_channels=1)
+    return FakeEvaluator()
 
-    return E.Evaluator(
-        embed_images=lambda x: torch.stack([torch.ones(len(x)), (x[:, 0, 0, 0] * 255).round()], 1),  # (1, i)
-        predict_attributes=fake_predict,
-        clip_model_fn=M.clipscore_from_clip_model(clip, tok, mean=(0.5,), std=(0.5,)),
-        fid_features=M.FeatureModule(lambda x: x.flatten(1), 4),
-        num_classes={"species": 2, "place": 2},
-        reference_images=reference,
-        true_attributes=lambda s: {"species": torch.ones(N, dtype=torch.long),
-                                   "place": torch.zeros(N, dtype=torch.long)})
+
+@pytest.fixture(scope="module")
+def truth():
+    return FakeTruth()
 
 
 def run(out, sts, **cfg):
@@ -107,7 +140,7 @@ def test_rows_run_and_write_one_record_per_story(tmp_path):
     assert not torch.equal(frames["arm"][:, 1, 0, 1, 0], frames["acdc_rules"][:, 1, 0, 1, 0])
 
 
-def test_the_true_context_row_continues_from_the_true_frames_with_the_arm_rows_draws(tmp_path, evaluator):
+def test_the_true_context_row_continues_from_the_true_frames_with_the_arm_rows_draws(tmp_path, evaluator, truth):
     sts = stories(3)
     _, config = run(tmp_path, sts)
     arm, oracle = (E.load_frames(tmp_path, r, sts) for r in ("arm", "arm_true_ctx"))
@@ -122,7 +155,7 @@ def test_the_true_context_row_continues_from_the_true_frames_with_the_arm_rows_d
         E.run_experiment(sts, tmp_path / "x", arm=VisibleARM(), config=E.ExperimentConfig(rows=("arm_true_ctx",)),
                          progress=False)
     # Per-frame paired gaps: place = i mod 2 in every row, so no gap; species = marker, 1 only where corrected.
-    table = E.summarise(tmp_path, sts, evaluator, config)
+    table = E.summarise(tmp_path, sts, evaluator, config, ground_truth=truth)
     assert table.per_frame["arm"]["bg_acc"] == [[1.0, 0.0] * 3] * 3
     g = E.frame_gaps(table, "arm", "arm_true_ctx", "bg_acc")
     assert [v.value for v in g["per_frame"]] == [0.0] * N and g["later"] == M.Interval(0.0, 0.0, 0.0)
@@ -140,7 +173,7 @@ def test_the_true_context_row_continues_from_the_true_frames_with_the_arm_rows_d
         E.frame_gaps(table, "arm", "acdc_rules", "clip_score")
 
 
-def test_an_interrupted_run_resumes_and_gives_the_uninterrupted_table(tmp_path, evaluator):
+def test_an_interrupted_run_resumes_and_gives_the_uninterrupted_table(tmp_path, evaluator, truth):
     sts = stories(4)
     run(tmp_path / "a", sts[:2])                                                  # "killed" after two stories
     computed, config = run(tmp_path / "a", sts)
@@ -148,8 +181,8 @@ def test_an_interrupted_run_resumes_and_gives_the_uninterrupted_table(tmp_path, 
     run(tmp_path / "b", sts)
     for r in E.ROWS:
         assert torch.equal(E.load_frames(tmp_path / "a", r, sts), E.load_frames(tmp_path / "b", r, sts))
-    ta = E.summarise(tmp_path / "a", sts, evaluator, config).to_dict()
-    tb = E.summarise(tmp_path / "b", sts, evaluator, config).to_dict()
+    ta = E.summarise(tmp_path / "a", sts, evaluator, config, ground_truth=truth).to_dict()
+    tb = E.summarise(tmp_path / "b", sts, evaluator, config, ground_truth=truth).to_dict()
     assert ta == tb
     assert run(tmp_path / "a", sts)[0] == {r: [] for r in E.ROWS}
 
@@ -169,15 +202,15 @@ def test_a_run_refuses_files_of_other_settings_or_stories(tmp_path, evaluator):
     with pytest.raises(ValueError, match="one length"):
         E.run_experiment(stories(2) + [Story("short", ["a"])], tmp_path / "z", arm=VisibleARM(),
                          config=E.ExperimentConfig(rows=("arm",)), progress=False)
-    with pytest.raises(ValueError, match="generate"):
+    with pytest.raises(ValueError, match=r"row 'dm_only' needs \['text_to_image'\]"):
         E.run_experiment(stories(2), tmp_path / "x", corrector=DummyCorrector(),
                          config=E.ExperimentConfig(rows=("dm_only",)), progress=False)
 
 
-def test_table_numbers_equal_hand_computed_values(tmp_path, evaluator):
+def test_table_numbers_equal_hand_computed_values(tmp_path, evaluator, truth):
     sts = stories(3)
     _, config = run(tmp_path, sts)
-    table = E.summarise(tmp_path, sts, evaluator, config)
+    table = E.summarise(tmp_path, sts, evaluator, config, ground_truth=truth)
     rows = table.rows
     assert list(rows) == ["reference", *E.ROWS]
     # species = marker: never drawn by the ARM alone, always where the DM drew or corrected.
@@ -199,7 +232,7 @@ def test_table_numbers_equal_hand_computed_values(tmp_path, evaluator):
     assert rows["arm"]["frame_consistency"].low == rows["arm"]["frame_consistency"].high
     assert [c.value for c in table.curves["arm"]["consistency"]] == pytest.approx(pairs)
     # FID and CLIPScore: the library functions on the saved frames.
-    ref = torch.stack([evaluator.reference_images(s) for s in sts])
+    ref = torch.stack([truth.reference_images(s) for s in sts])
     arm = E.load_frames(tmp_path, "arm", sts)
     assert rows["reference"]["fid"].value == pytest.approx(0.0, abs=1e-6)
     assert rows["arm"]["fid"].value == pytest.approx(
@@ -219,7 +252,9 @@ def test_table_numbers_equal_hand_computed_values(tmp_path, evaluator):
     assert not any("ours_ci_excludes_0" in r for r in comp if r["metric"] == "fid")
     assert E.comparison_markdown(comp).count("n/a (set-level)") == 5
     md = table.to_markdown()
-    assert md.count("\n") == 2 + len(rows) and "ARM + ACDC, rule memory" in md
+    assert md.count("\n") == 2 + len(rows) + 2 and "ARM + ACDC, rule memory" in md
+    assert table.skipped == {"subject_consistency": "the fake evaluator embeds no subjects"}
+    assert "Not measured: subject_consistency" in md
     table.write(tmp_path)
     assert json.loads((tmp_path / "results.json").read_text())["rows"]["arm"]["char_acc"]["value"] == 0.0
 
@@ -255,26 +290,61 @@ def test_compare_with_paper_gives_direction_and_relative_size():
     assert E.comparison_markdown(out).count("| no |") == 2
 
 
-def test_toy_evaluator_bundle_scores_like_the_toy_evaluator():
-    from acdc_lib.stories import load_split
+def test_stories_without_ground_truth_get_the_metrics_that_need_none(tmp_path, evaluator):
+    sts = stories(2)
+    _, config = run(tmp_path, sts, rows=("arm", "acdc_nomem"))
+    table = E.summarise(tmp_path, sts, evaluator, config)
+    assert list(table.rows) == ["arm", "acdc_nomem"]                              # no reference row
+    assert set(table.rows["arm"]) == {"frame_consistency", "clip_score", "physical_validity"}
+    assert {"fid", "char_acc", "bg_f1", "reference"} <= set(table.skipped)
+    assert "no ground truth" in table.skipped["fid"] and "Not measured: " in table.to_markdown()
+    with pytest.raises(ValueError, match="Evaluator"):
+        E.summarise(tmp_path, sts, object(), config)
+    with pytest.raises(ValueError, match="GroundTruth"):
+        E.summarise(tmp_path, sts, evaluator, config, ground_truth=object())
+
+
+def test_subject_features_add_subject_consistency(tmp_path):
+    class WithSubject(FakeEvaluator):
+        def embed_subject(self, x):
+            return torch.stack([torch.ones(len(x)), x[:, 0, 1, 1]], 1)          # (1, marker)
+
+    sts = stories(2)
+    _, config = run(tmp_path, sts, rows=("arm", "acdc_nomem"))
+    table = E.summarise(tmp_path, sts, WithSubject(), config, ground_truth=FakeTruth())
+    assert "subject_consistency" not in table.skipped
+    assert table.rows["acdc_nomem"]["subject_consistency"].value == pytest.approx(1.0)  # always marked
+    assert list(table.rows["arm"])[:3] == ["frame_consistency", "subject_consistency", "clip_score"]
+
+
+def test_toy_evaluator_scores_like_the_toy_evaluator():
+    from acdc_lib.toyworld.evaluation import ToyGroundTruth, ToyStoryEvaluator
     from acdc_lib.toyworld.models import AttributeProbe, ToyEvaluator, build_eval_clip
     from acdc_lib.toyworld.text import build_tokenizer, split_words
+    from acdc_lib.types import Evaluator, GroundTruth
 
-    sts = load_split("test")[:2]
+    sts = load_test_stories()[:2]
     words = sorted({w for s in sts for t in s.sentences for w in split_words(t)})
     tok = build_tokenizer(words)
     torch.manual_seed(0)
     toy = ToyEvaluator(build_eval_clip(len(tok), hidden=16, layers=1, projection_dim=8), tok,
                        AttributeProbe(channels=(4, 8, 8), hidden=16))
-    ev = E.toy_evaluator(toy)
-    ref = torch.stack([ev.reference_images(s) for s in sts])                     # (2, 6, 3, 32, 32)
+    ev, gt = ToyStoryEvaluator(toy), ToyGroundTruth()
+    assert isinstance(ev, Evaluator) and isinstance(gt, GroundTruth)
+    ref = torch.stack([gt.reference_images(s) for s in sts])                     # (2, 6, 3, 32, 32)
     assert ref.shape == (2, N, 3, 32, 32)
-    assert ev.true_attributes(sts[0])["species"].shape == (N,)
+    assert gt.true_attributes(sts[0])["char"].shape == (N,) and set(ev.attributes) == {"char", "bg", "time", "action"}
     # CLIPScore through torchmetrics = 100 x the toy evaluator's own cosine, averaged per story.
     got = M.clip_score(ref, [s.sentences for s in sts], ev.clip_model_fn)
     want = [max(100 * toy.clip_similarity(ref[k], sts[k].sentences).mean().item(), 0.0) for k in range(2)]
     assert got.tolist() == pytest.approx(want, abs=1e-3) and max(want) > 0
     assert ev.fid_features(ref[0]).shape == (N, 8) and ev.fid_features.num_features == 8
+    heads = toy.predict(ref[0])
+    assert torch.equal(ev.predict_attributes(ref[0])["char"], heads["species"])
+    valid = (heads["n_suns"] + heads["n_moons"] == 1) & (heads["n_ears"] == 2) & (heads["n_tails"] == 1)
+    assert torch.equal(ev.physically_valid(ref[0]), valid)
+    with pytest.raises(ValueError, match="no ground-truth states"):
+        gt.reference_images(Story("free", ["A fox runs."]))
 
 
 def test_plot_curves_draws_every_row_per_curve():

@@ -12,7 +12,7 @@ import torch
 from acdc_lib import experiment as E
 from acdc_lib import metrics as M
 from dummies import DummyMemory
-from test_experiment import N, MarkingCorrector, VisibleARM, evaluator, run, stories  # noqa: F401 (fixture)
+from test_experiment import N, MarkingCorrector, VisibleARM, evaluator, run, stories, truth  # noqa: F401 (fixtures)
 
 
 def iv(v, w=0.0):
@@ -82,7 +82,7 @@ class StrengthCorrector(MarkingCorrector):
         return out
 
 
-def test_strength_sweep_runs_acdc_at_each_strength_and_tabulates_beside_the_base_rows(tmp_path, evaluator):
+def test_strength_sweep_runs_acdc_at_each_strength_and_tabulates_beside_the_base_rows(tmp_path, evaluator, truth):
     sts = stories(3)
     _, config = run(tmp_path / "main", sts)
     kw = dict(arm=VisibleARM(), corrector=StrengthCorrector(), memory=DummyMemory(), config=config, progress=False)
@@ -98,7 +98,7 @@ def test_strength_sweep_runs_acdc_at_each_strength_and_tabulates_beside_the_base
         E.strength_sweep(sts, tmp_path / "bad", (0.0, 0.5), **kw)
     with pytest.raises(ValueError, match="got \\['0.5'\\]"):                  # e.g. a papermill -p string
         E.strength_sweep(sts, tmp_path / "bad", ["0.5"], **kw)
-    table = E.summarise_sweep(dirs, sts[:2], evaluator, config, base_dir=tmp_path / "main")
+    table = E.summarise_sweep(dirs, sts[:2], evaluator, config, base_dir=tmp_path / "main", ground_truth=truth)
     assert list(table.rows) == ["reference", "dm_only", "arm", "acdc_rules_t0.3", "acdc_rules_t0.7"]
     assert table.labels["acdc_rules_t0.7"] == "ARM + ACDC, rule memory, t'=0.7, N=10" and table.n_stories == 2
     assert table.rows["arm"]["char_acc"].value == 0.0 and table.rows["acdc_rules_t0.3"]["char_acc"].value == 1.0
@@ -107,18 +107,18 @@ def test_strength_sweep_runs_acdc_at_each_strength_and_tabulates_beside_the_base
     assert list(E.summarise_sweep(dirs, sts[:2], evaluator, config).rows) == ["acdc_rules_t0.3", "acdc_rules_t0.7"]
 
 
-def test_example_frames_figure_and_table_files(tmp_path, evaluator):
+def test_example_frames_figure_and_table_files(tmp_path, evaluator, truth):
     import matplotlib
     matplotlib.use("Agg")
     sts = stories(2)
     _, config = run(tmp_path, sts)
-    fig = E.plot_example_frames(tmp_path, sts[1], ("arm", "acdc_rules"), evaluator.reference_images,
+    fig = E.plot_example_frames(tmp_path, sts[1], ("arm", "acdc_rules"), truth.reference_images,
                                 {"arm": "ARM alone"})
     assert len(fig.axes) == 3 * N
     assert [fig.axes[k * N].get_ylabel() for k in range(3)] == ["Ground truth", "ARM alone", "acdc_rules"]
     shown = np.asarray(fig.axes[N].images[0].get_array())                         # ARM row, frame 1: (2, 2)
     assert np.allclose(shown, E.load_frames(tmp_path, "arm", [sts[1]])[0, 0, 0].numpy()) and shown.max() > 0
-    table = E.summarise(tmp_path, sts, evaluator, config)
+    table = E.summarise(tmp_path, sts, evaluator, config, ground_truth=truth)
     table.write(tmp_path, stem="table1_toy")
     assert json.loads((tmp_path / "table1_toy.json").read_text())["n_stories"] == 2
     assert (tmp_path / "table1_toy.md").read_text() == table.to_markdown()
