@@ -327,7 +327,14 @@ class PipelineCorrector(_PipelineWrapper):
     with classifier-free guidance. Inputs whose sides are not multiples of `size_multiple` (or differ
     from `resolution` when set, e.g. 512 for SD v1.5) are resized bilinearly to the model's size and
     the result is resized back, so the output always has the input's (H, W).
+
+    It is also a `acdc_lib.types.TextToImage` (`generate`): the same weights draw a frame from its
+    prompt alone, the paper's Stable Diffusion v1.5 row.
     """
+
+    # diffusers' text-to-image Stable Diffusion pipelines refuse sides that are not multiples of 8,
+    # whatever the VAE's factor (img2img takes the size from the image and has no such check).
+    _t2i_side_multiple = 8
 
     def correct(self, images: torch.Tensor, prompts: Sequence[str], *, strength: float = DEFAULT_STRENGTH,
                 guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
@@ -361,6 +368,83 @@ class PipelineCorrector(_PipelineWrapper):
         self.last_steps_run = steps
         # 6. Back to the input's size, device and dtype
         return _resize(out.float(), size_in).to(images.device, images.dtype)
+
+    # ---- text-to-image (the DM-only row) ----------------------------------------------------
+    @property
+    def text2image_pipe(self):
+        """The diffusers text-to-image pipeline over this corrector's loaded parts (built once, on first use).
+
+        `AutoPipelineForText2Image.from_pipe` reuses the img2img pipeline's modules (UNet, VAE, text
+        encoder, tokenizer), so no second copy of the weights is made.
+        """
+        if getattr(self, "_t2i", None) is None:
+            from diffusers import AutoPipelineForText2Image
+
+            self._t2i = AutoPipelineForText2Image.from_pipe(self.pipe)
+            self._t2i.set_progress_bar_config(disable=True)
+        # Follow the corrector's scheduler (DDIM, eta 0), also when someone swapped it after the first call.
+        self._t2i.scheduler = self.pipe.scheduler
+        return self._t2i
+
+    def default_size(self) -> tuple[int, int]:
+        """(H, W) of `generate` when no size is given: `resolution` if set, else the UNet's sample_size x VAE factor."""
+        if self.resolution is not None:
+            return tuple(self.resolution)
+        side = int(self.pipe.unet.config.sample_size) * int(self.pipe.vae_scale_factor)
+        return (side, side)
+
+    def _text2image_size(self, height: int, width: int) -> tuple[int, int]:
+        """The (H, W) the text-to-image pipeline runs at for a requested size (see `model_size`)."""
+        m = math.lcm(self.size_multiple, self._t2i_side_multiple)
+        if self.resolution is not None:
+            if any(side % m for side in self.resolution):
+                raise ValueError(f"resolution sides must be multiples of {m} for text-to-image with this pipeline "
+                                 f"(the UNet/VAE need {self.size_multiple}, diffusers' text-to-image needs "
+                                 f"{self._t2i_side_multiple}), got {self.resolution}")
+            return tuple(self.resolution)
+        return (math.ceil(height / m) * m, math.ceil(width / m) * m)
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[str], height: int | None = None, width: int | None = None, *,
+                 guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+                 num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
+                 generators: Sequence[torch.Generator] | None = None) -> torch.Tensor:
+        """Text-to-image from pure noise: all N DDIM steps (eta as the corrector's) with CFG, one frame per prompt.
+
+        Args:
+            prompts: B text conditions (B >= 1).
+            height, width: output size in pixels (default: `default_size()`). The model runs at
+                `resolution` when set, else at the size rounded up to the pipeline's multiple, and the
+                result is resized (bilinear, antialiased) to (height, width).
+            guidance_scale: CFG scale w (1 = no guidance, else > 1), as in `correct`.
+            num_inference_steps: N, the number of DDIM steps (= UNet calls) that run.
+            generators: B torch.Generators; row b's initial noise comes from generators[b] only.
+        Returns:
+            (B, C, height, width) float32 in [0, 1] on the pipeline's device.
+        """
+        # 1. Check inputs
+        if isinstance(prompts, str) or not isinstance(prompts, Sequence) or len(prompts) == 0:
+            raise ValueError(f"prompts must be a non-empty list of strings (one per image), got "
+                             f"{type(prompts).__name__} {prompts!r:.60}")
+        prompts, steps, guidance_scale, generators = _check_call(
+            len(prompts), prompts, 1.0, guidance_scale, num_inference_steps, generators)
+        self._check_guidance(guidance_scale)
+        default_h, default_w = self.default_size()
+        height = default_h if height is None else height
+        width = default_w if width is None else width
+        for name, side in (("height", height), ("width", width)):
+            if isinstance(side, bool) or not isinstance(side, int) or side < 1:
+                raise ValueError(f"{name} must be a positive int (pixels) or None, got {side!r}")
+        # 2. The model's size (undone in 4)
+        h, w = self._text2image_size(height, width)
+        # 3. Inside the pipeline: encode prompts (+ "" for CFG), x_T ~ N(0, I) with row b from
+        # generators[b], N DDIM steps with classifier-free guidance, VAE decode
+        out = self.text2image_pipe(prompt=prompts, height=h, width=w, num_inference_steps=num_inference_steps,
+                                   guidance_scale=guidance_scale, eta=self.eta, generator=generators,
+                                   output_type="pt").images                            # (B, C, h, w)
+        self.last_steps_run = steps
+        # 4. To the requested size
+        return _resize(out.float(), (height, width))
 
 
 class InpaintCorrector(_PipelineWrapper):
