@@ -212,6 +212,24 @@ def build_inception(weights: str | os.PathLike | None = None) -> nn.Module:
     return InceptionUint8(net)
 
 
+def _torchscript(path: str | os.PathLike) -> nn.Module | None:
+    """A feature network saved with torch.jit.save (with an int `num_features`), or None when `path` is not one.
+
+    This lets a papermill run, whose parameters are plain values, pass its own Inception-like network by
+    file; torch-fidelity's weights file is a state dict, which torch.jit.load refuses.
+    """
+    path = os.path.expanduser(str(path))
+    if not os.path.isfile(path):
+        return None
+    try:
+        net = torch.jit.load(path, map_location="cpu")
+    except (RuntimeError, ValueError):
+        return None
+    if not isinstance(getattr(net, "num_features", None), int):
+        raise ValueError(f"the TorchScript network {path!r} has no int num_features attribute (the FID feature width)")
+    return net
+
+
 # --------------------------------------------------------------------------------------------
 # The evaluator
 # --------------------------------------------------------------------------------------------
@@ -284,8 +302,8 @@ class RealEvaluator:
             clip_id: Hub id or save_pretrained folder of a CLIPModel + CLIPProcessor.
             dino_id: Hub id or folder of a DINOv2 model + its image processor; None: no subject consistency.
             inception: None (torch-fidelity's InceptionV3, weights downloaded once into torch hub's
-                cache), a path to those weights (offline nodes), or an nn.Module with an int
-                `num_features` used as is.
+                cache), a path to those weights (offline nodes), a path to a TorchScript feature network
+                with an int `num_features`, or an nn.Module with an int `num_features` used as is.
             device, dtype: as in the constructor (dtype None: float32).
         Raises:
             ModelNotAvailableError naming the model that could not be loaded and what to pass;
@@ -312,8 +330,11 @@ class RealEvaluator:
             size = crop or resize or int(dino.config.image_size)
             dino_kwargs = dict(dino_mean=tuple(dp.image_mean), dino_std=tuple(dp.image_std), dino_size=size,
                                dino_resize=max(resize or size, size))
+        scripted = _torchscript(inception) if isinstance(inception, (str, os.PathLike)) else None
         if isinstance(inception, nn.Module):
             fid_net = inception
+        elif scripted is not None:
+            fid_net = scripted
         elif inception is None or isinstance(inception, (str, os.PathLike)):
             fid_net = build_inception(inception)
         else:

@@ -42,6 +42,9 @@ COMPARISONS = {
     "memory vs no memory": ("acdc_nomem", "acdc_rules", [("Table 2", (6, False), (6, True))]),
     "ARM vs DM only": ("dm_only", "arm", [("Table 1", "Stable Diffusion v1.5", "Show-o"),
                                           ("Table 1", "Stable Diffusion v1.5", "UIO-2 XXL")]),
+    "ACDC (LLM memory) vs ARM": ("arm", "acdc_llm", [("Table 1", "Show-o", "Show-o + ACDC (ours)"),
+                                                     ("Table 1", "UIO-2 XXL", "UIO-2 XXL + ACDC (ours)")]),
+    "LLM memory vs no memory": ("acdc_nomem", "acdc_llm", [("Table 2", (6, False), (6, True))]),
 }
 
 
@@ -225,7 +228,9 @@ FRAME_GAPS = (("arm", "arm_true_ctx", "inherited by the ARM (true minus own earl
 def frame_gaps_markdown(table: ResultsTable, curves: Sequence[str] = ("char_acc", "bg_acc", "time_acc", "action_acc"),
                         pairs: Sequence[tuple[str, str, str]] = FRAME_GAPS, n_resamples: int = 2000,
                         seed: int = 0) -> tuple[str, list[dict[str, Any]]]:
-    """A markdown table of `frame_gaps` for each (pair, curve) the table has, and the same as records."""
+    """A markdown table of `frame_gaps` for each (pair, curve) the table has, and the same as records.
+
+    Pairs whose rows, and curves that either row, the table lacks (no ground truth, another memory) are left out."""
     n = table.n_frames
     lines = ["| change | curve | " + " | ".join(f"frame {i + 1}" for i in range(n)) + f" | frame {n} [95% CI] "
              f"| frames 2-{n} mean [95% CI] |", "|---" * (n + 4) + "|"]
@@ -234,6 +239,8 @@ def frame_gaps_markdown(table: ResultsTable, curves: Sequence[str] = ("char_acc"
         if old not in table.per_frame or new not in table.per_frame:
             continue
         for c in curves:
+            if c not in table.per_frame[old] or c not in table.per_frame[new]:
+                continue
             g = frame_gaps(table, old, new, c, n_resamples=n_resamples, seed=seed)
             last, later = g["per_frame"][-1], g["later"]
             lines.append(f"| {what} | {c} | " + " | ".join(f"{v.value:+.3f}" for v in g["per_frame"])

@@ -7,6 +7,7 @@ Five rows over the same stories and per-story seeds (so the ARM rows share their
     arm          the ARM alone (Eq. 1, no correction)
     acdc_rules   ARM + ACDC on every frame, corrector prompts from the rule-based memory (Eq. 2-3)
     acdc_nomem   ARM + ACDC on every frame, corrector prompts = the raw sentences
+    acdc_llm     ARM + ACDC on every frame, corrector prompts from an LLM memory (the paper's)
     arm_true_ctx the ARM with the ground-truth earlier frames as its context (an oracle only a world
                  with ground-truth frames has): frame i's error here is the ARM's own, so the
                  per-frame gap to `arm` is the error it inherited from its earlier frames
@@ -57,8 +58,10 @@ ROWS: dict[str, RowSpec] = {
     "arm": RowSpec("ARM alone", "loop"),
     "acdc_rules": RowSpec("ARM + ACDC, rule memory", "loop", "all", True),
     "acdc_nomem": RowSpec("ARM + ACDC, no memory", "loop", "all", False),
+    "acdc_llm": RowSpec("ARM + ACDC, LLM memory", "loop", "all", True),
     "arm_true_ctx": RowSpec("ARM, true earlier frames (oracle)", "true_context"),
 }
+DEFAULT_ROWS = ("dm_only", "arm", "acdc_rules", "acdc_nomem", "arm_true_ctx")
 GENERATION_FIELDS = ("strength", "guidance_scale", "num_inference_steps", "base_seed", "image_size")
 
 
@@ -76,7 +79,7 @@ class ExperimentConfig:
         confidence: level of every interval.
     """
 
-    rows: tuple[str, ...] = tuple(ROWS)
+    rows: tuple[str, ...] = DEFAULT_ROWS
     strength: float = PAPER_STRENGTH
     guidance_scale: float = PAPER_GUIDANCE_SCALE
     num_inference_steps: int = PAPER_NUM_INFERENCE_STEPS

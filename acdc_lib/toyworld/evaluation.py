@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Mapping
 
 import torch
+import torch.nn.functional as F
 
 from acdc_lib import metrics as M
 from acdc_lib.toyworld.models import IMAGE_SIZE, PROBE_HEADS, ToyEvaluator, state_labels
@@ -30,14 +31,14 @@ class ToyStoryEvaluator:
     def __init__(self, toy: ToyEvaluator):
         self.toy = toy
         self.attributes: dict[str, int] = {c: PROBE_HEADS[h] for c, h in ATTRIBUTE_COLUMNS.items()}
-        self.fid_features = M.FeatureModule(toy.image_features, toy.num_features)
+        self.fid_features = M.FeatureModule(lambda x: toy.image_features(_toy_size(x)), toy.num_features)
         # CLIPScore through the same tiny CLIP; its pixels are x * 2 - 1, as ToyEvaluator feeds it
         self._clip_fn = M.clipscore_from_clip_model(toy.clip, toy.tokenizer, IMAGE_SIZE, (0.5,) * 3, (0.5,) * 3,
                                                     {"padding": "max_length"})
 
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, 32, 32) in [0, 1] -> (B, F) L2-normalised CLIP image embeddings."""
-        return self.toy.image_features(images)
+        """(B, 3, H, W) in [0, 1] -> (B, F) L2-normalised CLIP image embeddings."""
+        return self.toy.image_features(_toy_size(images))
 
     def clip_model_fn(self) -> tuple:
         """CLIPScore's model callable: () -> (model, processor)."""
@@ -45,12 +46,12 @@ class ToyStoryEvaluator:
 
     def predict_attributes(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """(B, 3, 32, 32) -> {column: (B,) long} read by the probe."""
-        heads = self.toy.predict(images)
+        heads = self.toy.predict(_toy_size(images))
         return {c: heads[h] for c, h in ATTRIBUTE_COLUMNS.items()}
 
     def physically_valid(self, images: torch.Tensor) -> torch.Tensor:
         """(B,) bool: the probe counts one sun or moon, two ears and one tail."""
-        heads = self.toy.predict(images)
+        heads = self.toy.predict(_toy_size(images))
         return physically_valid({k: heads[k][None] for k in COUNT_HEADS})[0]
 
 
@@ -71,6 +72,14 @@ class ToyGroundTruth:
         _require_states(story)
         labels = state_labels(story.states)
         return {c: labels[h] for c, h in ATTRIBUTE_COLUMNS.items()}
+
+
+def _toy_size(images: torch.Tensor) -> torch.Tensor:
+    """Frames of another model (e.g. 512 px from Stable Diffusion) resized to the 32 px the evaluator reads."""
+    if tuple(images.shape[-2:]) == (IMAGE_SIZE, IMAGE_SIZE):
+        return images
+    return F.interpolate(images.float(), size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", antialias=True,
+                         align_corners=False).clamp(0.0, 1.0)
 
 
 def _require_states(story) -> None:

@@ -126,12 +126,12 @@ def run(out, sts, **cfg):
 
 def test_rows_run_and_write_one_record_per_story(tmp_path):
     computed, _ = run(tmp_path, stories(3))
-    assert computed == {r: ["s0", "s1", "s2"] for r in E.ROWS}
-    rec = {r: json.loads((tmp_path / r / "s1.json").read_text()) for r in E.ROWS}
+    assert computed == {r: ["s0", "s1", "s2"] for r in E.DEFAULT_ROWS}
+    rec = {r: json.loads((tmp_path / r / "s1.json").read_text()) for r in E.DEFAULT_ROWS}
     assert rec["acdc_rules"]["prompts"] == ["MEM: " + s for s in stories(3)[1].sentences]
     assert rec["acdc_nomem"]["prompts"] == stories(3)[1].sentences and rec["arm"]["prompts"] == [None] * N
     assert rec["dm_only"]["seed"] == rec["arm"]["seed"] == E.story_seed(0, 1)
-    frames = {r: E.load_frames(tmp_path, r, stories(3)) for r in E.ROWS}
+    frames = {r: E.load_frames(tmp_path, r, stories(3)) for r in E.DEFAULT_ROWS}
     assert frames["arm"].shape == (3, N, 1, 2, 2)
     assert (frames["arm"][:, :, 0, 1, 1] == 0).all() and (frames["acdc_nomem"][:, :, 0, 1, 1] == 1).all()
     # Paired randomness: the ARM's first draw is the same whether correction runs or not.
@@ -177,14 +177,14 @@ def test_an_interrupted_run_resumes_and_gives_the_uninterrupted_table(tmp_path, 
     sts = stories(4)
     run(tmp_path / "a", sts[:2])                                                  # "killed" after two stories
     computed, config = run(tmp_path / "a", sts)
-    assert computed == {r: ["s2", "s3"] for r in E.ROWS}                          # only the missing ones
+    assert computed == {r: ["s2", "s3"] for r in E.DEFAULT_ROWS}                          # only the missing ones
     run(tmp_path / "b", sts)
-    for r in E.ROWS:
+    for r in E.DEFAULT_ROWS:
         assert torch.equal(E.load_frames(tmp_path / "a", r, sts), E.load_frames(tmp_path / "b", r, sts))
     ta = E.summarise(tmp_path / "a", sts, evaluator, config, ground_truth=truth).to_dict()
     tb = E.summarise(tmp_path / "b", sts, evaluator, config, ground_truth=truth).to_dict()
     assert ta == tb
-    assert run(tmp_path / "a", sts)[0] == {r: [] for r in E.ROWS}
+    assert run(tmp_path / "a", sts)[0] == {r: [] for r in E.DEFAULT_ROWS}
 
 
 def test_a_run_refuses_files_of_other_settings_or_stories(tmp_path, evaluator):
@@ -212,7 +212,7 @@ def test_table_numbers_equal_hand_computed_values(tmp_path, evaluator, truth):
     _, config = run(tmp_path, sts)
     table = E.summarise(tmp_path, sts, evaluator, config, ground_truth=truth)
     rows = table.rows
-    assert list(rows) == ["reference", *E.ROWS]
+    assert list(rows) == ["reference", *E.DEFAULT_ROWS]
     # species = marker: never drawn by the ARM alone, always where the DM drew or corrected.
     for r, acc in {"arm": 0.0, "acdc_rules": 1.0, "acdc_nomem": 1.0, "dm_only": 1.0, "reference": 1.0}.items():
         assert rows[r]["char_acc"].value == acc
