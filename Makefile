@@ -55,7 +55,7 @@ TOY_OUT ?= acdc_lib/toyworld/checkpoints
 # evaluator then the ARMs on the other.
 TOY_JOBS ?= 2
 train-toy: env
-	$(BIN)/python -m acdc_lib.stories make-splits --check
+	$(BIN)/python -m acdc_lib.toyworld.splits make-splits --check
 	$(BIN)/python -m acdc_lib.toyworld.train all --out $(TOY_OUT) --jobs $(TOY_JOBS)
 	$(BIN)/python -m acdc_lib.toyworld.gates --checkpoints $(TOY_OUT)
 

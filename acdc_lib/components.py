@@ -7,7 +7,7 @@ embedded toy world (`toy`) and the real models (`emu3`, `janus`, `sd`, `real`); 
 its own the same way, without changing this one.
 
     arm = build("arm", "toy", device="cpu")          # any object of the ARM protocol
-    names = available("arm")                          # {"toy": "acdc_lib.toyworld.components", ...}
+    names = available("arm")                          # {name: the module that provides it}
 """
 from __future__ import annotations
 

@@ -9,18 +9,21 @@ the right one.
 Three modules, all behind `acdc_lib.types.Memory` (refine(sentences) -> MemoryOutput):
 
 - `NoMemory`     the sentences as written (the "w/o memory" ablation of Table 2).
-- `RuleMemory`   the embedded default: a causal resolver over the toy world's vocabulary. It tracks
-                 name, species, place and time sentence by sentence and resolves he / she / they /
-                 "the <species>" / the name; where it recognises the action it writes the toy world's
-                 explicit caption ("Max the corgi jumps in the park at night."), else it keeps the
-                 sentence's words and makes the subject, place and time explicit.
+- `RuleMemory`   a causal resolver over a given `Vocabulary` (a world's names, species, places, times
+                 and actions). It tracks name, species, place and time sentence by sentence and
+                 resolves he / she / they / "the <species>" / the name; where it recognises the action
+                 it writes the vocabulary's explicit caption ("Max the corgi jumps in the park at
+                 night."), else it keeps the sentence's words and makes the subject, place and time
+                 explicit. A backend offers its vocabulary through
+                 `acdc_lib.components.build("vocabulary", <name>)`.
 - `LLMMemory`    the paper's choice (Appendix D): one chat request per story that causally rewrites
                  sentences 2.. (mode "story"), or one request per frame with the prompts so far
                  (mode "frame"). Failed or malformed answers are retried by `LLMClient`, then the story
-                 falls back to `RuleMemory` with the reason recorded.
+                 falls back to `RuleMemory` (or another fallback memory) with the reason recorded.
 
-`memory_quality` measures a memory exactly on toy stories with ground-truth states, and
-`prompt_distances` gives d(y, y~) of Theorem 3 under any text encoder.
+`memory_quality` measures a memory exactly on stories with ground-truth states, given the vocabulary and
+the explicit captions of their frames, and `prompt_distances` gives d(y, y~) of Theorem 3 under any
+text encoder.
 """
 from __future__ import annotations
 
@@ -63,7 +66,7 @@ class NoMemory:
 
 
 # ============================================================================================
-# 2. Rule-based memory over the toy world's vocabulary
+# 2. Rule-based memory over a vocabulary
 # ============================================================================================
 @dataclass(frozen=True)
 class Vocabulary:
@@ -90,36 +93,6 @@ class Vocabulary:
     caption: Callable[[str, str, str, str, str], str]
 
 
-def toy_vocabulary() -> Vocabulary:
-    """The toy world's vocabulary (acdc_lib.toyworld.world), with its explicit-caption style."""
-    from .toyworld import world as W
-
-    def caption(name: str, species: str, action: str, place: str, time: str) -> str:
-        gender = W.NAMES.get(name, W.GENDERS[0])  # gender only picks pronouns; captions do not show it
-        return W.explicit_caption(W.SceneState(place=place, time=time, name=name, species=species,
-                                               gender=gender, action=action))
-
-    # Words that say which time of day a sentence shows (the grammar's "One sunny morning", "under
-    # the moon", "Night fell ...", and common free-text ones). At equal positions the longer phrase
-    # wins, so "the sun went down" reads as night.
-    time_words = {
-        "day": ("during the day", "daytime", "day", "sun", "sunny", "morning", "afternoon", "daylight",
-                "dawn", "sunrise", "sun rose", "sun came up"),
-        "night": ("at night", "nighttime", "night", "moon", "moonlit", "moonlight", "midnight", "evening",
-                  "dusk", "sunset", "sun went down", "sun set", "stars", "starry"),
-    }
-    return Vocabulary(
-        names=dict(W.NAMES),
-        species=tuple(W.SPECIES),
-        places=tuple(W.PLACES),
-        place_phrases={p: W.place_phrase(p) for p in W.PLACES},
-        times={t: time_words.get(t, (t,)) for t in W.TIMES},
-        time_phrases=dict(W.TIME_PHRASES),
-        actions={a: tuple(dict.fromkeys((v.base, v.present, v.past, v.ing))) for a, v in W.VERBS.items()},
-        caption=caption,
-    )
-
-
 def _word_re(words: Iterable[str], ignore_case: bool = True) -> re.Pattern:
     # Longest first so "snowy field" wins over "field", "lies down" over "lies".
     alts = sorted({w for w in words if w}, key=len, reverse=True)
@@ -129,8 +102,8 @@ def _word_re(words: Iterable[str], ignore_case: bool = True) -> re.Pattern:
 # "it" is left out on purpose: "It was a sunny day." is not about the character.
 SUBJECT_PRONOUNS = ("he", "she", "they")
 POSSESSIVES = {"his": "he", "her": "she", "their": "they", "its": "it"}
-# Words that carry no state in a toy sentence (articles, prepositions, the grammar's adverbs and
-# scene verbs). A sentence made only of these and vocabulary words is rewritten as the explicit
+# Words that carry no state in a story sentence (articles, prepositions, common adverbs and scene
+# verbs). A sentence made only of these and vocabulary words is rewritten as the explicit
 # caption; any other word means free text, whose words are then kept.
 FILLER_WORDS = frozenset("""
 a an the and then after while suddenly later as when one was is were are to off over into onto at in on
@@ -148,6 +121,13 @@ class _Context:
     action: str | None = None
 
 
+def _require_vocabulary(vocabulary: Any, who: str) -> Vocabulary:
+    if vocabulary is None:
+        raise TypeError(f"{who} needs a vocabulary (the names, species, places, times and actions it knows), "
+                        "got None; pass one, e.g. acdc_lib.components.build('vocabulary', <backend name>)")
+    return vocabulary
+
+
 class RuleMemory:
     """Causal rule-based resolver: each prompt states who (name, species), where and when.
 
@@ -161,11 +141,11 @@ class RuleMemory:
       when the sentence names none; unknown words are kept.
 
     Args:
-        vocabulary: the words it knows; default `toy_vocabulary()`.
+        vocabulary: the words it knows (required; e.g. `acdc_lib.components.build("vocabulary", name)`).
     """
 
-    def __init__(self, vocabulary: Vocabulary | None = None):
-        self.vocab = vocabulary or toy_vocabulary()
+    def __init__(self, vocabulary: Vocabulary):
+        self.vocab = _require_vocabulary(vocabulary, "RuleMemory")
         v = self.vocab
         self._name_re = _word_re(v.names, ignore_case=False)
         self._species_re = _word_re(v.species)
@@ -407,20 +387,27 @@ class LLMMemory:
         mode: "story" (one request per story, the paper's choice) or "frame" (one request per
             sentence 2.., each with the prompts already written).
         fallback: memory used when the LLM gives no valid answer (its source is recorded as
-            "fallback-rules"); None to raise instead.
+            "fallback-rules"); "rules" (the default) is `RuleMemory(vocabulary)`; None to raise instead.
         temperature: sampling temperature (0: the most likely rewrite).
         seed: the server's sampling seed.
+        vocabulary: the vocabulary of the "rules" fallback (required with fallback="rules", unused
+            otherwise).
     """
 
     MODES = ("story", "frame")
 
     def __init__(self, client: LLMClient, mode: str = "story", fallback: Any = "rules",
-                 temperature: float = 0.0, seed: int | None = 0):
+                 temperature: float = 0.0, seed: int | None = 0, vocabulary: Vocabulary | None = None):
         if mode not in self.MODES:
             raise ValueError(f"unknown mode {mode!r}; allowed: {', '.join(map(repr, self.MODES))}")
         self.client = client
         self.mode = mode
-        self.fallback = RuleMemory() if fallback == "rules" else fallback
+        if isinstance(fallback, str) and fallback == "rules":
+            if vocabulary is None:
+                raise ValueError("fallback='rules' is RuleMemory(vocabulary) and needs vocabulary=...; "
+                                 "or pass another fallback memory, or fallback=None to raise instead")
+            fallback = RuleMemory(vocabulary)
+        self.fallback = fallback
         self.temperature = temperature
         self.seed = seed
 
@@ -491,16 +478,20 @@ def refine_many(memory: Any, stories: Iterable[Story | Sequence[str]]) -> list[M
 
 
 # ============================================================================================
-# 4. Measuring a memory exactly on toy stories
+# 4. Measuring a memory exactly on stories with ground-truth states
 # ============================================================================================
-def mentioned(prompt: str, vocabulary: Vocabulary | None = None) -> dict[str, set[str]]:
+def mentioned(prompt: str, vocabulary: Vocabulary) -> dict[str, set[str]]:
     """The names, species, places and times a prompt mentions (vocabulary words, longest match first).
+
+    Args:
+        prompt: the text to read.
+        vocabulary: the words to look for (required).
 
     Returns:
         {"name": {...}, "species": {...}, "place": {...}, "time": {...}}; "time" holds the times whose
         words occur ("under the moon" -> {"night"}; "the sun went down" -> {"night"}, not "day").
     """
-    v = vocabulary or _default_vocabulary()
+    v = _require_vocabulary(vocabulary, "mentioned")
     out: dict[str, set[str]] = {"name": set(), "species": set(), "place": set(), "time": set()}
     for m in _word_re(v.names, ignore_case=False).finditer(prompt):
         out["name"].add(m.group(1))
@@ -512,15 +503,6 @@ def mentioned(prompt: str, vocabulary: Vocabulary | None = None) -> dict[str, se
     for m in _word_re(time_of).finditer(prompt):
         out["time"].add(time_of[m.group(1).lower()])
     return out
-
-
-_VOCAB: list[Vocabulary] = []
-
-
-def _default_vocabulary() -> Vocabulary:
-    if not _VOCAB:
-        _VOCAB.append(toy_vocabulary())
-    return _VOCAB[0]
 
 
 QUALITY_ATTRIBUTES = ("name", "species", "place", "time")
@@ -562,38 +544,28 @@ class MemoryQuality:
                 "fallbacks": len(self.fallbacks), "requests": self.requests}
 
 
-def explicit_captions(story: Story) -> list[str]:
-    """The fully explicit caption of every frame of a toy story (from its ground-truth states)."""
-    from .toyworld.world import SceneState, explicit_caption
-
-    if not story.states:
-        raise ValueError(f"story {story.story_id!r} has no ground-truth states (source {story.source!r}); "
-                         "memory quality needs toy-world stories with states")
-    if len(story.states) != len(story.sentences):
-        raise ValueError(f"story {story.story_id!r}: {len(story.states)} states for {len(story.sentences)} sentences")
-    return [explicit_caption(SceneState.from_dict(d)) for d in story.states]
-
-
-def memory_quality(memory: Any, stories: Sequence[Story], label: str | None = None,
-                   vocabulary: Vocabulary | None = None) -> MemoryQuality:
-    """Score `memory` on toy stories: the share of refined prompts naming the right name, species, place, time.
+def memory_quality(memory: Any, stories: Sequence[Story], label: str | None = None, *,
+                   vocabulary: Vocabulary, captions: Callable[[Story], list[str]]) -> MemoryQuality:
+    """Score `memory` on stories with states: the share of refined prompts naming the right name, species, place, time.
 
     Args:
         memory: any Memory (refine(sentences) -> MemoryOutput); run through `refine_many`.
-        stories: stories with ground-truth `states` (dicts of SceneState fields).
+        stories: stories with ground-truth `states` (dicts with "name", "species", "place", "time").
         label: the row's name (default: the memory's class name).
-        vocabulary: the words to look for (default: the toy world's).
+        vocabulary: the words to look for (required).
+        captions: story -> the fully explicit caption of each of its frames (required); it should
+            raise ValueError on a story without usable states.
     Returns:
         MemoryQuality.
     """
-    v = vocabulary or _default_vocabulary()
-    captions = [explicit_captions(st) for st in stories]  # validates states first
+    v = _require_vocabulary(vocabulary, "memory_quality")
+    frame_captions = [list(captions(st)) for st in stories]  # validates states first
     outputs = refine_many(memory, stories)
     right = {k: 0 for k in (*QUALITY_ATTRIBUTES, "all")}
     n_prompts = caption_hits = stories_exact = requests = 0
     sources: dict[str, int] = {}
     fallbacks = []
-    for st, caps, out in zip(stories, captions, outputs):
+    for st, caps, out in zip(stories, frame_captions, outputs):
         if len(out.prompts) != len(st.sentences):
             raise ValueError(f"{label or type(memory).__name__} returned {len(out.prompts)} prompts for "
                              f"{len(st.sentences)} sentences of story {st.story_id!r}")
@@ -633,17 +605,18 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 # 5. Prompt distances d(y, y~) of Theorem 3
 # ============================================================================================
 def prompt_distances(prompts: Sequence[Sequence[str]], stories: Sequence[Story],
-                     encode: Callable[[list[str]], Any]) -> np.ndarray:
+                     encode: Callable[[list[str]], Any], *, captions: Callable[[Story], list[str]]) -> np.ndarray:
     """Cosine distances d(y, y~) = 1 - cos(E(y), E(y~)) between used prompts and the explicit captions.
 
     Theorem 3 bounds the corrected frame's error by a term growing with d(y, y~), the distance
-    between the text condition used, y, and the right one, y~; here y~ is the toy frame's fully
-    explicit caption and E any text encoder.
+    between the text condition used, y, and the right one, y~; here y~ is the frame's fully
+    explicit caption (from `captions`) and E any text encoder.
 
     Args:
         prompts: per story, the prompts used (e.g. MemoryOutput.prompts, or the raw sentences).
         stories: the same stories, with states.
         encode: list of N strings -> (N, D) tensor or array of embeddings (need not be normalised).
+        captions: story -> the fully explicit caption of each of its frames.
     Returns:
         (n_prompts,) float64 array, stories in order, frames in order; 0 where the prompt is the caption.
     """
@@ -653,7 +626,7 @@ def prompt_distances(prompts: Sequence[Sequence[str]], stories: Sequence[Story],
         raise ValueError(f"{len(prompts)} prompt lists for {len(stories)} stories")
     used, target = [], []
     for ps, st in zip(prompts, stories):
-        caps = explicit_captions(st)
+        caps = list(captions(st))
         if len(ps) != len(caps):
             raise ValueError(f"story {st.story_id!r}: {len(ps)} prompts for {len(caps)} frames")
         used += list(ps)

@@ -1,44 +1,35 @@
-"""Story files: one validated JSONL format, the referential extension, and the fixed splits.
+"""Story files: one validated JSONL format, and the referential extension.
 
 File format (schema "acdc-stories", version 1), one JSON object per line, UTF-8, no blank lines:
 
     line 1   {"schema": "acdc-stories", "version": 1, "kind": "grammar", "n_sentences": 6, "count": 1000}
     line 2+  {"story_id": "g1-000000", "sentences": [6 strings], "source": "grammar",
-              "states": [6 scene-state dicts] or null, "meta": {...}}
+              "states": [6 state dicts] or null, "meta": {...}}
 
 The header names the schema and its version once for the whole file (a reader of another version
 refuses the file instead of guessing), the kind of stories ("grammar", "llm", "referential",
 "explicit", "mixed"), the sentences per story and the number of records (a truncated file is
 caught). A record maps to `acdc_lib.types.Story`; `story_id`, `sentences` and `source` are
-required, `states` and `meta` optional. Reading validates everything and raises `StoryFileError`
-naming the file, the line and the problem; a sentence longer than the text encoders take is warned
-about (never cut). Writing is atomic (`acdc_lib.io.atomic_write_text`).
+required, `states` and `meta` optional. A state is an opaque JSON object, one per sentence: this
+module checks only that shape, and a world that knows its states passes `check_state` to validate
+each one. Reading validates everything and raises `StoryFileError` naming the file, the line and the
+problem; a sentence longer than the text encoders take is warned about (never cut). Writing is
+atomic (`acdc_lib.io.atomic_write_text`).
 
 The referential extension follows StoryGPT-V's Algorithm 1 (paper/002, Appendix D.2): a character
 mention becomes "he" / "she" (one character) or "they" (several) where the sentence's characters
-are a subset of the previous sentence's. Its inverse is the fully explicit caption of every frame
-(`explicit_variant`), on which the diffusion model is trained.
-
-Splits (`make_splits`, or `python -m acdc_lib.stories make-splits`): data/stories/test.jsonl, 1,000
-grammar stories (stream seed 1) that no model trains on, committed; the train split (20,000 stories
-of stream seed 0, minus any whose sentences equal a test story's) is regenerated deterministically
-on demand into the git-ignored data/stories/.cache/ and checked against the SHA-256 in
-data/stories/MANIFEST.json.
+are a subset of the previous sentence's.
 """
 from __future__ import annotations
 
-import argparse
-import hashlib
 import json
 import math
 import re
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Collection, Iterable, Mapping, Sequence
+from typing import Any, Callable, Collection, Mapping, Sequence
 
-from acdc_lib.io import DATA_DIR, atomic_write_json, atomic_write_text
-from acdc_lib.toyworld.world import PRONOUNS, SceneState, explicit_caption
+from acdc_lib.io import DATA_DIR, atomic_write_text
 from acdc_lib.types import SCHEMA_VERSION, Story
 
 SCHEMA_NAME = "acdc-stories"
@@ -49,13 +40,17 @@ RECORD_OPTIONAL: tuple[str, ...] = ("states", "meta")
 DEFAULT_MAX_TOKENS = 77  # CLIP's text context (SD v1.5's and our tiny CLIP's), BOS and EOS included
 
 STORIES_DIR = DATA_DIR / "stories"
-MANIFEST_PATH = STORIES_DIR / "MANIFEST.json"
 CACHE_DIR = STORIES_DIR / ".cache"  # git-ignored (".cache/" in .gitignore)
-SPLITS: dict[str, dict[str, Any]] = {
-    # name -> stream seed, size, where it lives, whether the file is committed.
-    "test": {"seed": 1, "n": 1000, "path": STORIES_DIR / "test.jsonl", "committed": True},
-    "train": {"seed": 0, "n": 20000, "path": CACHE_DIR / "train.jsonl", "committed": False},
+
+# English pronouns by gender, for the referential extension.
+PRONOUNS: dict[str, dict[str, str]] = {
+    "male": {"subject": "he", "object": "him", "possessive": "his"},
+    "female": {"subject": "she", "object": "her", "possessive": "her"},
 }
+
+CheckState = Callable[[dict[str, Any]], dict[str, Any]]
+"""Validates one state dict (raising ValueError or TypeError naming the problem) and returns the
+dict the Story keeps (e.g. with defaults filled in)."""
 
 
 class StoryFileError(ValueError):
@@ -91,7 +86,7 @@ def estimate_clip_tokens(text: str) -> int:
 # --------------------------------------------------------------------------------------------
 # Validation shared by reading and writing
 # --------------------------------------------------------------------------------------------
-def _check_record(d: Any, n_sentences: int | None) -> list[str]:
+def _check_record(d: Any, n_sentences: int | None, check_state: CheckState | None = None) -> list[str]:
     """Problems of one decoded record (empty list when valid), each phrased for a user."""
     if not isinstance(d, dict):
         return [f"expected a JSON object (a story record), got {type(d).__name__}"]
@@ -129,18 +124,22 @@ def _check_record(d: Any, n_sentences: int | None) -> list[str]:
         if len(states) != len(sents):
             return [f"story {sid!r}: {len(states)} states for {len(sents)} sentences"]
         for k, st in enumerate(states, start=1):
-            try:
-                SceneState.from_dict(st)
-            except (ValueError, TypeError) as e:
-                return [f"story {sid!r}: state {k}: {e}"]
+            if not isinstance(st, dict):
+                return [f"story {sid!r}: state {k} must be a JSON object, got {type(st).__name__}"]
+            if check_state is not None:
+                try:
+                    check_state(st)
+                except (ValueError, TypeError) as e:
+                    return [f"story {sid!r}: state {k}: {e}"]
     return []
 
 
-def _story_from_record(d: dict[str, Any]) -> Story:
+def _story_from_record(d: dict[str, Any], check_state: CheckState | None = None) -> Story:
     states = d.get("states")
+    if states is not None:
+        states = [check_state(s) if check_state is not None else s for s in states]
     return Story(
-        story_id=d["story_id"], sentences=list(d["sentences"]),
-        states=None if states is None else [SceneState.from_dict(s).to_dict() for s in states],
+        story_id=d["story_id"], sentences=list(d["sentences"]), states=states,
         source=d["source"], meta=dict(d.get("meta", {})),
     )
 
@@ -158,7 +157,8 @@ def _reject_constant(name: str) -> Any:
 # Reading and writing
 # --------------------------------------------------------------------------------------------
 def read_stories(
-    path: str | Path, n_sentences: int | None = 6, max_tokens: int | None = DEFAULT_MAX_TOKENS
+    path: str | Path, n_sentences: int | None = 6, max_tokens: int | None = DEFAULT_MAX_TOKENS,
+    check_state: CheckState | None = None,
 ) -> list[Story]:
     """Read and validate a story file.
 
@@ -167,6 +167,8 @@ def read_stories(
         n_sentences: sentences every story must have (None: any number, as the header says).
         max_tokens: warn (LongSentenceWarning) about sentences with more estimated CLIP tokens
             (`estimate_clip_tokens`); None turns the check off. Sentences are never cut.
+        check_state: validates each state dict and returns what the Story keeps (`CheckState`);
+            None: states are kept as read, checked only to be JSON objects.
     Returns:
         the stories, in file order.
     Raises:
@@ -209,7 +211,7 @@ def read_stories(
             if n_sentences is not None and header["n_sentences"] != n_sentences:
                 raise fail(no, f"header says {header['n_sentences']} sentences per story, expected {n_sentences}")
             continue
-        problems = _check_record(d, header["n_sentences"])
+        problems = _check_record(d, header["n_sentences"], check_state)
         if problems:
             raise fail(no, problems[0])
         sid = d["story_id"]
@@ -224,7 +226,7 @@ def read_stories(
                         f"{path}:{no}: story {sid!r} sentence {k} has about {n_tok} tokens, more than the "
                         f"{max_tokens} the text encoders take; kept whole (encoders truncate it)",
                         LongSentenceWarning, stacklevel=2)
-        stories.append(_story_from_record(d))
+        stories.append(_story_from_record(d, check_state))
     if header is None:  # pragma: no cover - an empty file was caught above
         raise fail(None, "no header line")
     if header["count"] != len(stories):
@@ -255,8 +257,11 @@ def _check_header(d: Any, no: int, fail) -> dict[str, Any]:
     return d
 
 
-def format_stories(stories: Sequence[Story], kind: str | None = None) -> str:
-    """The file text of `stories` (validated; ValueError names the bad story and the problem)."""
+def format_stories(stories: Sequence[Story], kind: str | None = None, check_state: CheckState | None = None) -> str:
+    """The file text of `stories` (validated; ValueError names the bad story and the problem).
+
+    `check_state` validates each state as in `read_stories`; the states are written as given.
+    """
     stories = list(stories)
     if not stories:
         raise ValueError("no stories to write")
@@ -272,7 +277,7 @@ def format_stories(stories: Sequence[Story], kind: str | None = None) -> str:
     seen: set[str] = set()
     for i, s in enumerate(stories):
         rec = _story_to_record(s)
-        problems = _check_record(json.loads(json.dumps(rec, allow_nan=False)), n)
+        problems = _check_record(json.loads(json.dumps(rec, allow_nan=False)), n, check_state)
         if problems:
             raise ValueError(f"story {i} ({s.story_id!r}): {problems[0]}")
         if s.story_id in seen:
@@ -282,19 +287,21 @@ def format_stories(stories: Sequence[Story], kind: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_stories(path: str | Path, stories: Sequence[Story], kind: str | None = None) -> Path:
+def write_stories(path: str | Path, stories: Sequence[Story], kind: str | None = None,
+                  check_state: CheckState | None = None) -> Path:
     """Validate and write `stories` atomically (a reader sees the old file or the whole new one).
 
     Args:
         path: destination .jsonl.
         stories: stories with equal sentence counts.
         kind: header kind; default the stories' common source when it is one of KINDS, else "mixed".
+        check_state: validates each state (`CheckState`); None: states are checked only to be JSON objects.
     """
-    return atomic_write_text(path, format_stories(stories, kind))
+    return atomic_write_text(path, format_stories(stories, kind, check_state))
 
 
 # --------------------------------------------------------------------------------------------
-# Referential extension (StoryGPT-V, Algorithm 1) and its inverse
+# Referential extension (StoryGPT-V, Algorithm 1)
 # --------------------------------------------------------------------------------------------
 def _find_mention(sentence: str, alias_list: Sequence[str]) -> re.Match | None:
     # The earliest, then longest, alias occurrence at word boundaries (case-insensitive).
@@ -318,6 +325,7 @@ def referential_extension(
     genders: Mapping[str, str],
     aliases: Mapping[str, Sequence[str]] | None = None,
     carry: str = "previous",
+    pronouns: Mapping[str, Mapping[str, str]] | None = None,
 ) -> list[str]:
     """Replace character mentions by he / she / they where the character set is unchanged.
 
@@ -332,11 +340,12 @@ def referential_extension(
     Args:
         sentences: the story, S_1 .. S_N.
         characters: C_1 .. C_N, the characters present in each frame (names).
-        genders: name -> "male" / "female" (keys of world.PRONOUNS).
+        genders: name -> a key of `pronouns` ("male" / "female").
         aliases: name -> the phrases that mention it (default: just the name); e.g. for Max the
             corgi: ["Max the corgi", "Max", "the corgi"]. Mentions are matched case-insensitively at
-            word boundaries; subject position is assumed (toy sentences mention characters as subjects).
+            word boundaries; subject position is assumed (characters are mentioned as subjects).
         carry: "previous" or "first" (see above).
+        pronouns: gender -> {"subject": ..., "possessive": ...} (default: `PRONOUNS`, English he / she).
     Returns:
         the N sentences with the replacements made; sentence 1 is never changed.
     """
@@ -344,11 +353,12 @@ def referential_extension(
         raise ValueError(f"need one character set per sentence: {len(characters)} sets for {len(sentences)} sentences")
     if carry not in ("previous", "first"):
         raise ValueError(f"carry must be 'previous' or 'first', got {carry!r}")
+    pronouns = PRONOUNS if pronouns is None else pronouns
     sets = [frozenset(c) for c in characters]
     everyone = frozenset().union(*sets)
     for name in everyone:
-        if genders.get(name) not in PRONOUNS:
-            raise ValueError(f"character {name!r} needs a gender in {list(PRONOUNS)}, got {genders.get(name)!r}")
+        if genders.get(name) not in pronouns:
+            raise ValueError(f"character {name!r} needs a gender in {list(pronouns)}, got {genders.get(name)!r}")
     aliases = {name: list((aliases or {}).get(name, [name])) for name in everyone}
     out = list(sentences[:1])
     for i in range(1, len(sentences)):
@@ -359,7 +369,7 @@ def referential_extension(
                 (name,) = c
                 m = _find_mention(s, aliases[name])
                 if m is not None:
-                    p = PRONOUNS[genders[name]]
+                    p = pronouns[genders[name]]
                     s = _put(s, m, p["possessive"] if m.group(1) else p["subject"])
             else:
                 s = _replace_group(s, sorted(c), aliases)
@@ -379,239 +389,3 @@ def _replace_group(sentence: str, names: Sequence[str], aliases: Mapping[str, Se
         if found == set(names):
             return _put(sentence, m, "they")
     return sentence
-
-
-def _aliases_for(state: Mapping[str, Any]) -> list[str]:
-    # How the grammar and the LLM prompts name a toy character.
-    name, sp = state["name"], state["species"]
-    return [f"{name} the {sp}", f"{name}, the {sp},", f"{name}, a young {sp},", name, f"the {sp}"]
-
-
-def referential_variant(story: Story, carry: str = "previous") -> Story:
-    """The story with its later mentions of the character replaced by he/she (Algorithm 1).
-
-    Needs ground-truth states: the character of each frame is the state's name (in every frame).
-    meta["explicit"] (grammar stories) is updated: a replaced mention no longer states the name
-    or species.
-    """
-    if story.states is None:
-        raise ValueError(f"story {story.story_id!r} has no states; pass character sets to referential_extension")
-    chars = [{st["name"]} for st in story.states]
-    genders = {st["name"]: st["gender"] for st in story.states}
-    aliases: dict[str, list[str]] = {}
-    for st in story.states:
-        aliases.setdefault(st["name"], _aliases_for(st))
-    new = referential_extension(story.sentences, chars, genders, aliases, carry=carry)
-    meta = {**story.meta, "parent": story.story_id, "carry": carry}
-    if "explicit" in story.meta:
-        meta["explicit"] = [
-            e if old == nw else [a for a in e if a not in ("name", "species")]
-            for e, old, nw in zip(story.meta["explicit"], story.sentences, new)
-        ]
-    if "mentions" in story.meta:
-        meta["mentions"] = [
-            m if old == nw else "pronoun" for m, old, nw in zip(story.meta["mentions"], story.sentences, new)
-        ]
-    return Story(story_id=f"{story.story_id}-ref", sentences=new, states=story.states, source="referential",
-                 meta=meta)
-
-
-def explicit_variant(story: Story) -> Story:
-    """The inverse of the referential extension: every sentence replaced by its frame's explicit caption."""
-    if story.states is None:
-        raise ValueError(f"story {story.story_id!r} has no states to caption")
-    sents = [explicit_caption(SceneState.from_dict(st)) for st in story.states]
-    meta = {**story.meta, "parent": story.story_id}
-    if "explicit" in story.meta:
-        meta["explicit"] = [["name", "species", "place", "time", "action"] for _ in sents]
-        meta["mentions"] = ["name_species" for _ in sents]
-    return Story(story_id=f"{story.story_id}-exp", sentences=sents, states=story.states, source="explicit", meta=meta)
-
-
-# --------------------------------------------------------------------------------------------
-# Statistics
-# --------------------------------------------------------------------------------------------
-@dataclass
-class StoryStats:
-    """Counts over a set of stories with ground-truth states.
-
-    Args:
-        n_stories, n_sentences: sizes.
-        frames: attribute ("species", "place", "time", "action") -> value -> number of frames.
-        first_frames: the same over sentence 1 only (what each story starts with).
-        mentions: how sentences mention the character (grammar meta) -> count.
-        ambiguous: sentences that are ambiguous alone (they leave out species, place, time or
-            action that their frame shows), from meta["explicit"]; None when stories lack it.
-        ambiguous_by_position: per sentence index, the number ambiguous alone.
-        missing: per visual attribute, the sentences that do not state it (None without meta).
-        changes: what changes from one sentence to the next ("action", "place", "time") -> count.
-    """
-
-    n_stories: int
-    n_sentences: int
-    frames: dict[str, dict[str, int]]
-    first_frames: dict[str, dict[str, int]]
-    mentions: dict[str, int]
-    ambiguous: int | None
-    ambiguous_by_position: list[int] | None
-    changes: dict[str, int]
-    missing: dict[str, int] | None = None
-
-    @property
-    def ambiguous_share(self) -> float | None:
-        """Fraction of all sentences that are ambiguous alone."""
-        return None if self.ambiguous is None else self.ambiguous / self.n_sentences
-
-
-def story_statistics(stories: Sequence[Story]) -> StoryStats:
-    """Count species, places, times, actions, mentions, changes and ambiguous-alone sentences."""
-    from acdc_lib.toyworld.grammar import VISUAL_ATTRIBUTES, ambiguous_alone
-
-    keys = ("species", "place", "time", "action")
-    frames = {k: {} for k in keys}
-    first = {k: {} for k in keys}
-    mentions: dict[str, int] = {}
-    changes = {"action": 0, "place": 0, "time": 0}
-    n_sent = 0
-    have_explicit = all("explicit" in s.meta for s in stories)
-    amb = 0
-    missing = {a: 0 for a in VISUAL_ATTRIBUTES}
-    by_pos = [0] * max((len(s) for s in stories), default=0)
-    for s in stories:
-        if s.states is None:
-            raise ValueError(f"story {s.story_id!r} has no states; statistics need ground truth")
-        n_sent += len(s)
-        for i, st in enumerate(s.states):
-            for k in keys:
-                frames[k][st[k]] = frames[k].get(st[k], 0) + 1
-                if i == 0:
-                    first[k][st[k]] = first[k].get(st[k], 0) + 1
-            if i > 0:
-                for k in changes:
-                    changes[k] += st[k] != s.states[i - 1][k]
-        for m in s.meta.get("mentions", []):
-            mentions[m] = mentions.get(m, 0) + 1
-        if have_explicit:
-            for i, e in enumerate(s.meta["explicit"]):
-                a = ambiguous_alone(e)
-                amb += a
-                by_pos[i] += a
-                for attr in missing:
-                    missing[attr] += attr not in e
-    sort = lambda d: dict(sorted(d.items(), key=lambda kv: (-kv[1], kv[0])))  # noqa: E731
-    return StoryStats(
-        n_stories=len(stories), n_sentences=n_sent, frames={k: sort(v) for k, v in frames.items()},
-        first_frames={k: sort(v) for k, v in first.items()}, mentions=sort(mentions),
-        ambiguous=amb if have_explicit else None, ambiguous_by_position=by_pos if have_explicit else None,
-        changes=changes, missing=missing if have_explicit else None,
-    )
-
-
-def format_statistics(stats: StoryStats) -> str:
-    """A plain-text table of `story_statistics` (integers and shares rounded to 0.1%)."""
-    pct = lambda n, d: f"{100 * n / d:.1f}%" if d else "-"  # noqa: E731
-    out = [f"{stats.n_stories} stories, {stats.n_sentences} sentences"]
-    for k, counts in stats.frames.items():
-        out.append(f"{k:8s} (frames): " + ", ".join(f"{v} {n} ({pct(n, stats.n_sentences)})" for v, n in counts.items()))
-    out.append("mentions: " + ", ".join(f"{m} {n}" for m, n in stats.mentions.items()))
-    n_later = stats.n_sentences - stats.n_stories
-    out.append("changes to the next sentence: " + ", ".join(f"{k} {n} ({pct(n, n_later)})" for k, n in stats.changes.items()))
-    if stats.ambiguous is not None:
-        out.append(f"ambiguous alone: {stats.ambiguous} of {stats.n_sentences} sentences ({pct(stats.ambiguous, stats.n_sentences)}); "
-                   f"by position: {stats.ambiguous_by_position}")
-        out.append("sentences that do not state: " + ", ".join(
-            f"{a} {n} ({pct(n, stats.n_sentences)})" for a, n in stats.missing.items()))
-    return "\n".join(out)
-
-
-# --------------------------------------------------------------------------------------------
-# Splits
-# --------------------------------------------------------------------------------------------
-def _split_stories(name: str, exclude: Collection[tuple[str, ...]] = ()) -> list[Story]:
-    from acdc_lib.toyworld.grammar import generate_stories
-
-    spec = SPLITS[name]
-    out: list[Story] = []
-    i = 0
-    while len(out) < spec["n"]:
-        chunk = generate_stories(min(4096, 2 * (spec["n"] - len(out))), seed=spec["seed"], start=i)
-        i += len(chunk)
-        out.extend(s for s in chunk if tuple(s.sentences) not in exclude)
-    return out[: spec["n"]]
-
-
-def build_splits() -> dict[str, str]:
-    """The file texts of every split: test first, then train without any test story's sentences."""
-    test = _split_stories("test")
-    test_keys = {tuple(s.sentences) for s in test}
-    train = _split_stories("train", exclude=test_keys)
-    return {"test": format_stories(test, "grammar"), "train": format_stories(train, "grammar")}
-
-
-def _sha(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def make_splits(check: bool = False) -> dict[str, Any]:
-    """Write (or with `check`, verify) the splits and data/stories/MANIFEST.json.
-
-    Returns:
-        the manifest: per split, its path (relative to data/stories), stream seed, size, SHA-256
-        of the file and whether the file is committed to git.
-    """
-    texts = build_splits()
-    manifest = {"schema": SCHEMA_NAME, "version": SCHEMA_VERSION, "splits": {}}
-    for name, text in texts.items():
-        spec = SPLITS[name]
-        manifest["splits"][name] = {
-            "path": str(Path(spec["path"]).relative_to(STORIES_DIR)), "seed": spec["seed"], "n": spec["n"],
-            "sha256": _sha(text), "committed": spec["committed"],
-        }
-    if check:
-        old = json.loads(MANIFEST_PATH.read_text(encoding="utf-8"))
-        if old != manifest:
-            raise RuntimeError(f"regenerated splits differ from {MANIFEST_PATH}: {old} != {manifest}")
-        return manifest
-    for name, text in texts.items():
-        atomic_write_text(SPLITS[name]["path"], text)
-    atomic_write_json(MANIFEST_PATH, manifest)
-    return manifest
-
-
-def load_split(name: str, regenerate: bool = True) -> list[Story]:
-    """The stories of split `name` ("train" or "test"), checked against the manifest's SHA-256.
-
-    The train split is not committed: it is regenerated (about 20 s on 2 cores) into
-    data/stories/.cache/ the first time, when `regenerate`.
-    """
-    if name not in SPLITS:
-        raise ValueError(f"unknown split {name!r}; allowed: {list(SPLITS)}")
-    manifest = json.loads(MANIFEST_PATH.read_text(encoding="utf-8"))
-    entry = manifest["splits"][name]
-    path = STORIES_DIR / entry["path"]
-    if not path.exists() or _sha(path.read_text(encoding="utf-8")) != entry["sha256"]:
-        if SPLITS[name]["committed"] or not regenerate:
-            raise FileNotFoundError(f"{path} is missing or does not match {MANIFEST_PATH}; "
-                                    f"run `python -m acdc_lib.stories make-splits`")
-        text = build_splits()[name]
-        if _sha(text) != entry["sha256"]:
-            raise RuntimeError(f"regenerated {name} split does not match {MANIFEST_PATH} (grammar or numpy changed?)")
-        atomic_write_text(path, text)
-    return read_stories(path)
-
-
-def main(argv: Iterable[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m acdc_lib.stories", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    mk = sub.add_parser("make-splits", help="write data/stories/{test.jsonl, MANIFEST.json} and the train cache")
-    mk.add_argument("--check", action="store_true", help="verify the regenerated splits against the manifest")
-    args = parser.parse_args(list(argv) if argv is not None else None)
-    manifest = make_splits(check=args.check)
-    for name, e in manifest["splits"].items():
-        print(f"{name}: {e['n']} stories, seed {e['seed']}, {e['path']}, sha256 {e['sha256'][:16]}…"
-              f"{' (checked)' if args.check else ''}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

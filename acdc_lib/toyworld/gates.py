@@ -60,8 +60,8 @@ class Gate:
 
 
 def load_split(name: str, n: int | None = None):
-    """The first n stories (all when None) of a story split (`acdc_lib.stories.load_split`)."""
-    from acdc_lib.stories import load_split as _load
+    """The first n stories (all when None) of a story split (`acdc_lib.toyworld.splits.load_split`)."""
+    from acdc_lib.toyworld.splits import load_split as _load
 
     stories = _load(name)
     return stories if n is None else stories[:n]
@@ -258,13 +258,11 @@ def arm_frame_nll(arm, stories, *, swap_earlier_frames: bool = False, batch_size
     ARM that ignores them scores the same both ways, and its own mistakes cannot propagate through them.
     Needs at least two stories to swap.
     """
-    from acdc_lib.toyworld.train import arm_sequences  # train imports this module's helpers lazily too
-
     if swap_earlier_frames and len(stories) < 2:
         raise ValueError("swap_earlier_frames needs at least two stories (one lends the other its frames)")
     layout, lm = arm.layout, arm.lm
     device = next(lm.parameters()).device
-    ids = arm_sequences(stories, arm.vq, arm.tokenizer, layout)  # (S, N * segment)
+    ids = M.arm_sequences(stories, arm.vq, arm.tokenizer, layout)  # (S, N * segment)
     n_frames = ids.shape[1] // layout.segment
     frame_of = torch.arange(ids.shape[1]) // layout.segment
     is_code = ids >= layout.code_offset

@@ -343,6 +343,18 @@ def story_ids(tokenizer, sentences: Sequence[str], codes: torch.LongTensor, layo
     return torch.cat(parts).long()
 
 
+def arm_sequences(stories, vq, tokenizer, layout: ARMLayout, batch: int = 512) -> torch.LongTensor:
+    """(S, N * segment) teacher-forcing ids of `stories` (ground-truth frames through the VQ)."""
+    from acdc_lib.toyworld.render import render_states
+
+    states = [s for st in stories for s in st.states]
+    codes = torch.cat([vq_encode(vq, render_states(states[i:i + batch]).images)
+                       for i in range(0, len(states), batch)])
+    N = len(stories[0].sentences)
+    codes = codes.view(len(stories), N, -1)
+    return torch.stack([story_ids(tokenizer, st.sentences, codes[i], layout) for i, st in enumerate(stories)])
+
+
 class ToyARM:
     """The toy world's ARM (protocol `acdc_lib.types.ARM`): a LlamaForCausalLM over words + VQ codes.
 

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from acdc_lib.io import atomic_write_json
 from acdc_lib.toyworld import models as M
+from acdc_lib.toyworld.models import arm_sequences
 from acdc_lib.toyworld.world import (ACTIONS, FACINGS, MAX_COUNT, NAMES, PLACES, SPECIES, TIMES, X_RANGE, Y_RANGE,
                                      DEFAULT_Y, SceneState, explicit_caption)
 
@@ -81,12 +82,12 @@ def render(states: Sequence[SceneState]) -> torch.Tensor:
 
 
 def load_split(name: str):
-    """The stories of data/stories/{name}.jsonl (via acdc_lib.stories); refuses the test split here."""
+    """The stories of data/stories/{name}.jsonl (via acdc_lib.toyworld.splits); refuses the test split here."""
     if name == "test":
         raise ValueError("the test split is held out: no model trains on it")
-    from acdc_lib import stories as S
+    from acdc_lib.toyworld import splits
 
-    return S.load_split(name)
+    return splits.load_split(name)
 
 
 # --------------------------------------------------------------------------------------------
@@ -417,18 +418,6 @@ def train_dm(vq, cfg: TrainConfig | None = None, verbose: bool = True, out: Path
 # --------------------------------------------------------------------------------------------
 # ARM
 # --------------------------------------------------------------------------------------------
-def arm_sequences(stories, vq, tokenizer, layout: M.ARMLayout, batch: int = 512) -> torch.LongTensor:
-    """(S, N * segment) teacher-forcing ids of `stories` (ground-truth frames through the VQ)."""
-    from acdc_lib.toyworld.render import render_states
-
-    states = [s for st in stories for s in st.states]
-    codes = torch.cat([M.vq_encode(vq, render_states(states[i:i + batch]).images)
-                       for i in range(0, len(states), batch)])
-    N = len(stories[0].sentences)
-    codes = codes.view(len(stories), N, -1)
-    return torch.stack([M.story_ids(tokenizer, st.sentences, codes[i], layout) for i, st in enumerate(stories)])
-
-
 def image_token_labels(ids: torch.LongTensor, layout: M.ARMLayout) -> torch.LongTensor:
     """Labels for the LM loss: the image codes only (text, pads, BOI and EOI are -100)."""
     return torch.where(ids >= layout.code_offset, ids, torch.full_like(ids, -100))

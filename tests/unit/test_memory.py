@@ -10,23 +10,35 @@ import pytest
 import torch
 
 from acdc_lib.llm import InvalidAnswer, LLMClient
+from acdc_lib import memory as MEM
 from acdc_lib.memory import (
     LLMMemory,
     NoMemory,
     RuleMemory,
-    explicit_captions,
-    memory_quality,
-    mentioned,
     parse_numbered_lines,
-    prompt_distances,
     refine_many,
     validate_story_answer,
 )
 from acdc_lib.toyworld.grammar import generate_stories
+from acdc_lib.toyworld.vocabulary import explicit_captions, toy_vocabulary
 from acdc_lib.types import Memory, Story
 from fake_openai import fake_server, refused_url  # noqa: F401  (fixture)
 
 KEY = "sk-test-DO-NOT-LEAK-123"
+VOCAB = toy_vocabulary()
+
+
+# The library's measures with the toy world's vocabulary and explicit captions, as every test here uses them.
+def memory_quality(memory, stories, label=None):
+    return MEM.memory_quality(memory, stories, label, vocabulary=VOCAB, captions=explicit_captions)
+
+
+def mentioned(prompt):
+    return MEM.mentioned(prompt, VOCAB)
+
+
+def prompt_distances(prompts, stories, encode):
+    return MEM.prompt_distances(prompts, stories, encode, captions=explicit_captions)
 
 LUNA = ["Luna the fox was sitting in the forest at night.",
         "She jumped high.",
@@ -51,12 +63,12 @@ def grammar_stories() -> list[Story]:
 def test_no_memory_returns_the_sentences():
     out = NoMemory().refine(LUNA)
     assert out.prompts == LUNA and out.source == "none" and out.requests == 0
-    assert isinstance(NoMemory(), Memory) and isinstance(RuleMemory(), Memory)
+    assert isinstance(NoMemory(), Memory) and isinstance(RuleMemory(VOCAB), Memory)
 
 
 def test_rule_memory_hand_checked_toy_story():
     # pronoun, species noun, place change, time change, bare name, "they"
-    out = RuleMemory().refine(LUNA)
+    out = RuleMemory(VOCAB).refine(LUNA)
     assert out.prompts == LUNA_REFINED and out.source == "rules"
 
 
@@ -65,43 +77,60 @@ def test_rule_memory_keeps_unknown_words_of_free_text():
              "He barked at a gull.",
              "His ears flapped in the wind.",
              "Night fell and the beagle chased a crab to the park."]
-    assert RuleMemory().refine(story).prompts == [
+    assert RuleMemory(VOCAB).refine(story).prompts == [
         story[0],
         "Benny the beagle barked at a gull on the beach during the day.",
         "Benny the beagle's ears flapped in the wind on the beach during the day.",
         "Night fell and Benny the beagle chased a crab to the park.",
     ]
     # a name outside the vocabulary, introduced as "<Name>, the <species>,"
-    assert RuleMemory().refine(["Pip, the owl, perched in the garden at night.", "She hooted twice."]).prompts[1] \
+    assert RuleMemory(VOCAB).refine(["Pip, the owl, perched in the garden at night.", "She hooted twice."]).prompts[1] \
         == "Pip the owl hooted twice in the garden at night."
 
 
 def test_rule_memory_is_causal():
     # a prompt depends on the sentences up to it only: cutting the story does not change its prefix
-    full = RuleMemory().refine(LUNA).prompts
+    full = RuleMemory(VOCAB).refine(LUNA).prompts
     for k in range(1, len(LUNA)):
-        assert RuleMemory().refine(LUNA[:k]).prompts == full[:k]
+        assert RuleMemory(VOCAB).refine(LUNA[:k]).prompts == full[:k]
 
 
 def test_rule_memory_is_exact_on_grammar_stories(grammar_stories):
-    m = RuleMemory()
+    m = RuleMemory(VOCAB)
     wrong = [s.story_id for s in grammar_stories if m.refine(s.sentences).prompts != explicit_captions(s)]
     assert wrong == []
 
 
 def test_rule_memory_is_exact_on_the_committed_test_split_and_its_referential_variant():
-    from acdc_lib.stories import load_split, referential_variant
+    from acdc_lib.toyworld.splits import load_split
+    from acdc_lib.toyworld.stories import referential_variant
 
     test = load_split("test")
     assert len(test) == 1000
-    m = RuleMemory()
+    m = RuleMemory(VOCAB)
     for story in (*test, *(referential_variant(s) for s in test)):
         assert m.refine(story.sentences).prompts == explicit_captions(story), story.story_id
 
 
+def test_the_vocabulary_is_required():
+    with pytest.raises(TypeError, match="vocabulary"):
+        RuleMemory()
+    with pytest.raises(TypeError, match="RuleMemory needs a vocabulary"):
+        RuleMemory(None)
+    with pytest.raises(TypeError, match="mentioned needs a vocabulary"):
+        MEM.mentioned("Max ran.", None)
+    with pytest.raises(TypeError, match="vocabulary"):
+        MEM.memory_quality(NoMemory(), [], captions=explicit_captions)
+    with pytest.raises(TypeError, match="captions"):
+        MEM.memory_quality(NoMemory(), [], vocabulary=VOCAB)
+    with pytest.raises(ValueError, match="fallback='rules'.*vocabulary"):
+        LLMMemory(LLMClient(base_url="http://127.0.0.1:9"))
+    assert LLMMemory(LLMClient(base_url="http://127.0.0.1:9"), fallback=None).fallback is None
+
+
 def test_refine_rejects_bad_input():
     with pytest.raises(ValueError, match="one string"):
-        RuleMemory().refine("He jumped.")
+        RuleMemory(VOCAB).refine("He jumped.")
     with pytest.raises(ValueError, match="sentence 1"):
         NoMemory().refine(["Max the corgi sat.", "  "])
 
@@ -114,7 +143,7 @@ def test_quality_none_matches_what_the_grammar_says_each_sentence_states(grammar
     for attr in ("name", "species", "place", "time"):
         assert q.shares[attr] == pytest.approx(np.mean([attr in e for e in explicit]), abs=1e-12), attr
     assert q.n_prompts == 6 * len(grammar_stories) and q.stories_exact == 0
-    rules = memory_quality(RuleMemory(), grammar_stories, label="rules")
+    rules = memory_quality(RuleMemory(VOCAB), grammar_stories, label="rules")
     assert rules.shares == {k: 1.0 for k in ("name", "species", "place", "time", "all")}
     assert rules.caption_exact == 1.0 and rules.stories_exact == len(grammar_stories)
 
@@ -122,7 +151,7 @@ def test_quality_none_matches_what_the_grammar_says_each_sentence_states(grammar
 def test_quality_catches_a_wrong_attribute(grammar_stories):
     class SwapTime:
         def refine(self, sentences):
-            out = RuleMemory().refine(sentences)
+            out = RuleMemory(VOCAB).refine(sentences)
             return type(out)(prompts=[p.replace("at night", "during the DAY") if k == 2 else p
                                       for k, p in enumerate(out.prompts)], source="test")
 
@@ -151,7 +180,7 @@ def bag_of_words(texts):
 
 def test_prompt_distances(grammar_stories):
     stories = grammar_stories[:20]
-    rules = [RuleMemory().refine(s.sentences).prompts for s in stories]
+    rules = [RuleMemory(VOCAB).refine(s.sentences).prompts for s in stories]
     raw = [s.sentences for s in stories]
     d_rules = prompt_distances(rules, stories, bag_of_words)
     d_raw = prompt_distances(raw, stories, bag_of_words)
@@ -204,7 +233,7 @@ def story_of(body: dict) -> list[str]:
 def rule_answer(body: dict) -> str:
     # What a good LLM would answer: sentence 1 as is, then the causal rewrite, numbered, in some chatter.
     story = story_of(body)
-    prompts = story[:1] + RuleMemory().refine(story).prompts[1:]
+    prompts = story[:1] + RuleMemory(VOCAB).refine(story).prompts[1:]
     return "Here is the rewritten story:\n\n" + "\n".join(f"{k + 1}. {p}" for k, p in enumerate(prompts)) + "\n\nDone."
 
 
@@ -212,7 +241,7 @@ def llm_memory(srv, tmp_path=None, mode="story", **kw):
     client = LLMClient(base_url=srv.url if hasattr(srv, "url") else srv, timeout=kw.pop("timeout", 2.0),
                        max_retries=kw.pop("max_retries", 2), backoff_s=0.0,
                        cache_path=(tmp_path / "memory.sqlite") if tmp_path is not None else None)
-    return LLMMemory(client, mode=mode, **kw)
+    return LLMMemory(client, mode=mode, **{"vocabulary": VOCAB, **kw})
 
 
 @pytest.mark.network
@@ -271,7 +300,7 @@ def test_refine_many_survives_a_failing_story(fake_server, grammar_stories):
     outs = refine_many(llm_memory(fake_server, max_retries=1), stories)
     assert [o.source for o in outs] == ["llm", "fallback-rules", "llm"]
     assert [o.prompts[1:] for o in outs] == [explicit_captions(s)[1:] for s in stories]
-    assert outs[1].prompts == RuleMemory().refine(stories[1].sentences).prompts
+    assert outs[1].prompts == RuleMemory(VOCAB).refine(stories[1].sentences).prompts
 
     class Broken:
         def refine(self, sentences):

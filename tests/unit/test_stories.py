@@ -1,4 +1,4 @@
-"""Story files (format, validation, atomic writes), the referential extension, and the fixed splits."""
+"""Story files (format, validation, atomic writes), the referential extension, and the toy world's splits."""
 from __future__ import annotations
 
 import json
@@ -7,18 +7,17 @@ import warnings
 
 import pytest
 
-from acdc_lib import stories as S
 from acdc_lib.stories import (
     LongSentenceWarning,
     StoryFileError,
     estimate_clip_tokens,
-    explicit_variant,
     read_stories,
     referential_extension,
-    referential_variant,
     write_stories,
 )
+from acdc_lib.toyworld import splits as S
 from acdc_lib.toyworld.grammar import generate_stories
+from acdc_lib.toyworld.stories import check_toy_state, explicit_variant, read_toy_stories, referential_variant
 from acdc_lib.toyworld.world import SceneState, explicit_caption
 from acdc_lib.types import Story
 
@@ -74,19 +73,25 @@ BAD_FILES = [
     ("meta not an object", _file(_rec(meta=[1])), 2, "'meta' must be a JSON object, got list"),
     ("states not a list", _file(_rec(states="park")), 2, "'states' must be a list or null, got str"),
     ("states length mismatch", _file(_rec(states=[STATE] * 5)), 2, "5 states for 6 sentences"),
-    ("unknown species", _file(_rec(states=[STATE] * 5 + [{**STATE, "species": "dragon"}])), 2,
-     "state 6: unknown species 'dragon'"),
-    ("unknown place", _file(_rec(states=[{**STATE, "place": "moon"}] + [STATE] * 5)), 2, "state 1: unknown place 'moon'"),
-    ("state missing field", _file(_rec(states=[{k: v for k, v in STATE.items() if k != "action"}] * 6)), 2,
-     "missing required field(s) ['action']"),
+    ("state not an object", _file(_rec(states=[STATE] * 5 + [["park"]])), 2, "state 6 must be a JSON object, got list"),
     ("duplicate story_id", _file(RECORD, RECORD, header={**HEADER, "count": 2}), 3, "duplicate story_id 's1' (first on line 2)"),
     ("NaN in a state", _file(_line(_rec()).replace(b'"x": 0.5', b'"x": NaN')), 2, "NaN is not allowed"),
 ]
 
 
+# Files the core format accepts but whose states are not toy scene states: caught by the toy reader.
+BAD_TOY_FILES = [
+    ("unknown species", _file(_rec(states=[STATE] * 5 + [{**STATE, "species": "dragon"}])), 2,
+     "state 6: unknown species 'dragon'"),
+    ("unknown place", _file(_rec(states=[{**STATE, "place": "moon"}] + [STATE] * 5)), 2, "state 1: unknown place 'moon'"),
+    ("state missing field", _file(_rec(states=[{k: v for k, v in STATE.items() if k != "action"}] * 6)), 2,
+     "missing required field(s) ['action']"),
+]
+
+
 def test_there_are_at_least_15_distinct_bad_file_cases():
     assert len(BAD_FILES) >= 15
-    assert len({case[3] for case in BAD_FILES}) == len(BAD_FILES)
+    assert len({case[3] for case in BAD_FILES + BAD_TOY_FILES}) == len(BAD_FILES) + len(BAD_TOY_FILES)
 
 
 @pytest.mark.parametrize("case,data,line,phrase", BAD_FILES, ids=[c[0] for c in BAD_FILES])
@@ -101,6 +106,36 @@ def test_bad_file_fails_with_its_own_clear_message(tmp_path, case, data, line, p
     # The message of this case names no other case's problem.
     others = [c[3] for c in BAD_FILES if c[0] != case and c[3] not in phrase]
     assert not any(o in msg for o in others), msg
+    # The toy reader reports the same problem the same way.
+    with pytest.raises(StoryFileError) as toy_err:
+        read_toy_stories(path)
+    assert str(toy_err.value) == msg
+
+
+@pytest.mark.parametrize("case,data,line,phrase", BAD_TOY_FILES, ids=[c[0] for c in BAD_TOY_FILES])
+def test_bad_toy_state_fails_in_the_toy_reader_only(tmp_path, case, data, line, phrase):
+    path = tmp_path / "stories.jsonl"
+    path.write_bytes(data)
+    with pytest.raises(StoryFileError) as err:
+        read_toy_stories(path)
+    msg = str(err.value)
+    assert phrase in msg and msg.startswith(f"{path}:{line}: "), msg
+    with pytest.raises(StoryFileError, match="state"):
+        read_stories(path, check_state=check_toy_state)
+    # The core format keeps states as opaque JSON objects.
+    (story,) = read_stories(path)
+    assert story.states == json.loads(data.splitlines()[1])["states"]
+
+
+def test_toy_reader_fills_in_state_defaults(tmp_path):
+    short = {k: STATE[k] for k in ("place", "time", "name", "species", "gender", "action")}
+    path = tmp_path / "short.jsonl"
+    path.write_bytes(_file(_rec(states=[short] * 6)))
+    assert read_toy_stories(path)[0].states == [STATE] * 6
+    assert read_stories(path)[0].states == [short] * 6
+    with pytest.raises(ValueError, match="unknown species 'dragon'"):
+        write_stories(tmp_path / "w.jsonl", [Story("w", SIX, [{**STATE, "species": "dragon"}] * 6, "grammar")],
+                      check_state=check_toy_state)
 
 
 def test_valid_file_reads_back_what_was_written(tmp_path):
@@ -108,6 +143,7 @@ def test_valid_file_reads_back_what_was_written(tmp_path):
     path = write_stories(tmp_path / "g.jsonl", stories)
     back = read_stories(path)
     assert back == stories
+    assert read_toy_stories(path) == stories
     header = json.loads(path.read_text(encoding="utf-8").splitlines()[0])
     assert header == {"schema": "acdc-stories", "version": 1, "kind": "grammar", "n_sentences": 6, "count": 20}
     # LLM-style stories without states and other sentence counts also round-trip.
@@ -187,6 +223,14 @@ def test_referential_extension_refuses_bad_input():
         referential_extension(["a", "b"], [{"A"}, {"A"}], {})
     with pytest.raises(ValueError, match="carry"):
         referential_extension(["a"], [{"A"}], {"A": "male"}, carry="last")
+
+
+def test_referential_extension_takes_other_pronouns():
+    xe = {"x": {"subject": "xe", "object": "xem", "possessive": "xyr"}}
+    got = referential_extension(["Ana ran.", "Ana sat.", "Ana's hat fell."], [{"Ana"}] * 3, {"Ana": "x"}, pronouns=xe)
+    assert got == ["Ana ran.", "Xe sat.", "Xyr hat fell."]
+    with pytest.raises(ValueError, match="needs a gender in \\['x'\\]"):
+        referential_extension(["a", "b"], [{"A"}, {"A"}], {"A": "male"}, pronouns=xe)
 
 
 def test_referential_and_explicit_variants_of_grammar_stories():

@@ -10,6 +10,7 @@ import pytest
 from acdc_lib.llm import LLMClient
 from acdc_lib.memory import RuleMemory
 from acdc_lib.stories_llm import generate_llm_stories, load_seed_stories, parse_story
+from acdc_lib.toyworld.vocabulary import toy_vocabulary
 from acdc_lib.toyworld.world import NAMES, PLACES, SPECIES
 from fake_openai import fake_server  # noqa: F401  (fixture)
 
@@ -40,7 +41,7 @@ def client(srv, tmp_path=None, **kw):
 def test_seed_stories_have_the_benchmark_shape():
     seeds = load_seed_stories()
     assert len(seeds) == 10 and len({s.story_id for s in seeds}) == 10
-    rules = RuleMemory()
+    rules = RuleMemory(toy_vocabulary())
     for s in seeds:
         assert len(s.sentences) == 6
         first = rules.read(s.sentences[0])

@@ -183,7 +183,7 @@ def test_arm_frame_nll_is_the_lm_loss_and_swapping_reaches_only_later_frames(tin
     swapped = arm_frame_nll(tiny_arm, stories, swap_earlier_frames=True)
     assert len(plain) == len(stories[0].sentences) and all(np.isfinite(plain))
     # frame 1 is the LM's own loss on the first segment's codes; nothing earlier can be swapped
-    ids = T.arm_sequences(stories, tiny_arm.vq, tiny_arm.tokenizer, tiny_arm.layout)[:, :tiny_arm.layout.segment]
+    ids = M.arm_sequences(stories, tiny_arm.vq, tiny_arm.tokenizer, tiny_arm.layout)[:, :tiny_arm.layout.segment]
     with torch.no_grad():
         ref = float(tiny_arm.lm(input_ids=ids, labels=T.image_token_labels(ids, tiny_arm.layout)).loss)
     assert plain[0] == pytest.approx(ref, rel=1e-5) and swapped[0] == pytest.approx(plain[0], rel=1e-6)
