@@ -12,8 +12,13 @@ its own the same way, without changing this one.
 from __future__ import annotations
 
 import importlib
+import os
 from importlib.metadata import entry_points
 from typing import Any, Callable
+
+import torch
+
+from acdc_lib.memory import LLMMemory, NoMemory, RuleMemory
 
 ENTRY_POINT_GROUP = "acdc_lib.backends"
 KINDS = ("arm", "corrector", "evaluator", "ground_truth", "vocabulary")
@@ -71,4 +76,67 @@ def build(kind: str, name: str, **options: Any) -> Any:
     return table[name][1](**options)
 
 
-__all__ = ["ENTRY_POINT_GROUP", "KINDS", "available", "build"]
+# --------------------------------------------------------------------------------------------
+# What every entry point shares: dtypes and memory modules by name
+# --------------------------------------------------------------------------------------------
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+MEMORIES = ("rules", "llm", "none")
+def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    """A torch dtype from its name ("float32", "float16", "bfloat16") or itself; None is float32."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return DTYPES[dtype]
+    raise ValueError(f"DTYPE {dtype!r} is not supported; allowed: {list(DTYPES)}")
+
+
+def build_memory(memory: str, *, vocabulary: str | None = "toy", llm_model: str = "gpt-4o-mini",
+                 llm_base_url: str | None = None, llm_cache: str | os.PathLike | None = None, llm_mode: str = "story",
+                 seed: int = 0):
+    """The memory module by name: "rules" (a vocabulary by name), "llm" (an OpenAI-compatible chat model;
+    the key comes from OPENAI_API_KEY, a server from `llm_base_url`, recorded answers from `llm_cache`)
+    or "none"."""
+    if memory not in MEMORIES:
+        raise ValueError(f"MEMORY {memory!r} is not available; allowed: {list(MEMORIES)}")
+    if memory == "none":
+        return NoMemory()
+    if memory == "rules":
+        if vocabulary is None:
+            raise ValueError("MEMORY 'rules' needs a vocabulary; available: "
+                             f"{sorted(available('vocabulary'))}")
+        return RuleMemory(build("vocabulary", vocabulary))
+    from acdc_lib.llm import LLMClient
+
+    if not (os.environ.get("OPENAI_API_KEY") or llm_base_url or llm_cache):
+        raise ValueError("MEMORY 'llm' needs OPENAI_API_KEY in the environment, an LLM_BASE_URL (an "
+                         "OpenAI-compatible server) or an LLM_CACHE of recorded answers")
+    # as in the paper's setting, a story whose answer is unusable falls back to the rules (with a vocabulary)
+    fallback = {"vocabulary": build("vocabulary", vocabulary)} if vocabulary else {"fallback": None}
+    return LLMMemory(LLMClient(model=llm_model, base_url=llm_base_url, cache_path=llm_cache), mode=llm_mode, seed=seed,
+                     **fallback)
+
+
+def parse_options(items: list[str] | tuple[str, ...], flag: str = "--arm-option") -> dict[str, Any]:
+    """{key: value} from command-line items "KEY=VALUE" (values read as JSON where they parse, else strings).
+
+    Raises:
+        ValueError naming the item and the flag when it is not KEY=VALUE with KEY a keyword name.
+    """
+    import json
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = str(item).partition("=")
+        if not sep or not key.isidentifier():
+            raise ValueError(f"{flag} {item!r} is not KEY=VALUE with KEY a keyword name (e.g. image_size=256)")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value  # a plain string, e.g. a prompt template
+    return out
+
+
+__all__ = ["ENTRY_POINT_GROUP", "KINDS", "available", "build", "DTYPES", "MEMORIES", "build_memory", "parse_dtype",
+           "parse_options"]

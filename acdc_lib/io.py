@@ -13,10 +13,10 @@ SMOKE_FIGURES_DIR = FIGURES_DIR / "smoke"  # git-ignored: notebooks run with def
 DATA_DIR = REPO_ROOT / "data"
 
 
-def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
-    """Write `text` to `path` so that a reader sees the old file or the whole new one, never a part.
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` to `path` so that a reader sees the old file or the whole new one, never a part.
 
-    The text goes to a temporary file in the same folder, is flushed to disk, then renamed over
+    The bytes go to a temporary file in the same folder, are flushed to disk, then renamed over
     `path` (os.replace is atomic on POSIX within one file system).
     """
     path = Path(path)
@@ -27,8 +27,8 @@ def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
-        with os.fdopen(fd, "w", encoding=encoding) as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -37,6 +37,11 @@ def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8
             os.unlink(tmp)
         raise
     return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
+    """`atomic_write_bytes` of `text` encoded with `encoding`."""
+    return atomic_write_bytes(path, text.encode(encoding))
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Path:

@@ -65,6 +65,11 @@ def frames_to_correct(policy: CorrectPolicy, n_frames: int) -> frozenset[int]:
     return _indices_from_policy(policy, int(n_frames), "frame")
 
 
+def story_seed(base_seed: int, index: int) -> int:
+    """Seed of story `index` under `base_seed`: numpy SeedSequence([base_seed, index]), one 32-bit word."""
+    return int(np.random.SeedSequence([int(base_seed), int(index)]).generate_state(1)[0])
+
+
 def story_generators(seed: int, device: str | torch.device = "cpu") -> tuple[torch.Generator, torch.Generator]:
     """The (ARM, correction) generator pair of one story, derived deterministically from its seed.
 

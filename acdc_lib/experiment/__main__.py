@@ -5,7 +5,7 @@ per-story files into one folder; notebook 03, pointed at that folder (RUN_DIR) w
 then finds every row done and only scores it:
 
     accelerate launch --multi_gpu --num_processes 8 -m acdc_lib.experiment \\
-        --stories data/stories/test.jsonl --first 200 --arm emu3 --arm-id BAAI/Emu3-Gen-hf \\
+        --stories data/stories/test.jsonl --first 200 --arm emu3 --arm-id BAAI/Emu3-Gen-hf --arm-option image_size=256 \\
         --dm sd --dm-id stable-diffusion-v1-5/stable-diffusion-v1-5 --dm-resolution 512 \\
         --no-ground-truth --steps 50 --dtype float16 --out papermill_runs/out/gpu-emu3-sd15-story-runs
 
@@ -18,6 +18,7 @@ import argparse
 from pathlib import Path
 from typing import Sequence
 
+from acdc_lib.components import parse_options
 from acdc_lib.defaults import PAPER_GUIDANCE_SCALE, PAPER_NUM_INFERENCE_STEPS, PAPER_STRENGTH
 from acdc_lib.experiment.parts import DTYPES, MEMORIES, build_parts
 from acdc_lib.experiment.rows import ExperimentConfig, _process_state, run_experiment
@@ -32,6 +33,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rows", nargs="+", default=None, help="rows to run (default: all these parts allow)")
     p.add_argument("--arm", default="toy")
     p.add_argument("--arm-id", default=None)
+    p.add_argument("--arm-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="an option of the ARM (repeatable), e.g. image_size=256 or top_k=1000; values are JSON")
     p.add_argument("--dm", default="toy")
     p.add_argument("--dm-id", default=None)
     p.add_argument("--dm-resolution", type=int, default=None)
@@ -48,6 +51,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default=None, help="default: this process's accelerate device")
     p.add_argument("--dtype", default="float32", choices=list(DTYPES))
     args = p.parse_args(argv)
+    try:
+        args.arm_options = parse_options(args.arm_option)
+    except ValueError as err:
+        p.error(str(err))
     if args.first is not None and args.first < 1:
         p.error(f"--first must be a positive number of stories, got {args.first}")
     return args
@@ -58,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stories = read_stories(args.stories)[: args.first]
     state = _process_state()
     device = args.device or str(state.device)
-    parts = build_parts(arm=args.arm, arm_id=args.arm_id, dm=args.dm, dm_id=args.dm_id,
+    parts = build_parts(arm=args.arm, arm_id=args.arm_id, arm_options=args.arm_options, dm=args.dm, dm_id=args.dm_id,
                         dm_resolution=args.dm_resolution, evaluator=None, ground_truth=None if args.no_ground_truth
                         else "toy", memory=args.memory, device=device, dtype=args.dtype, llm_model=args.llm_model,
                         llm_base_url=args.llm_base_url, llm_cache=args.llm_cache, seed=args.seed)

@@ -11,30 +11,16 @@ Every part comes through `acdc_lib.components`, so the names are whatever the in
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 
 from acdc_lib import components
-from acdc_lib.memory import LLMMemory, NoMemory, RuleMemory
+from acdc_lib.components import DTYPES, MEMORIES, build_memory, parse_dtype
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-MEMORIES = ("rules", "llm", "none")
 # the memory row of the table for each memory (no memory: only the no-memory ACDC row)
 MEMORY_ROWS = {"rules": "acdc_rules", "llm": "acdc_llm", "none": None}
-
-
-def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
-    """A torch dtype from its name ("float32", "float16", "bfloat16") or itself; None is float32."""
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
-        return dtype
-    if isinstance(dtype, str) and dtype in DTYPES:
-        return DTYPES[dtype]
-    raise ValueError(f"DTYPE {dtype!r} is not supported; allowed: {list(DTYPES)}")
 
 
 @dataclass
@@ -72,30 +58,7 @@ def experiment_rows(memory: str, ground_truth: bool) -> tuple[str, ...]:
     return tuple(rows + (["arm_true_ctx"] if ground_truth else []))
 
 
-def build_memory(memory: str, *, vocabulary: str | None = "toy", llm_model: str = "gpt-4o-mini",
-                 llm_base_url: str | None = None, llm_cache: str | os.PathLike | None = None, llm_mode: str = "story",
-                 seed: int = 0):
-    """The memory module by name: "rules" (a vocabulary by name), "llm" (an OpenAI-compatible chat model;
-    the key comes from OPENAI_API_KEY, a server from `llm_base_url`, recorded answers from `llm_cache`)
-    or "none"."""
-    if memory not in MEMORIES:
-        raise ValueError(f"MEMORY {memory!r} is not available; allowed: {list(MEMORIES)}")
-    if memory == "none":
-        return NoMemory()
-    if memory == "rules":
-        if vocabulary is None:
-            raise ValueError("MEMORY 'rules' needs a vocabulary; available: "
-                             f"{sorted(components.available('vocabulary'))}")
-        return RuleMemory(components.build("vocabulary", vocabulary))
-    from acdc_lib.llm import LLMClient
-
-    if not (os.environ.get("OPENAI_API_KEY") or llm_base_url or llm_cache):
-        raise ValueError("MEMORY 'llm' needs OPENAI_API_KEY in the environment, an LLM_BASE_URL (an "
-                         "OpenAI-compatible server) or an LLM_CACHE of recorded answers")
-    return LLMMemory(LLMClient(model=llm_model, base_url=llm_base_url, cache_path=llm_cache), mode=llm_mode, seed=seed)
-
-
-def build_parts(*, arm: str = "toy", arm_id: str | None = None, dm: str = "toy", dm_id: str | None = None,
+def build_parts(*, arm: str = "toy", arm_id: str | None = None, arm_options: dict | None = None, dm: str = "toy", dm_id: str | None = None,
                 dm_resolution: int | None = None, evaluator: str | None = "toy", evaluator_id: str | None = None,
                 evaluator_options: dict | None = None,
                 ground_truth: str | None = "toy", memory: str = "rules", vocabulary: str | None = "toy",
@@ -104,7 +67,8 @@ def build_parts(*, arm: str = "toy", arm_id: str | None = None, dm: str = "toy",
 
     Args:
         arm, arm_id: ARM name (`components.available("arm")`) and its model id or folder (None: the
-            backend's default, e.g. the shipped toy checkpoints).
+            backend's default, e.g. the shipped toy checkpoints); arm_options: more keyword options of
+            its builder (sampling settings, Emu3's `image_size`).
         dm, dm_id, dm_resolution: the corrector (and DM-only row's text-to-image model), its id or folder,
             and the side it runs at (e.g. 512 for SD v1.5; None: the input's size).
         evaluator, evaluator_id: the scoring models and their id (the real evaluator's CLIP); None: none
@@ -120,7 +84,7 @@ def build_parts(*, arm: str = "toy", arm_id: str | None = None, dm: str = "toy",
     kw = dict(device=device, dtype=torch_dtype)
     built_memory = build_memory(memory, vocabulary=vocabulary, **llm) if memory != "none" else None
     parts = Parts(
-        arm=components.build("arm", arm, model_id=arm_id, **kw),
+        arm=components.build("arm", arm, model_id=arm_id, **kw, **(arm_options or {})),
         corrector=components.build("corrector", dm, model_id=dm_id, **kw,
                                    **({"resolution": dm_resolution} if dm_resolution else {})),
         evaluator=(components.build("evaluator", evaluator, model_id=evaluator_id, device=device,
@@ -128,7 +92,7 @@ def build_parts(*, arm: str = "toy", arm_id: str | None = None, dm: str = "toy",
                    if evaluator is not None else None),
         ground_truth=components.build("ground_truth", ground_truth) if ground_truth is not None else None,
         memory=built_memory, rows=experiment_rows(memory, ground_truth is not None),
-        names={"arm": arm, "arm_id": arm_id, "dm": dm, "dm_id": dm_id, "dm_resolution": dm_resolution,
+        names={"arm": arm, "arm_id": arm_id, "arm_options": arm_options, "dm": dm, "dm_id": dm_id, "dm_resolution": dm_resolution,
                "evaluator": evaluator, "evaluator_id": evaluator_id, "ground_truth": ground_truth,
                "memory": memory, "device": str(device), "dtype": str(torch_dtype).removeprefix("torch.")})
     return parts

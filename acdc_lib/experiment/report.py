@@ -61,7 +61,7 @@ def compare_with_paper(ours: ResultsTable, paper: Mapping | None = None) -> list
     ACDC value instead (7.34% = 4.14 / 56.36), so ours are recomputed from its numbers.
 
     Args:
-        ours: `summarise`'s table; comparisons whose rows it lacks are left out.
+        ours: `summarise`'s table; comparisons whose rows, and metrics it did not measure, are left out.
         paper: {"Table 1": PAPER_TABLE1, "Table 2": PAPER_TABLE2} by default.
     Returns:
         one dict per (comparison, metric, paper source): paper_*, ours_* and same_direction.
@@ -72,6 +72,8 @@ def compare_with_paper(ours: ResultsTable, paper: Mapping | None = None) -> list
         if r_old not in ours.rows or r_new not in ours.rows:
             continue
         for metric, (col1, col2, sign) in METRIC_MAP.items():
+            if metric not in ours.rows[r_old] or metric not in ours.rows[r_new]:
+                continue  # not measured here (e.g. FID without a reference set)
             o = _change(ours.rows[r_old][metric].value, ours.rows[r_new][metric].value, sign)
             if metric in ours.per_story.get(r_old, {}) and metric in ours.per_story.get(r_new, {}):
                 d = paired_difference(ours, r_old, r_new, metric)

@@ -18,9 +18,8 @@ and .json (seed, prompts, memory source); a rerun skips what is there, so a kill
 """
 from __future__ import annotations
 
+import io
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -30,8 +29,8 @@ import torch
 from tqdm.auto import tqdm
 
 from acdc_lib.defaults import PAPER_GUIDANCE_SCALE, PAPER_NUM_INFERENCE_STEPS, PAPER_STRENGTH
-from acdc_lib.io import atomic_write_json
-from acdc_lib.loop import run_stories, story_generators
+from acdc_lib.io import atomic_write_bytes, atomic_write_json
+from acdc_lib.loop import run_stories, story_generators, story_seed
 from acdc_lib.types import LoopConfig, Story, TextToImage
 
 # --------------------------------------------------------------------------------------------
@@ -99,11 +98,6 @@ class ExperimentConfig:
         self.rows = tuple(self.rows)
 
 
-def story_seed(base_seed: int, index: int) -> int:
-    """Seed of story `index` under `base_seed`: numpy SeedSequence([base_seed, index]), one 32-bit word."""
-    return int(np.random.SeedSequence([int(base_seed), int(index)]).generate_state(1)[0])
-
-
 # --------------------------------------------------------------------------------------------
 # Per-story files (atomic) and resume
 # --------------------------------------------------------------------------------------------
@@ -112,15 +106,9 @@ def _to_uint8(frames: torch.Tensor) -> np.ndarray:
 
 
 def _atomic_npz(path: Path, **arrays: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _done(row_dir: Path, story: Story, seed: int) -> bool:

@@ -118,6 +118,8 @@ def summarise(out_dir: str | Path, stories: Sequence[Story], evaluator: Evaluato
         truth = {c: torch.stack([torch.as_tensor(ground_truth.true_attributes(s)[c]) for s in stories]).long()
                  for c in evaluator.attributes}                                  # {column: (S, N)}
         real_feats = M.embed_frames(ref, evaluator.fid_features)                # (S, N, F)
+    if not evaluator.attributes:
+        skipped["attribute_accuracy"] = f"the {evaluator.name} evaluator reads no attributes"
     if validity is None:
         skipped["physical_validity"] = f"the {evaluator.name} evaluator reads no physical validity"
     row_names = (["reference"] if include_reference and ref is not None else []) + list(config.rows)

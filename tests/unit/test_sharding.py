@@ -10,6 +10,7 @@ import pytest
 from acdc_lib import experiment as E
 
 DRIVER = Path(__file__).resolve().parent / "shard_driver.py"
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -39,3 +40,20 @@ def test_two_accelerate_processes_write_the_files_of_one(tmp_path):
 
 def test_process_share_in_one_process_is_everything():
     assert E.process_share(["a", "b", "c"]) == ["a", "b", "c"]
+
+
+def test_the_command_line_runner_writes_the_rows_notebook03_resumes(tmp_path, capsys):
+    from acdc_lib.experiment.__main__ import main
+
+    stories = str(REPO / "data" / "stories" / "test.jsonl")
+    args = ["--stories", stories, "--first", "2", "--rows", "arm", "acdc_nomem", "--steps", "4",
+            "--out", str(tmp_path / "run")]
+    assert main(args) == 0
+    assert "computed arm 2, acdc_nomem 2 stories" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "run" / "arm").iterdir()) == [
+        "g1-000000.json", "g1-000000.npz", "g1-000001.json", "g1-000001.npz"]
+    assert main(args) == 0 and "computed arm 0, acdc_nomem 0 stories" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(args + ["--arm-option", "top_k"])
+    with pytest.raises(SystemExit):
+        main(args + ["--first", "0"])
