@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from acdc_lib.defaults import PAPER_GUIDANCE_SCALE
 from acdc_lib.io import atomic_write_json
 from acdc_lib.toyworld import models as M
 from acdc_lib.toyworld.world import SceneState, explicit_caption
@@ -142,7 +143,7 @@ def vq_gate(vq, evaluator: M.ToyEvaluator, images: torch.Tensor, states) -> tupl
 # --------------------------------------------------------------------------------------------
 # DM
 # --------------------------------------------------------------------------------------------
-def dm_gate(corrector, evaluator: M.ToyEvaluator, states, *, seed: int = 0, guidance_scale: float = 7.5,
+def dm_gate(corrector, evaluator: M.ToyEvaluator, states, *, seed: int = 0, guidance_scale: float = PAPER_GUIDANCE_SCALE,
             num_inference_steps: int = 25, batch_size: int = 64) -> tuple[Gate, dict]:
     """Sample one frame per state from its explicit caption (DDIM + CFG) and check species and place by the probe.
 
