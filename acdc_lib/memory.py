@@ -302,7 +302,12 @@ FRAME_USER_TEMPLATE = '''Earlier prompts:
 Next sentence: {sentence}
 Rewritten sentence:'''
 
-_MARKER_RE = re.compile(r"^\s*(?:\*\*)?(\(?(\d{1,3})\s*[.):\]]|[-*•–])(?:\*\*)?(?:\s+(.*))?$", re.I)
+# A list marker: "1." "1)" "(1)" "-" ..., or a labelled number as models often write it ("Sentence 2:",
+# "**Prompt 2:**", "Frame 2 -"); a label needs a colon or a dash, so a line that merely reads
+# "Sentence 1." stays text.
+_LABEL = r"(?:sentence|prompt|frame|line|scene|panel|image)\s*"
+_MARKER_RE = re.compile(r"^\s*(?:\*\*)?(\(?(\d{1,3})\s*[.):\]]|" + _LABEL + r"(\d{1,3})\s*(?::|\s[-–])"
+                        r"|[-*•–])(?:\*\*)?(?:\s+(.*))?$", re.I)
 _HEADER_RE = re.compile(r"^\s*(\(.*\)|[^.!?]*:)\s*$")
 
 
@@ -316,16 +321,21 @@ def _clean_line(s: str) -> str:
 
 
 def parse_numbered_lines(text: str) -> list[str]:
-    """The sentences of an LLM answer: numbered ("1." "1)" "(1)"), bulleted ("-") or plain lines.
+    """The sentences of an LLM answer: numbered ("1." "1)" "(1)", "Sentence 1:"), bulleted ("-") or plain lines.
 
     Prose before or after the list, blank lines, code fences and headers such as "(Rewritten)" are
     dropped; a numbered item wrapped over several lines is joined; an empty numbered item is kept
     as "" (for the validator to reject). When the numbering restarts at 1
     (the model echoed the story before its rewrite) the last run is taken.
     """
+    return [item for _, item in _numbered_items(text)]
+
+
+def _numbered_items(text: str) -> list[tuple[int | None, str]]:
+    """`parse_numbered_lines` with each item's number (None for bullets and plain lines)."""
     lines = [ln for ln in text.replace("\r\n", "\n").split("\n") if not ln.strip().startswith("```")]
-    runs: list[list[str]] = []
-    items: list[str] | None = None
+    runs: list[list[list]] = []
+    items: list[list] | None = None  # [number, text] per item of the open run
     current: int | None = None  # index of the open item in items
     plain: list[str] = []
     for ln in lines:
@@ -334,21 +344,22 @@ def parse_numbered_lines(text: str) -> list[str]:
             continue
         m = _MARKER_RE.match(ln)
         if m:
-            number = int(m.group(2)) if m.group(2) else None
+            digits = m.group(2) or m.group(3)
+            number = int(digits) if digits else None
             if items is None or (number == 1 and items):
                 items = []
                 runs.append(items)
-            items.append(m.group(3) or "")
+            items.append([number, m.group(4) or ""])
             current = len(items) - 1
-        elif current is not None and items is not None and not re.search(r"[.!?][\"'”]?\s*$", items[current]):
-            items[current] += " " + ln.strip()  # an item wrapped over two lines
+        elif current is not None and items is not None and not re.search(r"[.!?][\"'”]?\s*$", items[current][1]):
+            items[current][1] += " " + ln.strip()  # an item wrapped over two lines
         else:
             current = None
             if not _HEADER_RE.match(ln):
                 plain.append(ln)
     if runs:  # numbered items are kept even when empty, so a validator can reject "3." alone
-        return [_clean_line(s) for s in runs[-1]]
-    return [_clean_line(s) for s in plain if _clean_line(s)]
+        return [(n, _clean_line(t)) for n, t in runs[-1]]
+    return [(None, _clean_line(t)) for t in plain if _clean_line(t)]
 
 
 def _norm(s: str) -> str:
@@ -359,9 +370,15 @@ def validate_story_answer(text: str, sentences: Sequence[str]) -> list[str]:
     """Parse and check an LLM answer for a story; returns the prompts or raises InvalidAnswer.
 
     Checks: as many sentences as the story, none empty, sentence 1 unchanged (up to spaces, case
-    and final punctuation); the returned list starts with the original sentence 1 verbatim.
+    and final punctuation); the returned list starts with the original sentence 1 verbatim. An answer
+    numbered 2..N (only the rewritten sentences, as a modified story is often written, sentence 1
+    being kept as is) is complete and accepted; N - 1 unnumbered lines are not, since which sentence
+    is missing is then a guess.
     """
-    got = parse_numbered_lines(text)
+    items = _numbered_items(text)
+    got = [t for _, t in items]
+    if len(got) == len(sentences) - 1 and [n for n, _ in items] == list(range(2, len(sentences) + 1)):
+        got = [sentences[0]] + got
     if len(got) != len(sentences):
         raise InvalidAnswer(f"expected {len(sentences)} sentences, got {len(got)}")
     if any(not g.strip() for g in got):

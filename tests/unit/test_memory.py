@@ -224,6 +224,20 @@ def test_validate_story_answer():
         validate_story_answer("1. Max the corgi sat in the park.\n2. Max ran.", story)
 
 
+def test_labelled_lines_and_answers_without_sentence_1_are_read_when_unambiguous():
+    story = ["Max the corgi sat in the park.", "He ran.", "He jumped."]
+    want = [story[0], "Max the corgi ran in the park.", "Max the corgi jumped in the park."]
+    labelled = "Sentence 1: Max the corgi sat in the park.\nSentence 2: " + want[1] + "\nSentence 3: " + want[2]
+    assert validate_story_answer(labelled, story) == want
+    assert validate_story_answer(labelled.replace("Sentence", "**Prompt").replace(":", ":**"), story) == want
+    assert validate_story_answer(f"2. {want[1]}\n3. {want[2]}", story) == want              # only 2..N
+    assert validate_story_answer(f"Sentence 2: {want[1]}\nSentence 3: {want[2]}", story) == want
+    for ambiguous in (f"{want[1]}\n{want[2]}",                                             # which one is missing?
+                      f"1. {story[0]}\n3. {want[2]}", f"3. {want[2]}\n2. {want[1]}"):
+        with pytest.raises(InvalidAnswer, match="expected 3 sentences, got 2"):
+            validate_story_answer(ambiguous, story)
+
+
 def story_of(body: dict) -> list[str]:
     """The numbered story inside the user message of a story request."""
     user = body["messages"][-1]["content"]
@@ -271,6 +285,25 @@ def test_llm_memory_retries_then_uses_the_answer(fake_server, script):
     out = llm_memory(fake_server, timeout=0.3).refine(LUNA)
     assert out.source == "llm" and out.fallback_reason is None and out.requests == 2
     assert out.prompts[1:] == LUNA_REFINED[1:] and fake_server.count == 2
+
+
+def _answer_formats(prompts: list[str]) -> dict[str, str]:
+    """Ten ways a chat model writes the rewritten story (all of them complete and unambiguous)."""
+    n = lambda fmt: "\n".join(fmt.format(k=k + 1, p=p) for k, p in enumerate(prompts))
+    return {"plain": "\n".join(prompts), "dot": n("{k}. {p}"), "paren": n("{k}) {p}"),
+            "fence": "```\n" + n("{k}. {p}") + "\n```", "preamble": "Sure! Here you go:\n\n" + n("{k}. {p}"),
+            "blank lines": n("{k}. {p}\n"), "quotes": n('{k}. "{p}"'), "header": "(Rewritten)\n" + n("{k}. {p}"),
+            "labelled": n("Sentence {k}: {p}"), "only 2..N": n("{k}. {p}").split("\n", 1)[1]}
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("fmt", ["plain", "dot", "paren", "fence", "preamble", "blank lines", "quotes", "header",
+                                 "labelled", "only 2..N"])
+def test_llm_memory_reads_ten_answer_formats(fake_server, fmt):
+    refined = LUNA[:1] + LUNA_REFINED[1:]
+    fake_server.responder = lambda body: _answer_formats(refined)[fmt]
+    out = llm_memory(fake_server, max_retries=0).refine(LUNA)
+    assert out.source == "llm" and out.prompts == refined and fake_server.count == 1
 
 
 @pytest.mark.network
