@@ -27,13 +27,7 @@ FAST = LoopConfig(num_inference_steps=2, strength=0.5)  # one SDEdit step per co
 KINDS = ("emu3", "janus")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models on 2 shared cores: thread hand-offs cost more than the maths.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

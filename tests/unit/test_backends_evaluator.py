@@ -36,13 +36,7 @@ BATCH_ATOL = 1e-5
 TEXTS = ["a red fox in a meadow", "a beagle on the beach", "an owl at night"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These models are tiny: on 2 shared cores thread hand-offs cost more than the maths.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class TinyFeatureCNN(nn.Module):

@@ -30,14 +30,8 @@ STEPS = 4
 TOY_SIDE = 32  # the toy world's frames are 32 x 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models on 2 shared cores: thread hand-offs cost more than the maths. Subprocesses get the same
-    # single thread (ONE_THREAD), so in-process and subprocess runs compute alike.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Subprocesses get the same single thread (ONE_THREAD), so in-process and subprocess runs compute alike.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}

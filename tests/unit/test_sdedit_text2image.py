@@ -14,23 +14,9 @@ from acdc_lib.sdedit import PipelineCorrector, count_unet_calls
 from acdc_lib.types import Corrector, TextToImage
 
 import tiny_diffusers as td  # tests/unit is on sys.path under pytest's default import mode
+from test_sdedit import BATCH_ATOL, PROMPTS, gens  # the img2img tests' prompts, tolerance and generators
 
-PROMPTS = ["a red fox in a meadow", "a beagle on the beach", "an owl at night"]
-# A row alone vs inside a batch: CPU BLAS may pick other kernels for other batch sizes (last float32 bits).
-BATCH_ATOL = 1e-5
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These models are tiny: on 2 shared cores thread hand-offs cost more than the maths.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def gens(*seeds: int) -> list[torch.Generator]:
-    return [torch.Generator().manual_seed(s) for s in seeds]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
