@@ -370,17 +370,27 @@ class ToyARM:
         layout: the ARMLayout.
         temperature: softmax temperature (> 0).
         top_k: keep the k most likely codes (None or 0: all).
+        context_frames: K, the frames the ARM sees (the new one included): frame i conditions on
+            sentences i-K+1..i and frames i-K+1..i-1, as long-sequence ARMs window their context, so
+            stories longer than its training length run at a cost flat in their length. None: the
+            whole story so far (it then fits the positions of the stories it was trained on).
         device: where the models run.
     """
 
     def __init__(self, lm, vq, tokenizer, layout: ARMLayout, *, temperature: float = 1.0, top_k: int | None = None,
-                 device: str | torch.device = "cpu"):
+                 context_frames: int | None = None, device: str | torch.device = "cpu"):
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature!r}")
         if top_k is not None and (not isinstance(top_k, int) or top_k < 0 or top_k > layout.codebook_size):
             raise ValueError(f"top_k must be None or an int in [0, {layout.codebook_size}], got {top_k!r}")
         if lm.config.vocab_size != layout.vocab_size:
             raise ValueError(f"the LM has {lm.config.vocab_size} ids but the layout needs {layout.vocab_size}")
+        max_frames = lm.config.max_position_embeddings // layout.segment
+        if context_frames is not None and (isinstance(context_frames, bool) or not isinstance(context_frames, int)
+                                           or not 1 <= context_frames <= max_frames):
+            raise ValueError(f"context_frames must be None or an int in [1, {max_frames}] (the frames the LM's "
+                             f"positions hold), got {context_frames!r}")
+        self.context_frames = context_frames
         self.device = torch.device(device)
         self.lm = lm.to(self.device).eval()
         self.vq = vq.to(self.device).eval()
@@ -466,10 +476,15 @@ class ToyARM:
         """
         if len(generators) != len(texts):
             raise ValueError(f"need one generator per story: {len(texts)} stories, {len(generators)} generators")
+        if self.context_frames is not None and prev_tokens.ndim == 3 and prev_tokens.shape[1] >= self.context_frames:
+            keep = self.context_frames - 1  # earlier frames in the window
+            texts = [list(t)[len(t) - keep - 1:] if not isinstance(t, str) else t for t in texts]
+            prev_tokens = prev_tokens[:, prev_tokens.shape[1] - keep:]
         ids = self.context_ids(texts, prev_tokens).to(self.device)
         if ids.shape[1] + self.tokens_per_frame > self.lm.config.max_position_embeddings:
             raise ValueError(f"a context of {prev_tokens.shape[1] + 1} frames exceeds the ARM's "
-                             f"{self.lm.config.max_position_embeddings} positions")
+                             f"{self.lm.config.max_position_embeddings} positions; pass context_frames=K to "
+                             f"window it")
         lo, hi = self.layout.code_offset, self.layout.vocab_size
         out = torch.empty(len(texts), self.tokens_per_frame, dtype=torch.long, device=self.device)
         past, step_in = None, ids

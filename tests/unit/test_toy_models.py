@@ -102,6 +102,25 @@ def test_arm_sampling_shapes_and_batch_independence(tiny_arm):
     assert tiny_arm.encode(img).shape == (3, 64)
 
 
+def test_a_context_window_runs_stories_longer_than_the_positions(tok, tiny_arm):
+    K = 3
+    windowed = M.ToyARM(tiny_arm.lm, tiny_arm.vq, tok, tiny_arm.layout, context_frames=K)
+    sentences = ["Luna the owl stood on the beach at night.", "She jumped.", "Then she sat.", "She ran."] * 2
+    prev = torch.randint(0, 32, (1, 7, 64), generator=torch.Generator().manual_seed(2))
+    gens = lambda: [torch.Generator().manual_seed(5)]  # noqa: E731
+    # within the window it is the full-context ARM; beyond it, the last K - 1 frames and K sentences
+    assert torch.equal(windowed.generate([sentences[:2]], prev[:, :1], gens()),
+                       tiny_arm.generate([sentences[:2]], prev[:, :1], gens()))
+    assert torch.equal(windowed.generate([sentences], prev, gens()),
+                       tiny_arm.generate([sentences[-K:]], prev[:, -(K - 1):], gens()))
+    max_frames = tiny_arm.lm.config.max_position_embeddings // tiny_arm.layout.segment
+    with pytest.raises(ValueError, match="exceeds the ARM's .* positions; pass context_frames"):
+        tiny_arm.generate([sentences], prev, gens())
+    for bad in (0, max_frames + 1, True, 2.0):
+        with pytest.raises(ValueError, match=rf"context_frames must be None or an int in \[1, {max_frames}\]"):
+            M.ToyARM(tiny_arm.lm, tiny_arm.vq, tok, tiny_arm.layout, context_frames=bad)
+
+
 def test_arm_and_dm_run_through_the_loop(tok, tiny_arm, tiny_vq, tmp_path):
     from acdc_lib.loop import run_stories
     from acdc_lib.sdedit import UNetCorrector
