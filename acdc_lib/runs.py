@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 
 from .io import REPO_ROOT, atomic_write_json, atomic_write_text
+from .params import NOTEBOOK_PARAMS, check_params, notebook_defaults, notebook_parameters
 
 OUT_ROOT = REPO_ROOT / "papermill_runs" / "out"
 ALLOWED_SET_KEYS = {"name", "description", "defaults", "notebooks"}
@@ -61,7 +62,11 @@ def params_hash(params: dict[str, Any]) -> str:
 
 
 def load_run_set(path: str | Path) -> RunSet:
-    """Read and validate a parameter set; errors name the file and the bad key or value."""
+    """Read and validate a parameter set; errors name the file and the bad key, parameter or value.
+
+    A notebook present on disk is checked with `check_run_parameters`: every parameter must be one its
+    parameters cell defines, and its value one the notebook accepts.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"parameter set {path} not found (sets: {sorted(p.name for p in (REPO_ROOT / 'papermill_runs').glob('*.yaml'))})")
@@ -83,8 +88,40 @@ def load_run_set(path: str | Path) -> RunSet:
             raise ValueError(f"{path}: notebooks[{k}] has unknown keys {sorted(unknown)}; allowed: {sorted(ALLOWED_ENTRY_KEYS)}")
         params = {**defaults, **(entry.get("parameters") or {})}
         nb = Path(entry["notebook"])
-        runs.append(NotebookRun(nb if nb.is_absolute() else REPO_ROOT / nb, params, entry.get("timeout_s")))
+        run = NotebookRun(nb if nb.is_absolute() else REPO_ROOT / nb, params, entry.get("timeout_s"))
+        if run.notebook.is_file():  # a notebook a later issue adds cannot be checked yet (execute skips it)
+            check_run_parameters(path, run)
+        runs.append(run)
     return RunSet(name=data.get("name", path.stem), runs=runs, description=data.get("description", ""), defaults=defaults)
+
+
+def check_run_parameters(set_path: str | Path, run: NotebookRun) -> None:
+    """Refuse parameters that the notebook's parameters cell does not define, or values its spec refuses.
+
+    Papermill would inject an unknown name silently and the notebook would run as if it were absent, so
+    it is refused here; the values are checked as the notebook itself checks them (`acdc_lib.params`),
+    over its defaults, so a bad value fails before a batch spends hours on the notebooks before it.
+
+    Args:
+        set_path: the parameter set's file (for messages).
+        run: one notebook of the set, its file present.
+
+    Raises:
+        ValueError naming the set, the notebook, the unknown names and the names it defines; or the
+        set, the notebook and each refused value with what is allowed.
+    """
+    defined = notebook_parameters(run.notebook)
+    unknown = sorted(set(run.parameters) - set(defined))
+    if unknown:
+        raise ValueError(f"{set_path}: {_shown(run.notebook)} has no parameters {unknown}; "
+                         f"its parameters cell defines: {sorted(defined)}")
+    spec = NOTEBOOK_PARAMS.get(run.stem)
+    if spec is None:
+        return
+    try:
+        check_params({**notebook_defaults(run.notebook), **run.parameters}, spec)
+    except ValueError as e:
+        raise ValueError(f"{set_path}: {_shown(run.notebook)}: {e}") from None
 
 
 def _shown(p: Path) -> str:

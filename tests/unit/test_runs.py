@@ -83,18 +83,3 @@ def test_strip_keeps_numbered_outputs_only_on_check_cells():
     assert plain.outputs == [] and plain.execution_count is None
     # nbval compares check cells: they keep their text output and an execution count.
     assert [o["output_type"] for o in check.outputs] == ["stream"] and check.execution_count == 1
-
-
-@pytest.mark.parametrize("set_path", sorted((runs.REPO_ROOT / "papermill_runs").glob("*.yaml")), ids=lambda p: p.stem)
-def test_shipped_sets_name_real_parameters(set_path):
-    # A parameter that a notebook does not define would be injected silently and change nothing.
-    import re
-
-    rs = runs.load_run_set(set_path)
-    for run in rs.runs:
-        if not run.notebook.is_file():
-            continue
-        nb = nbformat.read(run.notebook, as_version=4)
-        cell = next(c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", []))
-        defined = set(re.findall(r"^([A-Z_][A-Z0-9_]*)\s*=", cell.source, re.M))
-        assert set(run.parameters) <= defined, f"{run.stem}: {sorted(set(run.parameters) - defined)} not parameters"
