@@ -53,7 +53,7 @@ from tqdm.auto import tqdm
 from acdc_lib import envcheck
 from acdc_lib.components import DTYPES, MEMORIES, available, build, build_memory, parse_options
 from acdc_lib.defaults import PAPER_GUIDANCE_SCALE, PAPER_NUM_INFERENCE_STEPS, PAPER_STRENGTH
-from acdc_lib.io import atomic_write_bytes, atomic_write_json
+from acdc_lib.io import atomic_write_bytes, atomic_write_json, leftover_target
 from acdc_lib.llm import LLMError
 from acdc_lib.loop import run_stories, story_seed
 from acdc_lib.sdedit import steps_for_strength
@@ -72,8 +72,6 @@ SHEET_PAD, SHEET_TITLE_H, SHEET_LABEL_W = 6, 22, 96  # contact-sheet gaps, title
 VERSION_PACKAGES = ("acdc_lib", "torch", "numpy", "pillow", "diffusers", "transformers", "openai")
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _FRAME_FILE = re.compile(r"frame_\d+_(arm|corrected)\.png")
-# What an atomic write killed mid-way leaves behind (its temporary file), for the files this module writes.
-_TEMP_FILE = re.compile(r"\.(frame_\d+_(arm|corrected)\.png|contact_sheet\.png|story\.json)\..+\.tmp")
 
 
 class GenerateError(ValueError):
@@ -422,7 +420,9 @@ def write_story(story_dir: Path, story: Story, index: int, result: StoryResult, 
     files.append(SHEET_FILE)
     for old in story_dir.iterdir():
         # Frames of an earlier (longer, or more corrected) run of this id, and temporary files of a killed one.
-        if (_FRAME_FILE.fullmatch(old.name) and old.name not in files) or _TEMP_FILE.fullmatch(old.name):
+        target = leftover_target(old.name)  # what an atomic write killed mid-way left behind
+        if (_FRAME_FILE.fullmatch(old.name) and old.name not in files) or (
+                target is not None and (_FRAME_FILE.fullmatch(target) or target in (SHEET_FILE, STORY_FILE))):
             old.unlink()
     mem = result.memory
     record = {

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 FIGURES_DIR = REPO_ROOT / "figures"
 SMOKE_FIGURES_DIR = FIGURES_DIR / "smoke"  # git-ignored: notebooks run with defaults write here
 DATA_DIR = REPO_ROOT / "data"
+# The temporary file of `atomic_write_bytes(path)`: "." + path's name + "." + mkstemp's random part + ".tmp".
+_LEFTOVER = re.compile(r"\.(.+)\.[A-Za-z0-9_]+\.tmp")
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -47,6 +50,38 @@ def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Path:
     """`atomic_write_text` of `json.dumps(obj)`; keys keep their order, NaN is refused."""
     return atomic_write_text(path, json.dumps(obj, indent=indent, allow_nan=False, default=_jsonable) + "\n")
+
+
+def leftover_target(name: str) -> str | None:
+    """The file name whose `atomic_write_bytes` left the temporary file `name` behind, else None.
+
+    A write killed before its rename leaves ".<target>.<random>.tmp" beside <target>; that file was
+    never <target> (the rename is what publishes it), so it holds no result and can be removed.
+
+    Args:
+        name: a file name (no folder), e.g. ".s1.npz.k2j4_x9q.tmp" (target "s1.npz").
+    """
+    m = _LEFTOVER.fullmatch(name)
+    return m.group(1) if m else None
+
+
+def move_aside(path: str | os.PathLike, suffix: str = ".damaged") -> Path:
+    """Rename `path` to `<path><suffix>` (or `<path><suffix>.2`, `.3`, ... if taken) and return the new path.
+
+    For a file that must make way for a rewrite but may still be worth a look: nothing is deleted,
+    and an earlier file set aside under the same name is not overwritten.
+
+    Args:
+        path: an existing file.
+        suffix: appended to its name.
+    """
+    path = Path(path)
+    dest, k = path.with_name(path.name + suffix), 1
+    while dest.exists():
+        k += 1
+        dest = path.with_name(f"{path.name}{suffix}.{k}")
+    os.replace(path, dest)
+    return dest
 
 
 def _jsonable(x: Any) -> Any:

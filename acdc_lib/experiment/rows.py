@@ -13,13 +13,18 @@ Five rows over the same stories and per-story seeds (so the ARM rows share their
                  per-frame gap to `arm` is the error it inherited from its earlier frames
 
 `run_experiment` writes every finished story at once to <out_dir>/<row>/<story_id>.npz (uint8 frames)
-and .json (seed, prompts, memory source); a rerun skips what is there, so a killed run resumes. With
-`distributed=True` each accelerate process runs its share of the stories into the same folder.
+and .json (seed, prompts, memory source; written last, it marks the story done); a rerun skips what
+is there, so a killed run resumes, and sets aside (<name>.damaged) and recomputes any story whose
+files are damaged or partial (`check_story_files` says what is wrong, a `DamagedRunFileWarning` what
+was done). With `distributed=True` each accelerate process runs its share of the stories into the
+same folder.
 """
 from __future__ import annotations
 
 import io
 import json
+import warnings
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -29,7 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from acdc_lib.defaults import PAPER_GUIDANCE_SCALE, PAPER_NUM_INFERENCE_STEPS, PAPER_STRENGTH
-from acdc_lib.io import atomic_write_bytes, atomic_write_json
+from acdc_lib.io import atomic_write_bytes, atomic_write_json, leftover_target, move_aside
 from acdc_lib.loop import run_stories, story_generators, story_seed
 from acdc_lib.types import LoopConfig, Story, TextToImage
 
@@ -111,39 +116,206 @@ def _atomic_npz(path: Path, **arrays: np.ndarray) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def _done(row_dir: Path, story: Story, seed: int) -> bool:
-    """Whether the story's files exist (the .json is written last); refuses files of another run."""
-    rec_path = row_dir / f"{story.story_id}.json"
-    if not rec_path.exists() or not (row_dir / f"{story.story_id}.npz").exists():
-        return False
-    rec = json.loads(rec_path.read_text(encoding="utf-8"))
-    if rec["seed"] != seed or rec["sentences"] != list(story.sentences):
-        raise ValueError(f"{rec_path} was written for seed {rec['seed']} and sentences {rec['sentences'][:1]}..., "
-                         f"but story {story.story_id!r} here has seed {seed} and {story.sentences[:1]}...; "
-                         f"use a fresh out_dir or the same story list in the same order")
-    return True
+class DamagedRunFileWarning(UserWarning):
+    """A run folder held a damaged or partial file (a killed run, a full disk, an edit); it was set aside or removed."""
+
+
+_RECORD_FIELDS = "story_id, row, seed, sentences, prompts, memory_source"
+
+
+def _read_record(path: Path) -> dict | str:
+    """The story record in `path`, or why it is not one (a reason that names no path)."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        return f"unreadable ({type(e).__name__}: {e})"
+    if not text.strip():
+        return "empty"
+    try:
+        rec = json.loads(text)
+    except json.JSONDecodeError as e:
+        return f"not valid JSON, e.g. cut short ({e})"
+    if not isinstance(rec, dict):
+        return f"a JSON {type(rec).__name__}, not a story record (an object with {_RECORD_FIELDS})"
+    bad = [k for k, ok in (("seed", isinstance(rec.get("seed"), int) and not isinstance(rec.get("seed"), bool)),
+                           ("sentences", isinstance(rec.get("sentences"), list)
+                            and all(isinstance(t, str) for t in rec["sentences"]))) if not ok]
+    if bad:
+        return f"not a story record: {bad} missing or of the wrong type (a record has {_RECORD_FIELDS})"
+    return rec
+
+
+def _refuse_other_run(path: Path, rec: dict, story: Story, seed: int) -> None:
+    """Raise when the record `rec` in `path` was written for another story, row or seed (another run)."""
+    other = {k: (rec[k], want) for k, want in (("story_id", story.story_id), ("row", path.parent.name))
+             if k in rec and rec[k] != want}
+    if rec["seed"] != seed or rec["sentences"] != list(story.sentences) or other:
+        raise ValueError(f"{path} was written for seed {rec['seed']} and sentences {rec['sentences'][:1]}..."
+                         f"{f' and {other} (stored, here)' if other else ''}, but story {story.story_id!r} here has "
+                         f"seed {seed} and {story.sentences[:1]}...; use a fresh out_dir or the same story list in "
+                         f"the same order")
+
+
+def _frames_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of the "frames" array of an .npz, read from its headers only (no frame is decompressed).
+
+    A file cut short loses the zip directory at its end, so this catches truncation; damage inside the
+    compressed data shows only when `load_frames` reads the frames.
+    """
+    with zipfile.ZipFile(path) as z, z.open("frames.npy") as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+    return shape, dtype
+
+
+def _inspect(row_dir: Path, story: Story, seed: int | None,
+             frame_shape: tuple[int, ...] | None) -> tuple[str, tuple[int, ...] | None]:
+    """("done", (C, H, W)), ("missing", None) or (what is wrong, None); see `check_story_files`."""
+    sid = story.story_id
+    rec_path, npz_path = row_dir / f"{sid}.json", row_dir / f"{sid}.npz"
+    has_rec, has_npz = rec_path.exists(), npz_path.exists()
+    if not has_rec and not has_npz:
+        return "missing", None
+    problems, shape = [], None
+    if has_rec:
+        rec = _read_record(rec_path)
+        if isinstance(rec, str):
+            problems.append(f"{rec_path.name} is {rec}")
+        elif seed is not None:
+            _refuse_other_run(rec_path, rec, story, seed)
+    else:  # the frames are written first: a run stopped between the two writes
+        problems.append(f"{rec_path.name} is missing, so {npz_path.name} was never marked done")
+    if has_npz:
+        try:
+            shape, dtype = _frames_header(npz_path)
+        except Exception as e:  # zipfile.BadZipFile, KeyError (no frames), ValueError (bad header), OSError
+            problems.append(f"{npz_path.name} is not a readable frames file ({type(e).__name__}: {e})")
+        else:
+            want = (len(story), *(frame_shape or ()))
+            if dtype != np.uint8 or len(shape) != 4 or shape[:len(want)] != want:
+                problems.append(f"{npz_path.name} holds {dtype} frames of shape {shape}; this run's are uint8 "
+                                f"({', '.join(map(str, want))}{', C, H, W' if frame_shape is None else ''})")
+    else:  # a record without its frames: only a deletion or a lost file leaves this
+        problems.append(f"{npz_path.name} is missing")
+    return ("; ".join(problems), None) if problems else ("done", tuple(shape[1:]))
+
+
+def check_story_files(row_dir: str | Path, story: Story, seed: int | None = None,
+                      frame_shape: tuple[int, ...] | None = None) -> str:
+    """Whether a story's files in a row folder are complete: "done", "missing" (none there) or what is wrong.
+
+    Reads the record (.json) whole and only the headers of the frames (.npz), so it is cheap on a large
+    run; it changes nothing. Wrong is: either file absent, an empty, cut or non-record .json, an .npz
+    that is not a zip with a "frames" array, or frames that are not uint8 (N, C, H, W), N = len(story).
+
+    Args:
+        row_dir: <out_dir>/<row> as written by `run_experiment`.
+        story: the story; its id names the files, its sentences must match the record's.
+        seed: the story's seed in this run; a record of another seed, other sentences, another story id
+            or another row raises a ValueError (it is another run's, not a damaged file). None: not checked.
+        frame_shape: (C, H, W) the frames must have; None: any.
+    Returns:
+        "done", "missing", or a reason naming each bad file, e.g. "s1.json is empty".
+    """
+    return _inspect(Path(row_dir), story, seed, frame_shape)[0]
+
+
+def _set_aside(row_dir: Path, story_id: str, reason: str) -> None:
+    """Move a story's files to <name>.damaged (kept, never deleted) and warn, naming them and `reason`."""
+    moved = []
+    for ext in ("json", "npz"):  # the record first: once it is gone the story no longer counts as done
+        path = row_dir / f"{story_id}.{ext}"
+        if path.exists():
+            moved.append(f"{path.name} -> {move_aside(path).name}")
+    warnings.warn(f"{row_dir}: story {story_id!r} is incomplete or damaged ({reason}); moved {', '.join(moved)} "
+                  f"and computing the story again (delete the .damaged files once you no longer need them)",
+                  DamagedRunFileWarning, stacklevel=3)
+
+
+def _remove_leftovers(folder: Path, names: Sequence[str]) -> None:
+    """Remove, with a warning, the temporary files that killed writes of the files `names` left in `folder`.
+
+    Only of these files: in a distributed run another process may be writing its own stories'
+    temporary files in the same folder right now.
+    """
+    names = set(names)
+    for path in sorted(folder.iterdir()):
+        if leftover_target(path.name) in names:
+            path.unlink(missing_ok=True)
+            warnings.warn(f"removed {path}: the temporary file of a write of {leftover_target(path.name)} that "
+                          f"was stopped before it finished (it never held a finished result)",
+                          DamagedRunFileWarning, stacklevel=3)
+
+
+def _resume(row_dir: Path, stories: Sequence[Story], seeds: dict[str, int]) -> tuple[list[Story], dict]:
+    """Stories of `stories` to compute in `row_dir` (damaged files set aside) and {story_id: (C, H, W)} of the rest.
+
+    Every story is inspected before anything moves, so a record of another run stops the call with
+    the folder as it was.
+    """
+    states = {s.story_id: _inspect(row_dir, s, seeds[s.story_id], None) for s in stories}
+    _remove_leftovers(row_dir, [f"{s.story_id}.{ext}" for s in stories for ext in ("json", "npz")])
+    for sid, (state, _) in states.items():
+        if state not in ("done", "missing"):
+            _set_aside(row_dir, sid, state)
+    return ([s for s in stories if states[s.story_id][0] != "done"],
+            {sid: shape for sid, (state, shape) in states.items() if state == "done"})
 
 
 def _missing(out_dir: str | Path, row: str, stories: Sequence[Story]) -> Path:
+    """<out_dir>/<row> when every story's files are there and readable; else a ValueError naming each to rerun."""
     row_dir = Path(out_dir) / row
-    missing = [s.story_id for s in stories if not (row_dir / f"{s.story_id}.json").exists()]
-    if missing:
-        raise ValueError(f"row {row!r} lacks {len(missing)} of {len(stories)} stories (first: {missing[:3]}); "
-                         f"run run_experiment first")
+    states = {s.story_id: _inspect(row_dir, s, None, None) for s in stories}
+    bad = {sid: ("not run yet" if state == "missing" else state) for sid, (state, _) in states.items()
+           if state != "done"}
+    shapes = [shape for state, shape in states.values() if state == "done"]
+    if len(set(shapes)) > 1:  # the most common frame size is taken to be the row's
+        common = max(dict.fromkeys(shapes), key=shapes.count)
+        bad.update({sid: f"{sid}.npz holds frames of size {shape}, the row's others {common}"
+                    for sid, (state, shape) in states.items() if state == "done" and shape != common})
+    if bad:
+        ids = [s.story_id for s in stories if s.story_id in bad]  # story order
+        why = "; ".join(f"{sid}: {bad[sid]}" for sid in ids[:5]) + (f"; {len(ids) - 5} more" if len(ids) > 5 else "")
+        raise ValueError(f"row {row!r} in {Path(out_dir)} lacks {len(ids)} of {len(stories)} stories ({why}); "
+                         f"stories to rerun: {ids}. Run run_experiment again with the same stories and settings: it "
+                         f"sets damaged files aside and computes exactly these")
     return row_dir
 
 
 def load_frames(out_dir: str | Path, row: str, stories: Sequence[Story]) -> torch.Tensor:
-    """(S, N, C, H, W) float frames in [0, 1] of `row` as written by `run_experiment`."""
+    """(S, N, C, H, W) float frames in [0, 1] of `row` as written by `run_experiment`.
+
+    Raises a ValueError naming the stories to rerun when files are missing or damaged.
+    """
     row_dir = _missing(out_dir, row, stories)
-    arrays = [np.load(row_dir / f"{s.story_id}.npz")["frames"] for s in stories]
+    arrays = []
+    for s in stories:
+        path = row_dir / f"{s.story_id}.npz"
+        try:
+            with np.load(path) as z:
+                arrays.append(z["frames"])
+        except Exception as e:  # damage inside the compressed data: zlib.error, BadZipFile (CRC), EOFError, ...
+            raise ValueError(f"{path} cannot be read ({type(e).__name__}: {e}); move it aside (rename it to "
+                             f"{path.name}.damaged) and run run_experiment again with the same stories and "
+                             f"settings: it computes story {s.story_id!r} again") from e
     return torch.from_numpy(np.stack(arrays)).float() / 255.0
 
 
 def _check_config(out_dir: Path, config: ExperimentConfig) -> None:
     path, mine = out_dir / "config.json", {k: getattr(config, k) for k in GENERATION_FIELDS}
     if path.exists():
-        old = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path} is not readable JSON ({type(e).__name__}: {e}); it records the settings the "
+                             f"folder's frames were made with: restore it, or delete it to have this call's settings "
+                             f"written (only if they are the ones used), or use a fresh out_dir") from e
+        if not isinstance(old, dict):
+            raise ValueError(f"{path} holds a JSON {type(old).__name__}, not the run's settings {list(mine)}; restore "
+                             f"it, or delete it to have this call's settings written, or use a fresh out_dir")
         diff = {k: (old.get(k), v) for k, v in mine.items() if old.get(k) != v}
         if diff:
             raise ValueError(f"{path} was written with other settings {diff} (stored, now); use a fresh out_dir")
@@ -189,6 +361,27 @@ def arm_true_context(stories: Sequence[Story], arm, reference: Callable[[Story],
     return torch.stack(frames, 1)
 
 
+def _compute_batch(spec: RowSpec, batch: Sequence[Story], seeds: Sequence[int], parts: dict, config: ExperimentConfig,
+                   device) -> tuple[torch.Tensor, list | None, list | None]:
+    """(B, N, C, H, W) frames of one row for a batch, with the corrector prompts and memory sources (loop rows).
+
+    Args:
+        spec: the row; batch, seeds: its stories and their seeds; parts: the components by name
+            ("arm", "corrector", "memory", "reference", "text_to_image"); config, device: as in `run_experiment`.
+    """
+    if spec.kind == "dm":
+        return _dm_only(batch, parts["text_to_image"], seeds, config, device), None, None
+    if spec.kind == "true_context":
+        return arm_true_context(batch, parts["arm"], parts["reference"], seeds, device), None, None
+    loop_cfg = LoopConfig(correct_frames=spec.correct_frames, strength=config.strength,
+                          guidance_scale=config.guidance_scale, num_inference_steps=config.num_inference_steps,
+                          use_memory=spec.use_memory)
+    out = run_stories(batch, parts["arm"], parts["corrector"], parts["memory"] if spec.use_memory else None, loop_cfg,
+                      seeds=seeds, device=device)
+    return (torch.stack([r.final_images() for r in out.stories]), [[f.prompt for f in r.frames] for r in out.stories],
+            [r.memory.source if r.memory else None for r in out.stories])
+
+
 def run_experiment(stories: Sequence[Story], out_dir: str | Path, *, arm=None, corrector=None, memory=None,
                    reference: Callable[[Story], torch.Tensor] | None = None,
                    config: ExperimentConfig | None = None, device: str | torch.device = "cpu",
@@ -196,8 +389,12 @@ def run_experiment(stories: Sequence[Story], out_dir: str | Path, *, arm=None, c
                    distributed: bool = False) -> dict[str, list[str]]:
     """Generate every row's frames for `stories`, batched, writing each story's files as its batch ends.
 
-    Stories whose files exist are skipped (resume); files from another story list or other settings
-    are refused. Args:
+    Stories whose files are complete are skipped (resume); files from another story list or other
+    settings are refused (ValueError). A story with a damaged or partial file (an empty or cut .json,
+    one that is no record, an unreadable .npz or one with frames of another length, size or dtype,
+    either file without the other) has its files renamed to <name>.damaged and is computed again, with
+    a `DamagedRunFileWarning`; temporary files of a killed write are removed, with the same warning.
+    Nothing else is recomputed. Args:
         stories: S stories of equal length N.
         out_dir: results folder; <out_dir>/<row>/<story_id>.{npz,json} and <out_dir>/config.json.
         arm: ARM protocol (rows arm, acdc_*, arm_true_ctx); corrector: Corrector (acdc_*).
@@ -227,6 +424,8 @@ def run_experiment(stories: Sequence[Story], out_dir: str | Path, *, arm=None, c
                          f"lengths {sorted({len(s) for s in stories})}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if not distributed:  # in a distributed run another process may be writing config.json right now
+        _remove_leftovers(out_dir, ["config.json"])
     _check_config(out_dir, config)
     state = _process_state() if distributed else None
     mine = process_share(stories, state) if state is not None else list(stories)
@@ -234,26 +433,35 @@ def run_experiment(stories: Sequence[Story], out_dir: str | Path, *, arm=None, c
     for row in config.rows:
         spec, row_dir = ROWS[row], out_dir / row
         row_dir.mkdir(exist_ok=True)
-        todo = [s for s in mine if not _done(row_dir, s, seeds[s.story_id])]
+        todo, done_shapes = _resume(row_dir, mine, seeds)
+        probe = None
+        if not todo and len(set(done_shapes.values())) > 1:
+            # Finished files of different frame sizes and nothing to compute that would tell the row's
+            # size: compute one story of the rarest size (the likeliest damaged one) to learn it.
+            sizes = list(done_shapes.values())
+            rare = min(dict.fromkeys(sizes), key=sizes.count)
+            probe = next(s.story_id for s in mine if done_shapes[s.story_id] == rare)
+            todo = [s for s in mine if s.story_id == probe]
+        frame_shape = None
         computed[row] = []
         with tqdm(total=len(todo), desc=row, unit="story", disable=not progress) as bar:
-            for b0 in range(0, len(todo), config.batch_size):
-                batch = todo[b0:b0 + config.batch_size]
+            while todo:
+                batch, todo = todo[:config.batch_size], todo[config.batch_size:]
                 bseeds = [seeds[s.story_id] for s in batch]
-                if spec.kind == "dm":
-                    frames, prompts, sources = _dm_only(batch, text_to_image, bseeds, config, device), None, None
-                elif spec.kind == "true_context":
-                    frames, prompts, sources = arm_true_context(batch, arm, reference, bseeds, device), None, None
-                else:
-                    loop_cfg = LoopConfig(correct_frames=spec.correct_frames, strength=config.strength,
-                                          guidance_scale=config.guidance_scale,
-                                          num_inference_steps=config.num_inference_steps, use_memory=spec.use_memory)
-                    out = run_stories(batch, arm, corrector, memory if spec.use_memory else None, loop_cfg,
-                                      seeds=bseeds, device=device)
-                    frames = torch.stack([r.final_images() for r in out.stories])
-                    prompts = [[f.prompt for f in r.frames] for r in out.stories]
-                    sources = [r.memory.source if r.memory else None for r in out.stories]
+                frames, prompts, sources = _compute_batch(spec, batch, bseeds, given, config, device)
+                if frame_shape is None:  # the first frames this call makes set the row's frame size
+                    frame_shape = tuple(frames.shape[2:])
+                    wrong = {sid for sid, shape in done_shapes.items() if shape != frame_shape}
+                    for s in mine:
+                        if s.story_id in wrong:
+                            _set_aside(row_dir, s.story_id, f"{s.story_id}.npz holds frames of size "
+                                       f"{done_shapes[s.story_id]}; this run's are {frame_shape}")
+                            if s.story_id != probe:
+                                todo.append(s)
+                                bar.total += 1
                 for k, s in enumerate(batch):  # frames first, the .json last: it marks the story done
+                    if s.story_id == probe and done_shapes[probe] == frame_shape:
+                        continue  # its files were right after all: leave them as they are
                     _atomic_npz(row_dir / f"{s.story_id}.npz", frames=_to_uint8(frames[k]))
                     atomic_write_json(row_dir / f"{s.story_id}.json", {
                         "story_id": s.story_id, "row": row, "seed": bseeds[k], "sentences": list(s.sentences),
