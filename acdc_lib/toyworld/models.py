@@ -445,7 +445,10 @@ class ToyARM:
 
     # ---- Eq. (1) -------------------------------------------------------------------------
     def context_ids(self, texts: Sequence[Sequence[str]], prev_tokens: torch.LongTensor) -> torch.LongTensor:
-        """(B, L) ids of the context of frame i: i-1 full segments, then [text of u^i][BOI]."""
+        """(B, L) ids of the context of frame i: i-1 full segments, then [text of u^i][BOI].
+
+        texts[b] holds the sentences u^1..u^i, or one prompt (a video's) that stands for every frame's.
+        """
         B = len(texts)
         if prev_tokens.ndim != 3 or prev_tokens.shape[0] != B:
             raise ValueError(f"prev_tokens must be (B={B}, i-1, {self.tokens_per_frame}), got {tuple(prev_tokens.shape)}")
@@ -453,9 +456,11 @@ class ToyARM:
         n_prev = prev_tokens.shape[1]
         rows = []
         for b, story in enumerate(texts):
+            if not isinstance(story, str) and len(story) == 1:
+                story = list(story) * (n_prev + 1)  # a video's one prompt u conditions every frame (Eq. 4)
             if isinstance(story, str) or len(story) != n_prev + 1:
-                raise ValueError(f"texts[{b}] must hold the {n_prev + 1} sentences u^1..u^{n_prev + 1}, "
-                                 f"got {story!r}")
+                raise ValueError(f"texts[{b}] must hold the {n_prev + 1} sentences u^1..u^{n_prev + 1}, or one "
+                                 f"prompt for every frame, got {story!r}")
             ids = story_ids(self.tokenizer, story[:n_prev], prev_tokens[b], self.layout) if n_prev else \
                 torch.empty(0, dtype=torch.long)
             last = torch.tensor(text_segment(self.tokenizer, story[n_prev], self.layout) + [self.layout.boi])

@@ -121,6 +121,18 @@ def test_a_context_window_runs_stories_longer_than_the_positions(tok, tiny_arm):
             M.ToyARM(tiny_arm.lm, tiny_arm.vq, tok, tiny_arm.layout, context_frames=bad)
 
 
+def test_a_video_prompt_conditions_every_frame_and_run_video_runs(tok, tiny_arm):
+    from acdc_lib.loop import run_video
+
+    prompt = "Luna the owl runs on the beach at night."
+    prev = torch.randint(0, 32, (1, 2, 64), generator=torch.Generator().manual_seed(3))
+    gens = lambda: [torch.Generator().manual_seed(4)]  # noqa: E731
+    assert torch.equal(tiny_arm.generate([[prompt]], prev, gens()), tiny_arm.generate([[prompt] * 3], prev, gens()))
+    out = run_video([prompt, "Max the pig sits in the garden."], tiny_arm, None, num_frames=4, chunk_length=2,
+                    correct_chunks="none", seeds=[0, 1])
+    assert len(out.videos) == 2 and out.videos[0].final_frames.shape == (4, 3, 32, 32)
+
+
 def test_arm_and_dm_run_through_the_loop(tok, tiny_arm, tiny_vq, tmp_path):
     from acdc_lib.loop import run_stories
     from acdc_lib.sdedit import UNetCorrector
