@@ -403,9 +403,10 @@ def run_experiment(stories: Sequence[Story], out_dir: str | Path, *, arm=None, c
             `GroundTruth.reference_images`.
         text_to_image: the TextToImage of row dm_only (default: the corrector, when it implements it,
             as the toy DM and `PipelineCorrector` do).
-        distributed: run only this accelerate process's share of the stories (`PartialState`; launch
-            with `accelerate launch`); seeds still follow each story's index in `stories`, so the
-            files equal those of one process. Every process waits for the others at the end.
+        distributed: run only this accelerate process's share of the story batches (`PartialState`;
+            launch with `accelerate launch`); seeds follow each story's index in `stories` and batches
+            its place, so the files equal those of one process. Every process waits for the others at
+            the end.
     Returns:
         {row: story ids computed by this call (this process's, when distributed)}.
     """
@@ -428,46 +429,54 @@ def run_experiment(stories: Sequence[Story], out_dir: str | Path, *, arm=None, c
         _remove_leftovers(out_dir, ["config.json"])
     _check_config(out_dir, config)
     state = _process_state() if distributed else None
-    mine = process_share(stories, state) if state is not None else list(stories)
+    # Batches are fixed by the stories' places in the list, and a resumed or sharded run computes whole
+    # batches: a story's frames then come from the same batched float operations as in one uninterrupted
+    # run (batched kernels round the last bits differently for other batch compositions, and a flipped
+    # bit can change a re-encoded code and every later frame).
+    batches = [list(stories[b0:b0 + config.batch_size]) for b0 in range(0, len(stories), config.batch_size)]
+    if state is not None:
+        batches = process_share(batches, state)
+    mine = [s for b in batches for s in b]
     computed: dict[str, list[str]] = {}
     for row in config.rows:
         spec, row_dir = ROWS[row], out_dir / row
         row_dir.mkdir(exist_ok=True)
-        todo, done_shapes = _resume(row_dir, mine, seeds)
-        probe = None
-        if not todo and len(set(done_shapes.values())) > 1:
+        todo_stories, done_shapes = _resume(row_dir, mine, seeds)
+        todo = {s.story_id for s in todo_stories}
+        pending = lambda: [b for b in batches if any(s.story_id in todo for s in b)]  # noqa: E731
+        queue = pending()
+        if not queue and len(set(done_shapes.values())) > 1:
             # Finished files of different frame sizes and nothing to compute that would tell the row's
-            # size: compute one story of the rarest size (the likeliest damaged one) to learn it.
+            # size: compute a batch holding the rarest size (the likeliest damaged one) to learn it.
             sizes = list(done_shapes.values())
             rare = min(dict.fromkeys(sizes), key=sizes.count)
-            probe = next(s.story_id for s in mine if done_shapes[s.story_id] == rare)
-            todo = [s for s in mine if s.story_id == probe]
+            queue = [next(b for b in batches if any(done_shapes[s.story_id] == rare for s in b))]
         frame_shape = None
         computed[row] = []
         with tqdm(total=len(todo), desc=row, unit="story", disable=not progress) as bar:
-            while todo:
-                batch, todo = todo[:config.batch_size], todo[config.batch_size:]
+            while queue:
+                batch = queue[0]
                 bseeds = [seeds[s.story_id] for s in batch]
                 frames, prompts, sources = _compute_batch(spec, batch, bseeds, given, config, device)
                 if frame_shape is None:  # the first frames this call makes set the row's frame size
                     frame_shape = tuple(frames.shape[2:])
-                    wrong = {sid for sid, shape in done_shapes.items() if shape != frame_shape}
                     for s in mine:
-                        if s.story_id in wrong:
+                        if s.story_id in done_shapes and done_shapes[s.story_id] != frame_shape:
                             _set_aside(row_dir, s.story_id, f"{s.story_id}.npz holds frames of size "
                                        f"{done_shapes[s.story_id]}; this run's are {frame_shape}")
-                            if s.story_id != probe:
-                                todo.append(s)
-                                bar.total += 1
+                            todo.add(s.story_id)
+                    bar.total = len(todo)
                 for k, s in enumerate(batch):  # frames first, the .json last: it marks the story done
-                    if s.story_id == probe and done_shapes[probe] == frame_shape:
-                        continue  # its files were right after all: leave them as they are
+                    if s.story_id not in todo:
+                        continue  # finished before: its files hold this batch's bytes already
                     _atomic_npz(row_dir / f"{s.story_id}.npz", frames=_to_uint8(frames[k]))
                     atomic_write_json(row_dir / f"{s.story_id}.json", {
                         "story_id": s.story_id, "row": row, "seed": bseeds[k], "sentences": list(s.sentences),
                         "prompts": prompts[k] if prompts else None, "memory_source": sources[k] if sources else None})
+                    todo.discard(s.story_id)
                     computed[row].append(s.story_id)
-                bar.update(len(batch))
+                    bar.update(1)
+                queue = pending()
     if state is not None:  # the summary reads every process's files: wait until all are written
         state.wait_for_everyone()
     return computed

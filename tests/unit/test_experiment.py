@@ -187,6 +187,30 @@ def test_an_interrupted_run_resumes_and_gives_the_uninterrupted_table(tmp_path, 
     assert run(tmp_path / "a", sts)[0] == {r: [] for r in E.DEFAULT_ROWS}
 
 
+def test_a_resumed_run_computes_whole_batches_as_the_uninterrupted_run_did(tmp_path):
+    class RecordingARM(VisibleARM):
+        batches: list = []
+
+        def generate(self, texts, prev_tokens, generators):
+            if prev_tokens.shape[1] == 0:                                          # once per batch and row
+                RecordingARM.batches.append([t[0] for t in texts])
+            return super().generate(texts, prev_tokens, generators)
+
+    sts, config = stories(5), E.ExperimentConfig(rows=("arm",), batch_size=2)
+    E.run_experiment(sts, tmp_path, arm=RecordingARM(), config=config, progress=False)
+    whole = RecordingARM.batches[:]
+    assert [len(b) for b in whole] == [2, 2, 1]
+    for ext in ("json", "npz"):                                                   # a kill after s0, s1, s3
+        (tmp_path / "arm" / f"s2.{ext}").unlink()
+        (tmp_path / "arm" / f"s4.{ext}").unlink()
+    before = (tmp_path / "arm" / "s3.npz").stat().st_mtime_ns
+    RecordingARM.batches = []
+    computed = E.run_experiment(sts, tmp_path, arm=RecordingARM(), config=config, progress=False)
+    assert computed == {"arm": ["s2", "s4"]}
+    assert RecordingARM.batches == [whole[1], whole[2]]                           # s2 beside s3, as before
+    assert (tmp_path / "arm" / "s3.npz").stat().st_mtime_ns == before             # s3 recomputed, not rewritten
+
+
 def test_a_run_refuses_files_of_other_settings_or_stories(tmp_path, evaluator):
     _, config = run(tmp_path, stories(2))
     with pytest.raises(ValueError, match="lacks 1 of 3 stories"):
