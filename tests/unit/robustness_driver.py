@@ -18,13 +18,12 @@ import torch  # noqa: E402
 
 from acdc_lib import experiment as E  # noqa: E402
 from acdc_lib.types import Story  # noqa: E402
-from dummies import DummyARM, DummyCorrector, DummyMemory  # noqa: E402
+from dummies import DummyMemory  # noqa: E402
+from test_experiment import N, MarkingCorrector, VisibleARM, reference  # noqa: E402  (the marker-pixel world)
 
-N = 6  # frames per story
 
-
-class VisibleARM(DummyARM):
-    """DummyARM whose tokens are drawn as multiples of 1/255 (they survive the uint8 files); `sleep` s per call."""
+class SlowARM(VisibleARM):
+    """VisibleARM that sleeps `sleep` s in every call, so a kill can land anywhere in a run."""
 
     def __init__(self, sleep: float = 0.0):
         super().__init__()
@@ -34,41 +33,21 @@ class VisibleARM(DummyARM):
         time.sleep(self.sleep)
         return super().generate(texts, prev_tokens, generators)
 
-    def decode(self, tokens):
-        return (tokens % 256).float().div(255).view(-1, 1, 2, 2)
 
-    def encode(self, images):
-        return (images * 255).round().long().reshape(images.shape[0], 4)
-
-
-class MarkingCorrector(DummyCorrector):
-    """DummyCorrector that also sets the marker pixel to 1 and draws (1, 2, 2) frames from "... sentence i"."""
+class SlowCorrector(MarkingCorrector):
+    """MarkingCorrector that sleeps `sleep` s in every call."""
 
     def __init__(self, sleep: float = 0.0):
         super().__init__()
         self.sleep = sleep
 
     def correct(self, images, prompts, **kw):
-        out = super().correct(images, prompts, **kw)
-        out[:, 0, 1, 1] = 1.0
-        return out
-
-    def generate(self, prompts, height=None, width=None, *, guidance_scale=7.5, num_inference_steps=50,
-                 generators=None):
         time.sleep(self.sleep)
-        rows = []
-        for p, g in zip(prompts, generators):
-            i = int(p.split()[-1])
-            rows.append([i / 255, int(torch.randint(0, 256, (1,), generator=g)) / 255, 0.0, 1.0])
-        return torch.tensor(rows).view(-1, 1, 2, 2)
+        return super().correct(images, prompts, **kw)
 
-
-def reference(story):
-    """(N, 1, 2, 2) "true" frames of a story (row arm_true_ctx)."""
-    ref = torch.zeros(N, 1, 2, 2)
-    ref[:, 0, 0, 0] = torch.arange(N) / 255
-    ref[:, 0, 1, 1] = 1.0
-    return ref
+    def generate(self, prompts, *args, **kw):
+        time.sleep(self.sleep)
+        return super().generate(prompts, *args, **kw)
 
 
 def stories(k: int) -> list[Story]:
@@ -79,7 +58,7 @@ def stories(k: int) -> list[Story]:
 def run(out, n_stories: int, sleep: float = 0.0) -> dict[str, list[str]]:
     """`run_experiment` of the default rows on `n_stories` stories into `out`, batches of 2."""
     config = E.ExperimentConfig(batch_size=2, num_inference_steps=10)
-    return E.run_experiment(stories(n_stories), out, arm=VisibleARM(sleep), corrector=MarkingCorrector(sleep),
+    return E.run_experiment(stories(n_stories), out, arm=SlowARM(sleep), corrector=SlowCorrector(sleep),
                             memory=DummyMemory(), reference=reference, config=config, progress=False)
 
 
