@@ -1,2 +1,2 @@
-"""acdc_lib: a thin library behind the ACDC reproduction notebooks (see README.md and DESIGN.md)."""
+"""acdc_lib: a thin library behind the ACDC reproduction notebooks."""
 __version__ = "0.1.0"

@@ -89,7 +89,7 @@ class ChatResult:
 def _retryable_errors() -> tuple[type[BaseException], ...]:
     import openai
 
-    # APITimeoutError subclasses APIConnectionError (NOTES-APIS.md): timeouts and refused connections.
+    # APITimeoutError subclasses APIConnectionError in the openai client: timeouts and refused connections.
     return (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError)
 
 

@@ -8,7 +8,7 @@ other output is dropped so the notebook stays small and its diffs readable.
 
     python -m acdc_lib.nbtools check notebooks/*.ipynb
 
-verifies the house structure (STYLE.md): a title, one `parameters` cell defining SEED, SMOKE,
+verifies the house structure: a title, one `parameters` cell defining SEED, SMOKE,
 OUT_DIR and FIG_DIR, a last cell that records results, and a stored output on every check cell.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Batch runs of the notebooks through papermill (DESIGN.md section 6).
+"""Batch runs of the notebooks through papermill.
 
 A parameter set `papermill_runs/<set>.yaml` names notebooks and their parameters:
 

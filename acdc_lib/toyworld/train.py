@@ -128,8 +128,7 @@ DEFAULTS: dict[str, TrainConfig] = {
     # and `arm_strong` the last one (not written again when it is `arm`), so notebook 02 shows the
     # curve's move with training budget. 4 layers on 15,000 stories: at the same wall time as 2 layers
     # on 3,000 stories (which overfit: held-out loss 2.33 against 2.0 in training) its held-out loss is
-    # 1.95 and frame-1 accuracy on validation stories 0.83 instead of 0.75 (experiments of session 3,
-    # issue 5 note).
+    # 1.95 and frame-1 accuracy on validation stories 0.83 instead of 0.75.
     "arm": TrainConfig(steps=1400, batch_size=16, lr=2e-3, seed=402,
                        extra={"hidden": 128, "layers": 4, "n_stories": 15000, "val_stories": 200,
                               "snapshots": [700, 1000, 1400], "weak_step": 700}),
@@ -487,8 +486,8 @@ def choose_snapshot(records: Sequence[dict]) -> int:
     Among the snapshots that meet the regime rule, the one with the largest margin ("value"); when none
     meets it, the last (best-trained) snapshot. The fallback is deliberate: when no snapshot shows
     errors that accumulate, the smallest miss is decided by a few points of sampling noise in the drift
-    and would ship an undertrained ARM (as it did in session 3: 700 of 1400 steps, frame-1 accuracy
-    0.73 against 0.83), without coming any closer to the paper's regime.
+    and would ship an undertrained ARM (it once chose 700 of 1400 steps, frame-1 accuracy 0.73
+    against 0.83), without coming any closer to the paper's regime.
     """
     if not records:
         raise ValueError("no snapshot records to choose from")

@@ -148,7 +148,7 @@ X_RANGE: tuple[float, float] = (0.35, 0.65)
 Y_RANGE: tuple[float, float] = (0.75, 0.92)
 DEFAULT_Y = 0.85
 
-# Physical counts of a normal frame (DESIGN.md section 4: one sun or moon, two ears, one tail).
+# Physical counts of a normal frame: one sun or moon, two ears, one tail.
 NORMAL_EARS = 2
 NORMAL_TAILS = 1
 MAX_COUNT = 3  # the renderer draws up to this many suns, moons, ears or tails, all inside the frame

@@ -36,7 +36,7 @@ def tiny_tokenizer() -> CLIPTokenizer:
     """A character-level CLIP BPE tokenizer (no merges) over lowercase letters, digits and punctuation.
 
     transformers 5 ignores `vocab_file=`/`merges_file=` here, so the vocab and merges are passed as
-    a dict and a list (see shared/NOTES-APIS.md).
+    a dict and a list.
     """
     chars = string.ascii_lowercase + string.digits + ".,!?'-"
     tokens = ["<|startoftext|>", "<|endoftext|>"] + list(chars) + [c + "</w>" for c in chars]
