@@ -34,7 +34,7 @@ import time
 
 import torch
 
-from _common import print_machine, sync, write_results
+from _common import print_machine, time_repeats, write_results
 
 IMAGE_TOKENS = 576  # 24 x 24 tokens of a 384 px Janus frame
 PROMPT_TOKENS = 32
@@ -105,17 +105,6 @@ def collect() -> None:
         torch.cuda.empty_cache()
 
 
-def timed(fn, device, runs: int) -> list[float]:
-    out = []
-    for _ in range(runs):
-        sync(device)
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        out.append(time.perf_counter() - t0)
-    return out
-
-
 def med(xs: list[float]) -> float:
     xs = sorted(xs)
     return xs[len(xs) // 2] if len(xs) % 2 else 0.5 * (xs[len(xs) // 2 - 1] + xs[len(xs) // 2])
@@ -158,19 +147,19 @@ def bench_arm(batch: int, device, dtype, steps: int, full: bool, runs: int) -> d
         return cache
 
     prefill()  # warm-up
-    t_prefill = timed(prefill, device, runs)
+    t_prefill = time_repeats(prefill, runs, device)
     res = {"lm_parameters": n_params, "lm_batch": rows, "prompt_tokens": PROMPT_TOKENS}
     if full:
         def frame():
             decode(prefill().past_key_values, IMAGE_TOKENS)
-        t = timed(frame, device, runs)
+        t = time_repeats(frame, runs, device)
         res.update(mode="full", prefill_s=med(t_prefill), frame_s=med(t), steps_timed=IMAGE_TOKENS)
         res["per_frame_s"] = med(t)  # prefill included
     else:
         def steps_at(length: int) -> float:
             cache = cache_of(length)
             decode(cache, 1)  # warm-up at this length
-            return med(timed(lambda: decode(cache, steps), device, runs)) / steps
+            return med(time_repeats(lambda: decode(cache, steps), runs, device)) / steps
         s_start = steps_at(PROMPT_TOKENS)
         s_end = steps_at(PROMPT_TOKENS + IMAGE_TOKENS)
         per_step = 0.5 * (s_start + s_end)
@@ -192,8 +181,8 @@ def bench_vae(batch: int, device, dtype, runs: int, warm: bool) -> dict:
     else:  # a cheap warm-up at a quarter of the size (first-call set-up, not the timed shapes)
         vae.encode(img[..., : SD_SIZE // 2, : SD_SIZE // 2])
         vae.decode(lat[..., : SD_SIZE // 16, : SD_SIZE // 16])
-    t_enc = timed(lambda: vae.encode(img).latent_dist.sample(gen), device, runs)
-    t_dec = timed(lambda: vae.decode(lat).sample, device, runs)
+    t_enc = time_repeats(lambda: vae.encode(img).latent_dist.sample(gen), runs, device)
+    t_dec = time_repeats(lambda: vae.decode(lat).sample, runs, device)
     return {"vae_parameters": n, "encode_s": med(t_enc), "decode_s": med(t_dec)}
 
 
@@ -207,7 +196,7 @@ def bench_text(batch: int, device, dtype, runs: int) -> dict:
         te(ids)[0]
         te(empty)[0]
     encode()
-    t = timed(encode, device, max(runs, 3))
+    t = time_repeats(encode, max(runs, 3), device)
     return {"text_encoder_parameters": n, "encode_s": med(t)}
 
 
@@ -227,7 +216,7 @@ def bench_unet(batch: int, device, dtype, calls: int, runs: int, warm: bool) -> 
     def forwards():
         for _ in range(calls):
             unet(x, t, encoder_hidden_states=emb)
-    per_call = med(timed(forwards, device, runs)) / calls
+    per_call = med(time_repeats(forwards, runs, device)) / calls
     return {"unet_parameters": n, "unet_batch": rows, "calls_timed": calls * runs, "forward_s": per_call,
             "per_frame_s": UNET_CALLS * per_call, "mode": "full" if calls == UNET_CALLS else "extrapolated"}
 
