@@ -10,6 +10,11 @@ counts the sentences that are ambiguous alone.
 
 Story i of `generate_stories(n, seed)` is drawn from `numpy.random.default_rng([seed, i])`, so it
 does not depend on n, on the other stories, or on any global seed.
+
+Version 2 (world version 2) also draws what no sentence states: the character's coat marking and
+collar colour, once per story, and a layout variant for every place, kept whenever the story is (or
+returns) there; x lies on the grid X_POSITIONS, and running moves it RUN_CELLS cells the way the
+character faces, turning at the edges (a place change puts it anywhere on the grid, facing either way).
 """
 from __future__ import annotations
 
@@ -19,20 +24,25 @@ from typing import Sequence
 import numpy as np
 
 from acdc_lib.toyworld.world import (
+    ACCESSORIES,
     ACTIONS,
     FACINGS,
+    MARKINGS,
+    N_LAYOUTS,
     NAMES,
     PLACES,
+    RUN_CELLS,
     SPECIES,
     TIMES,
     VERBS,
-    X_RANGE,
+    X_POSITIONS,
     SceneState,
     place_phrase,
+    x_cell,
 )
 from acdc_lib.types import Story
 
-GRAMMAR_VERSION = 1
+GRAMMAR_VERSION = 2
 
 # Attributes a sentence can state; the frame needs the visual ones (the name is not drawn).
 ATTRIBUTES: tuple[str, ...] = ("name", "species", "place", "time", "action")
@@ -52,8 +62,7 @@ ACTION_ENDINGS: dict[str, tuple[str, ...]] = {
     "lie": ("", " to rest"),
     "sniff": ("", " curiously"),
 }
-RUN_STEP = 0.12
-MAX_TIME_CHANGES = 1  # day and night swap at most once per story, as in the paper's examples  # a running character moves this fraction of the width in the direction it faces
+MAX_TIME_CHANGES = 1  # day and night swap at most once per story, as in the paper's examples
 
 
 @dataclass
@@ -135,19 +144,25 @@ def _first_sentence(rng: np.random.Generator, s: SceneState) -> GrammarSentence:
     return GrammarSentence(text, s, list(ATTRIBUTES), "name_species")
 
 
+def move(x: float, facing: str, action: str) -> tuple[float, str]:
+    """(x, facing) after `action`: running moves the character RUN_CELLS grid cells the way it faces,
+    turning at the edges; every other action keeps both."""
+    if action != "run":
+        return x, facing
+    step = RUN_CELLS if facing == "right" else -RUN_CELLS
+    cell = x_cell(x)
+    if not 0 <= cell + step < len(X_POSITIONS):
+        facing = "left" if facing == "right" else "right"
+        step = -step
+    return X_POSITIONS[cell + step], facing
+
+
 def _move(rng: np.random.Generator, s: SceneState, action: str) -> tuple[float, str]:
-    # New (x, facing) after `action`: running moves the character; it turns at the edges.
-    x, facing = s.x, s.facing
-    if action == "run":
-        step = RUN_STEP if facing == "right" else -RUN_STEP
-        if not X_RANGE[0] <= x + step <= X_RANGE[1]:
-            facing = "left" if facing == "right" else "right"
-            step = -step
-        x = round(x + step, 4)
-    return x, facing
+    return move(s.x, s.facing, action)
 
 
-def _later_sentence(rng: np.random.Generator, prev: SceneState, allow_time: bool = True) -> GrammarSentence:
+def _later_sentence(rng: np.random.Generator, prev: SceneState, allow_time: bool = True,
+                    layouts: dict[str, int] | None = None) -> GrammarSentence:
     # A later sentence: change the action, the place or the time; mention by pronoun/species/name.
     probs = EVENT_PROBS if allow_time else {k: p for k, p in EVENT_PROBS.items() if k != "time"}
     event = _pick_weighted(rng, probs)
@@ -164,8 +179,9 @@ def _later_sentence(rng: np.random.Generator, prev: SceneState, allow_time: bool
         place = _pick(rng, [p for p in PLACES if p != prev.place])
         template = int(rng.integers(3))
         action = "run" if template < 2 else _pick(rng, ACTIONS)
-        x = round(float(rng.uniform(*X_RANGE)), 4)
-        s = prev.replace(place=place, action=action, x=x, facing=_pick(rng, FACINGS))
+        x = _pick(rng, X_POSITIONS)
+        s = prev.replace(place=place, action=action, x=x, facing=_pick(rng, FACINGS),
+                         layout=(layouts or {}).get(place, 0))
         if template == 0:
             text = f"Then {_subject(s, mention, False)} ran to the {place}."
         elif template == 1:
@@ -202,15 +218,18 @@ def generate_sentences(rng: np.random.Generator, n_sentences: int = 6) -> list[G
     if not isinstance(n_sentences, int) or n_sentences < 1:
         raise ValueError(f"n_sentences must be a positive int, got {n_sentences!r}")
     name = _pick(rng, list(NAMES))
+    place = _pick(rng, PLACES)
+    layouts = {p: int(rng.integers(N_LAYOUTS)) for p in PLACES}  # kept whenever the story is at p
     state = SceneState(
-        place=_pick(rng, PLACES), time=_pick(rng, TIMES), name=name, species=_pick(rng, SPECIES),
-        gender=NAMES[name], action=_pick(rng, ACTIONS),
-        x=round(float(rng.uniform(*X_RANGE)), 4), facing=_pick(rng, FACINGS),
+        place=place, time=_pick(rng, TIMES), name=name, species=_pick(rng, SPECIES),
+        gender=NAMES[name], action=_pick(rng, ACTIONS), x=_pick(rng, X_POSITIONS), facing=_pick(rng, FACINGS),
+        marking=_pick(rng, MARKINGS), accessory=_pick(rng, ACCESSORIES[1:]), layout=layouts[place],
     )
     out = [_first_sentence(rng, state)]
     while len(out) < n_sentences:
         n_time_changes = sum(a.state.time != b.state.time for a, b in zip(out, out[1:]))
-        out.append(_later_sentence(rng, out[-1].state, allow_time=n_time_changes < MAX_TIME_CHANGES))
+        out.append(_later_sentence(rng, out[-1].state, allow_time=n_time_changes < MAX_TIME_CHANGES,
+                                   layouts=layouts))
     return out
 
 

@@ -28,8 +28,12 @@ import torch
 import torch.nn.functional as F
 
 from acdc_lib.toyworld.world import (
+    ACCESSORIES,
+    ACCESSORY_COLORS,
     ACTIONS,
+    MARKINGS,
     MAX_COUNT,
+    N_LAYOUTS,
     NIGHT_GROUND_FACTOR,
     PLACE_LOOKS,
     PLACES,
@@ -48,9 +52,11 @@ COUNT_KEYS: tuple[str, ...] = ("n_suns", "n_moons", "n_ears", "n_tails")
 
 # Part labels of the label map (later parts are drawn over earlier ones).
 PARTS: tuple[str, ...] = ("background", "sun", "moon", "tail", "tail_tip", "leg", "body", "head", "snout",
-                          "ear", "eye")
+                          "ear", "eye", "marking", "collar")
 _L = {p: i for i, p in enumerate(PARTS)}
-CHARACTER_PARTS: tuple[str, ...] = ("tail", "tail_tip", "leg", "body", "head", "snout", "ear", "eye")
+CHARACTER_PARTS: tuple[str, ...] = ("tail", "tail_tip", "leg", "body", "head", "snout", "ear", "eye", "marking",
+                                    "collar")
+COLLAR_RADIUS = 0.045  # the collar: a disc this wide (local units) where the head meets the body
 
 SUN_COLOR = (1.0, 0.82, 0.10)
 MOON_COLOR = (0.96, 0.96, 0.82)
@@ -189,6 +195,14 @@ def _geometry(species: str, action: str) -> dict[str, float]:
     return g
 
 
+def marking_color(body: tuple[float, float, float]) -> tuple[float, float, float]:
+    """The coat marking's colour: the body colour darkened, or lightened on a dark body."""
+    lum = 0.299 * body[0] + 0.587 * body[1] + 0.114 * body[2]
+    if lum > 0.35:
+        return tuple(0.4 * c for c in body)
+    return tuple(0.5 * c + 0.5 for c in body)
+
+
 @lru_cache(maxsize=8)
 def _tables(device: str, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     # Per-(species, action) geometry rows and per-species styles and colours, as tensors.
@@ -211,6 +225,7 @@ def _tables(device: str, dtype: torch.dtype) -> dict[str, torch.Tensor]:
             pal[i, _L["eye"]] = torch.tensor((0.05, 0.05, 0.05) if s != "bear" else (0.9, 0.9, 0.9))
         if s == "fox" or s == "beagle":  # only the tip of the tail is accent; the rest is body colour
             pal[i, _L["tail"]] = torch.tensor(look.body_color)
+        pal[i, _L["marking"]] = torch.tensor(marking_color(look.body_color))
     t["palette"] = pal.to(device)
     return t
 
@@ -244,8 +259,17 @@ def _grid(n: int, device: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.
     return c.view(1, 1, n), c.view(1, n, 1)  # u (1, 1, W), v (1, H, 1)
 
 
-def _place_layer(place: str, u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Day colours of one place: (3, H, W) image, (H, W) solid mask (ground/props), (H, W) snow dots."""
+# Layout variants (world version 2): where each place's props stand; variant 0 is the version-1 look.
+MEADOW_OAKS: tuple[tuple[float, ...], ...] = ((), (0.12,), (0.88,))
+FOREST_TREES: tuple[tuple[float, ...], ...] = ((0.08, 0.36, 0.64, 0.92), (0.22, 0.50, 0.78), (0.14, 0.86))
+BEACH_BOATS: tuple[tuple[float, ...], ...] = ((), (0.20,), (0.80,))
+SNOW_HILLS: tuple[tuple[float, ...], ...] = ((0.70,), (0.25,), ())
+SNOW_TREES: tuple[tuple[float, ...], ...] = ((), (0.85,), (0.12, 0.88))
+
+
+def _place_layer(place: str, layout: int, u: torch.Tensor, v: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Day colours of one place in one layout variant: (3, H, W) image, (H, W) solid mask, (H, W) snow dots."""
     H, W = v.shape[1], u.shape[2]
     look = PLACE_LOOKS[place]
     img = torch.zeros(3, H, W, dtype=u.dtype)
@@ -261,48 +285,68 @@ def _place_layer(place: str, u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Te
     uu, vv = u.expand(1, H, W)[0], v.expand(1, H, W)[0]
     paint(vv >= look.horizon, look.ground)
     one = lambda x: torch.tensor(x, dtype=u.dtype)  # noqa: E731
-    if place == "meadow":  # a rolling hill and grass tufts
+
+    def pine(cu, top=0.14, bottom=0.50, half=0.12):
+        paint(_capsule(uu, vv, one(cu), one(0.60), one(cu), one(0.45), one(0.025)), (0.35, 0.20, 0.08))
+        tri = (vv >= top) & (vv <= bottom) & ((uu - cu).abs() <= half * (vv - top) / (bottom - top))
+        paint(tri, (0.02, 0.28, 0.10))
+
+    def oak(cu):
+        paint(_capsule(uu, vv, one(cu), one(0.60), one(cu), one(0.35), one(0.025)), (0.35, 0.20, 0.08))
+        paint((uu - cu) ** 2 + (vv - 0.28) ** 2 <= 0.12 ** 2, (0.12, 0.45, 0.15))
+
+    if place == "meadow":  # a rolling hill, grass tufts, and maybe an oak
         paint(_ellipse(uu, vv, one(0.30), one(0.52), one(0.40), one(0.10)) & (vv < look.horizon), (0.45, 0.75, 0.20))
+        for cu in MEADOW_OAKS[layout]:
+            oak(cu)
         for cu in (0.08, 0.30, 0.52, 0.74, 0.94):
             paint(_capsule(uu, vv, one(cu), one(0.60), one(cu + 0.02), one(0.55), one(0.018)), (0.25, 0.55, 0.08))
-    elif place == "forest":  # four pine trees
-        for cu in (0.08, 0.36, 0.64, 0.92):
-            paint(_capsule(uu, vv, one(cu), one(0.60), one(cu), one(0.45), one(0.025)), (0.35, 0.20, 0.08))
-            tri = (vv >= 0.14) & (vv <= 0.50) & ((uu - cu).abs() <= 0.12 * (vv - 0.14) / 0.36)
-            paint(tri, (0.02, 0.28, 0.10))
-    elif place == "beach":  # the sea, with a foam line
+    elif place == "forest":  # pine trees
+        for cu in FOREST_TREES[layout]:
+            pine(cu)
+    elif place == "beach":  # the sea, with a foam line, and maybe a sailing boat
         paint((vv >= 0.42) & (vv < look.horizon), (0.10, 0.45, 0.85))
         paint((vv >= look.horizon - 0.03) & (vv < look.horizon), (0.85, 0.95, 1.0))
-    elif place == "snowy field":  # a pale hill and falling snow
-        paint(_ellipse(uu, vv, one(0.70), one(0.52), one(0.45), one(0.09)) & (vv < look.horizon), (0.80, 0.86, 0.95))
+        for cu in BEACH_BOATS[layout]:
+            paint(((uu - cu).abs() <= 0.12) & (vv >= 0.47) & (vv <= 0.53), (0.50, 0.28, 0.10))
+            paint((vv >= 0.24) & (vv < 0.47) & (uu >= cu - 0.01) & (uu - cu <= 0.10 * (vv - 0.24) / 0.23),
+                  (1.0, 1.0, 1.0))
+    elif place == "snowy field":  # pale hills or pines, and falling snow
+        for cu in SNOW_HILLS[layout]:
+            paint(_ellipse(uu, vv, one(cu), one(0.52), one(0.45), one(0.09)) & (vv < look.horizon), (0.80, 0.86, 0.95))
+        for cu in SNOW_TREES[layout]:
+            pine(cu, top=0.22)
         for cu, cv in ((0.10, 0.30), (0.30, 0.40), (0.42, 0.24), (0.58, 0.36), (0.90, 0.38), (0.35, 0.06),
                        (0.72, 0.06), (0.05, 0.08)):
             dots = dots | ((uu - cu) ** 2 + (vv - cv) ** 2 <= 0.022 ** 2)
-    elif place == "garden":  # a hedge with flowers
+    elif place == "garden":  # a hedge with flowers, whose colours the layout rotates
         paint((vv >= 0.42) & (vv < look.horizon), (0.15, 0.50, 0.15))
         colors = ((0.95, 0.10, 0.15), (1.0, 0.90, 0.10), (0.85, 0.20, 0.85))
         for j, cu in enumerate((0.06, 0.20, 0.34, 0.48, 0.62, 0.76, 0.90)):
             cv = 0.46 if j % 2 == 0 else 0.51
-            paint((uu - cu) ** 2 + (vv - cv) ** 2 <= 0.03 ** 2, colors[j % 3])
-    elif place == "park":  # a path, a bench and a round tree
+            paint((uu - cu) ** 2 + (vv - cv) ** 2 <= 0.03 ** 2, colors[(j + layout) % 3])
+    elif place == "park":  # a path, and a bench with a round tree (mirrored in variant 1) or two trees
         paint((vv >= 0.62) & (vv <= 0.70), (0.78, 0.74, 0.66))
         brown = (0.50, 0.28, 0.10)
-        paint((uu >= 0.04) & (uu <= 0.30) & (vv >= 0.50) & (vv <= 0.535), brown)
-        paint((uu >= 0.04) & (uu <= 0.30) & (vv >= 0.42) & (vv <= 0.455), brown)
-        paint(((uu - 0.07).abs() <= 0.015) & (vv >= 0.50) & (vv <= 0.60), brown)
-        paint(((uu - 0.27).abs() <= 0.015) & (vv >= 0.50) & (vv <= 0.60), brown)
-        paint(_capsule(uu, vv, one(0.86), one(0.60), one(0.86), one(0.35), one(0.025)), (0.35, 0.20, 0.08))
-        paint((uu - 0.86) ** 2 + (vv - 0.28) ** 2 <= 0.12 ** 2, (0.12, 0.45, 0.15))
+        pu = 1.0 - uu if layout == 1 else uu
+        if layout in (0, 1):
+            paint((pu >= 0.04) & (pu <= 0.30) & (vv >= 0.50) & (vv <= 0.535), brown)
+            paint((pu >= 0.04) & (pu <= 0.30) & (vv >= 0.42) & (vv <= 0.455), brown)
+            paint(((pu - 0.07).abs() <= 0.015) & (vv >= 0.50) & (vv <= 0.60), brown)
+            paint(((pu - 0.27).abs() <= 0.015) & (vv >= 0.50) & (vv <= 0.60), brown)
+        for cu in ((0.86,) if layout in (0, 1) else (0.14, 0.86)):
+            oak(1.0 - cu if layout == 1 else cu)
     return img, solid, dots
 
 
 @lru_cache(maxsize=8)
 def _backgrounds(n: int, device: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Cached (len(PLACES)*len(TIMES), 3, n, n) backgrounds and (4, n, n) sun / moon slot masks."""
+    """Cached (len(PLACES)*N_LAYOUTS*len(TIMES), 3, n, n) backgrounds (index `background_index`) and
+    (MAX_COUNT, n, n) sun / moon slot masks."""
     u, v = _grid(n, "cpu", torch.float64)
     bgs = []
-    for place in PLACES:
-        img, solid, dots = _place_layer(place, u, v)
+    for place, layout in ((p, k) for p in PLACES for k in range(N_LAYOUTS)):
+        img, solid, dots = _place_layer(place, layout, u, v)
         for time in TIMES:
             sky = torch.tensor(SKY_COLORS[time], dtype=u.dtype).view(3, 1, 1).expand(3, n, n)
             factor = 1.0 if time == "day" else NIGHT_GROUND_FACTOR
@@ -320,6 +364,11 @@ def _backgrounds(n: int, device: str, dtype: torch.dtype) -> tuple[torch.Tensor,
     return (torch.stack(bgs).to(device=device, dtype=dtype), torch.stack(suns).to(device), torch.stack(moons).to(device))
 
 
+def background_index(place: torch.Tensor, layout: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
+    """Row of `_backgrounds`' stack for index tensors of place, layout and time."""
+    return (place * N_LAYOUTS + layout) * len(TIMES) + time
+
+
 # --------------------------------------------------------------------------------------------
 # States <-> arrays
 # --------------------------------------------------------------------------------------------
@@ -327,7 +376,8 @@ def states_to_arrays(states: Sequence[SceneState | Mapping[str, Any]], device: s
     """Index / number arrays of a list of states (dicts are validated through SceneState.from_dict).
 
     Returns:
-        {"place", "time", "species", "action", "n_suns", "n_moons", "n_ears", "n_tails"}: (B,) long;
+        {"place", "time", "species", "action", "n_suns", "n_moons", "n_ears", "n_tails", "marking",
+        "accessory", "layout"}: (B,) long;
         {"x", "y", "facing"}: (B,) float64 (facing +1 right, -1 left).
     """
     sts = [s if isinstance(s, SceneState) else SceneState.from_dict(s) for s in states]
@@ -337,6 +387,8 @@ def states_to_arrays(states: Sequence[SceneState | Mapping[str, Any]], device: s
         "place": [PLACES.index(s.place) for s in sts], "time": [TIMES.index(s.time) for s in sts],
         "species": [SPECIES.index(s.species) for s in sts], "action": [ACTIONS.index(s.action) for s in sts],
         **{k: [getattr(s, k) for s in sts] for k in COUNT_KEYS},
+        "marking": [MARKINGS.index(s.marking) for s in sts], "accessory": [ACCESSORIES.index(s.accessory) for s in sts],
+        "layout": [s.layout for s in sts],
     }
     out = {k: torch.tensor(v, dtype=torch.long, device=device) for k, v in idx.items()}
     out["x"] = torch.tensor([s.x for s in sts], dtype=torch.float64, device=device)
@@ -411,9 +463,19 @@ def _character_labels(a: dict[str, torch.Tensor], u: torch.Tensor, v: torch.Tens
     # 3. Legs, body, head, snout.
     for leg in ("l0", "l1"):
         draw(_capsule(X, Y, g[leg + "x0"], g[leg + "y0"], g[leg + "x1"], g[leg + "y1"], g["lr"]) & (g["lr"] > 0), "leg")
-    draw(_ellipse(X, Y, g["bcx"], g["bcy"], g["brx"], g["bry"]), "body")
-    draw((X - g["hcx"]) ** 2 + (Y - g["hcy"]) ** 2 <= g["hr"] ** 2, "head")
+    body = _ellipse(X, Y, g["bcx"], g["bcy"], g["brx"], g["bry"])
+    draw(body, "body")
+    head = (X - g["hcx"]) ** 2 + (Y - g["hcy"]) ** 2 <= g["hr"] ** 2
+    draw(head, "head")
+    if "marking" in a and bool((a["marking"] > 0).any()):  # coat marking (world v2): a saddle or a mask
+        mk = _col(a["marking"])
+        draw(((mk == 1) & body & ~head & (Y >= g["bcy"])) | ((mk == 2) & head), "marking")
     draw(_ellipse(X, Y, g["scx"], g["scy"], g["srx"], g["sry"]) & (g["srx"] > 0), "snout")
+    if "accessory" in a and bool((a["accessory"] > 0).any()):  # the collar, where the head meets the body
+        dx, dy = g["bcx"] - g["hcx"], g["bcy"] - g["hcy"]
+        norm = (dx * dx + dy * dy).sqrt().clamp_min(1e-6)
+        cx, cy = g["hcx"] + g["hr"] * dx / norm, g["hcy"] + g["hr"] * dy / norm
+        draw(_col(a["accessory"] > 0) & ((X - cx) ** 2 + (Y - cy) ** 2 <= COLLAR_RADIUS ** 2), "collar")
     # 4. Ears along the head top, EAR_SPACING apart, centred on the anchor.
     kind, w, h, lean = (_col(T[k][sp]) for k in ("ear_kind", "ear_w", "ear_h", "ear_lean"))
     ne = a["n_ears"].to(dtype)
@@ -482,11 +544,16 @@ def render_arrays(
     lab = _render_labels(a, n, device, dtype).long()  # (B, n, n)
     T = _tables(str(device), dtype)
     bgs, _, _ = _backgrounds(n, str(device), dtype)
-    bg = bgs[a["place"] * len(TIMES) + a["time"]]  # (B, 3, n, n)
+    layout = a["layout"] if "layout" in a else torch.zeros_like(a["place"])
+    bg = bgs[background_index(a["place"], layout, a["time"])]  # (B, 3, n, n)
     # Colour: background where label 0, sun/moon colours, else the species palette entry.
     pal = T["palette"][a["species"]].clone()  # (B, L, 3)
     pal[:, _L["sun"]] = torch.tensor(SUN_COLOR, dtype=dtype, device=device)
     pal[:, _L["moon"]] = torch.tensor(MOON_COLOR, dtype=dtype, device=device)
+    if "accessory" in a:  # the collar's colour per row (row 0 of the table, "none", is never drawn)
+        collars = torch.tensor([(0.0, 0.0, 0.0)] + [ACCESSORY_COLORS[c] for c in ACCESSORIES[1:]], dtype=dtype,
+                               device=device)
+        pal[:, _L["collar"]] = collars[a["accessory"]]
     B = lab.shape[0]
     flat = torch.gather(pal, 1, lab.view(B, -1, 1).expand(-1, -1, 3))  # (B, n*n, 3)
     fg = flat.view(B, n, n, 3).permute(0, 3, 1, 2)

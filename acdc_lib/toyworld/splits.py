@@ -19,6 +19,7 @@ from acdc_lib.io import atomic_write_json, atomic_write_text
 from acdc_lib.stories import CACHE_DIR, SCHEMA_NAME, STORIES_DIR, format_stories
 from acdc_lib.toyworld.grammar import generate_stories
 from acdc_lib.toyworld.stories import check_toy_state, read_toy_stories
+from acdc_lib.toyworld.world import WORLD_VERSION
 from acdc_lib.types import SCHEMA_VERSION, Story
 
 MANIFEST_PATH = STORIES_DIR / "MANIFEST.json"
@@ -61,7 +62,7 @@ def make_splits(check: bool = False) -> dict[str, Any]:
         of the file and whether the file is committed to git.
     """
     texts = build_splits()
-    manifest = {"schema": SCHEMA_NAME, "version": SCHEMA_VERSION, "splits": {}}
+    manifest = {"schema": SCHEMA_NAME, "version": SCHEMA_VERSION, "world_version": WORLD_VERSION, "splits": {}}
     for name, text in texts.items():
         spec = SPLITS[name]
         manifest["splits"][name] = {

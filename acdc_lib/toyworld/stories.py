@@ -27,10 +27,30 @@ def check_toy_state(d: dict[str, Any]) -> dict[str, Any]:
     return SceneState.from_dict(d).to_dict()
 
 
+class WorldV1StoriesWarning(UserWarning):
+    """A story file written by the version-1 grammar: readable, but its frames carry no identity."""
+
+
 def read_toy_stories(path: str | Path, n_sentences: int | None = 6,
                      max_tokens: int | None = DEFAULT_MAX_TOKENS) -> list[Story]:
-    """`acdc_lib.stories.read_stories` with every state validated as a toy `SceneState`."""
-    return read_stories(path, n_sentences=n_sentences, max_tokens=max_tokens, check_state=check_toy_state)
+    """`acdc_lib.stories.read_stories` with every state validated as a toy `SceneState`.
+
+    Version-1 grammar stories (no marking, collar or layout: they render as plain, collarless, layout 0)
+    are still read, with a WorldV1StoriesWarning that says how to regenerate the splits.
+    """
+    import warnings
+
+    from acdc_lib.toyworld.grammar import GRAMMAR_VERSION
+
+    stories = read_stories(path, n_sentences=n_sentences, max_tokens=max_tokens, check_state=check_toy_state)
+    old = sorted({st.meta.get("grammar_version") for st in stories
+                  if st.source == "grammar" and st.meta.get("grammar_version", GRAMMAR_VERSION) < GRAMMAR_VERSION})
+    if old:
+        warnings.warn(f"{path} holds stories of grammar version(s) {old} (world version 1: no coat marking, collar "
+                      f"or layout variant, x off the grid); today's models are trained on version {GRAMMAR_VERSION}. "
+                      f"Regenerate with `python -m acdc_lib.toyworld.splits make-splits`.", WorldV1StoriesWarning,
+                      stacklevel=2)
+    return stories
 
 
 # --------------------------------------------------------------------------------------------

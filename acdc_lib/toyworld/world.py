@@ -10,6 +10,12 @@ moon), who (a named character of one species, with a gender for pronouns), what 
 where in the picture (x, y, facing), and the countable physical facts (suns, moons, ears, tails),
 which are normal by default and can be set to impossible values on request (two moons, three ears,
 no tail) for the physical-constraint experiment.
+
+World version 2 adds what no sentence ever states and only the frames carry: the character's
+identity (a coat marking and the colour of its collar, drawn once per story) and a background layout
+variant per (story, place) (where the trees, the hill, the boat or the bench are), and it puts the
+character's x on a grid of whole-pixel positions that running moves along. Their defaults (plain coat,
+no collar, layout 0) draw exactly the version-1 frames, so version-1 story files still render.
 """
 from __future__ import annotations
 
@@ -142,9 +148,27 @@ NAMES: dict[str, str] = {
 
 FACINGS: tuple[str, ...] = ("left", "right")
 
+# --------------------------------------------------------------------------------------------
+# Identity and layout (world version 2): never in any sentence or caption, kept by the frames.
+# --------------------------------------------------------------------------------------------
+WORLD_VERSION = 2
+# Coat markings: "saddle" paints the upper half of the body, "mask" the head, in a colour that contrasts
+# with the species' body colour (narrower bands on the body were misread at 32x32).
+MARKINGS: tuple[str, ...] = ("plain", "saddle", "mask")
+# Collar colours; "none" (no collar) is the version-1 look and is never drawn by the version-2 grammar.
+ACCESSORIES: tuple[str, ...] = ("none", "red", "blue", "green")
+ACCESSORY_COLORS: dict[str, tuple[float, float, float]] = {
+    "red": (0.85, 0.05, 0.10), "blue": (0.10, 0.30, 0.95), "green": (0.10, 0.75, 0.20)}
+N_LAYOUTS = 3  # background layout variants per place (0 is the version-1 layout)
+
 # Position bounds (fractions of the image): the character's centre x, and y the line its feet
 # stand on (0 = top, 1 = bottom). Values outside are refused, not clamped.
-X_RANGE: tuple[float, float] = (0.35, 0.65)
+X_RANGE: tuple[float, float] = (10 / 32, 22 / 32)
+# The version-2 grammar puts x on this grid of whole pixels (2 px apart at 32x32, 12 px from end to end
+# against version 1's 9.6); running moves it by RUN_CELLS cells (4 px, one VQ code) in the facing
+# direction, turning at the edges. A normal character never touches the frame's border on the grid.
+X_POSITIONS: tuple[float, ...] = tuple((10 + 2 * k) / 32 for k in range(7))
+RUN_CELLS = 2
 Y_RANGE: tuple[float, float] = (0.75, 0.92)
 DEFAULT_Y = 0.85
 
@@ -202,6 +226,9 @@ class SceneState:
     n_moons: int | None = None
     n_ears: int | None = None
     n_tails: int | None = None
+    marking: str = "plain"
+    accessory: str = "none"
+    layout: int = 0
 
     def __post_init__(self) -> None:
         suns, moons = normal_celestials(self.time) if self.time in TIMES else (None, None)
@@ -223,6 +250,10 @@ class SceneState:
         _check_choice("gender", self.gender, GENDERS)
         _check_choice("action", self.action, ACTIONS)
         _check_choice("facing", self.facing, FACINGS)
+        _check_choice("marking", self.marking, MARKINGS)
+        _check_choice("accessory", self.accessory, ACCESSORIES)
+        if isinstance(self.layout, bool) or not isinstance(self.layout, int) or not 0 <= self.layout < N_LAYOUTS:
+            raise ValueError(f"layout must be an int in [0, {N_LAYOUTS - 1}], got {self.layout!r}")
         if not isinstance(self.name, str) or not self.name.strip():
             raise ValueError(f"name must be a non-empty string, got {self.name!r}")
         for key, lo_hi in (("x", X_RANGE), ("y", Y_RANGE)):
@@ -278,6 +309,16 @@ class SceneState:
 
 STATE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(SceneState))
 STATE_REQUIRED: tuple[str, ...] = ("place", "time", "name", "species", "gender", "action")
+# What only the frames carry: identity (per story, or per (story, place) for the layout) and the
+# motion state (x on the grid, facing).
+IDENTITY_ATTRIBUTES: tuple[str, ...] = ("marking", "accessory", "layout")
+MOTION_ATTRIBUTES: tuple[str, ...] = ("x_cell", "facing")
+FRAME_ONLY_ATTRIBUTES: tuple[str, ...] = IDENTITY_ATTRIBUTES + MOTION_ATTRIBUTES
+
+
+def x_cell(x: float) -> int:
+    """Index of the X_POSITIONS grid cell nearest to x (x = 0.3125 -> 0 ... 0.6875 -> 6)."""
+    return min(range(len(X_POSITIONS)), key=lambda k: abs(X_POSITIONS[k] - x))
 
 
 def place_phrase(place: str) -> str:

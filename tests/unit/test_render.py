@@ -10,6 +10,7 @@ from scipy import ndimage
 
 from acdc_lib.toyworld.grammar import generate_stories
 from acdc_lib.toyworld.render import (
+    background_index,
     _backgrounds,
     _render_labels,
     _tables,
@@ -18,12 +19,14 @@ from acdc_lib.toyworld.render import (
     states_to_arrays,
 )
 from acdc_lib.toyworld.world import (
+    ACCESSORY_COLORS,
     ACTIONS,
     FACINGS,
     MAX_COUNT,
     PLACES,
     SPECIES,
     TIMES,
+    X_POSITIONS,
     X_RANGE,
     Y_RANGE,
     SceneState,
@@ -81,10 +84,15 @@ def test_windowed_character_equals_full_frame_drawing():
         assert torch.equal(win, full)
 
 
-def test_character_stays_inside_the_frame_at_extreme_positions():
+@pytest.mark.parametrize("counts,xs", [
+    ({}, X_RANGE),  # a normal character, anywhere on the grid
+    # extra ears and tails reach further; they stay inside from the second grid cell in
+    ({"n_ears": MAX_COUNT, "n_tails": MAX_COUNT}, (X_POSITIONS[1], X_POSITIONS[-2])),
+])
+def test_character_stays_inside_the_frame_at_extreme_positions(counts, xs):
     sts = [
-        _state(species=sp, action=ac, x=x, y=y, facing=f, n_ears=MAX_COUNT, n_tails=MAX_COUNT)
-        for sp, ac, x, y, f in itertools.product(SPECIES, ACTIONS, X_RANGE, Y_RANGE, FACINGS)
+        _state(species=sp, action=ac, x=x, y=y, facing=f, **counts)
+        for sp, ac, x, y, f in itertools.product(SPECIES, ACTIONS, xs, Y_RANGE, FACINGS)
     ]
     out = render_states(sts, size=64, return_parts=True)
     m = out.masks[:, 0]
@@ -97,14 +105,15 @@ def test_mask_covers_exactly_the_pixels_that_differ_from_the_background():
     out = render_states(sts, return_parts=True)
     bgs, _, _ = _backgrounds(32, "cpu", torch.float32)
     a = states_to_arrays(sts)
-    bg = bgs[a["place"] * len(TIMES) + a["time"]]
+    bg = bgs[background_index(a["place"], a["layout"], a["time"])]
     sky = out.parts["sun"] | out.parts["moon"]
     outside = ~(out.masks | sky)  # (B, 1, H, W)
     assert torch.equal(torch.where(outside, out.images, bg), bg)
-    # Inside the mask every pixel has one of its species' palette colours.
+    # Inside the mask every pixel has one of its species' palette colours, or its collar's.
     pal = _tables("cpu", torch.float32)["palette"]
     for b in range(len(sts)):
-        colors = pal[a["species"][b]]  # (L, 3)
+        collar = torch.tensor([ACCESSORY_COLORS[sts[b].accessory]]) if sts[b].accessory != "none" else pal[0, :0]
+        colors = torch.cat([pal[a["species"][b]], collar])  # (L (+1), 3)
         px = out.images[b].permute(1, 2, 0)[out.masks[b, 0]]  # (k, 3)
         assert px.shape[0] > 20
         dist = (px[:, None, :] - colors[None]).abs().amax(-1).min(dim=1).values  # exact, unlike cdist
