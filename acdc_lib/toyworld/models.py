@@ -22,6 +22,7 @@ Four models, each a library class saved with `save_pretrained` and loaded with `
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -31,17 +32,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 
-from acdc_lib.toyworld.world import ACTIONS, MAX_COUNT, PLACES, SPECIES, TIMES
+from acdc_lib.toyworld.world import (ACCESSORIES, ACTIONS, FACINGS, MARKINGS, MAX_COUNT, N_LAYOUTS, PLACES, SPECIES,
+                                     TIMES, X_POSITIONS)
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 IMAGE_SIZE = 32
 TOKENS_PER_FRAME = 64  # 8x8 VQ codes per 32x32 frame
 TEXT_LEN = 32  # word tokens per frame segment of the ARM (left-padded); longer sentences are refused
 
-# Probe heads: name -> number of classes. Counts are 0..MAX_COUNT.
+# Probe heads: name -> number of classes. Counts are 0..MAX_COUNT; then what only the frames carry
+# (world version 2): identity (marking, collar colour, layout variant) and motion state (x grid cell, facing).
 PROBE_HEADS: dict[str, int] = {
     "species": len(SPECIES), "place": len(PLACES), "time": len(TIMES), "action": len(ACTIONS),
     "n_suns": MAX_COUNT + 1, "n_moons": MAX_COUNT + 1, "n_ears": MAX_COUNT + 1, "n_tails": MAX_COUNT + 1,
+    "marking": len(MARKINGS), "accessory": len(ACCESSORIES), "layout": N_LAYOUTS, "x_cell": len(X_POSITIONS),
+    "facing": len(FACINGS),
 }
 VISUAL_HEADS: tuple[str, ...] = ("species", "place", "time", "action")
 
@@ -174,6 +179,9 @@ def state_labels(states) -> dict[str, torch.Tensor]:
     from acdc_lib.toyworld.render import states_to_arrays
 
     a = states_to_arrays(states)
+    a["facing"] = (a["facing"] > 0).long()  # FACINGS order: left 0, right 1
+    grid = torch.tensor(X_POSITIONS, dtype=torch.float64)
+    a["x_cell"] = (a["x"][:, None] - grid[None]).abs().argmin(1)
     return {k: a[k] for k in PROBE_HEADS}
 
 
@@ -355,6 +363,56 @@ def arm_sequences(stories, vq, tokenizer, layout: ARMLayout, batch: int = 512) -
     return torch.stack([story_ids(tokenizer, st.sentences, codes[i], layout) for i, st in enumerate(stories)])
 
 
+class CodeSlots(nn.Module, PyTorchModelHubMixin):
+    """A learned embedding of where a token sits in its frame segment, shared by every frame.
+
+    Code j of every frame gets slot j + 2, the BOI slot 1, text and EOI slot 0 (a zero vector). Added to
+    the token embeddings, it lets attention find code j of frame i-1 from code j-1 of frame i at any
+    distance, as video transformers factor space and time; with rotary positions alone, copying what
+    only the frames carry (the coat, the collar, where the character stands) is an offset of exactly
+    one segment that the small ARM never learned. Initialised with sinusoids of the slot index, so
+    that "the next slot" is one fixed rotation from the start. Written here because transformers'
+    Llama has no second position table to give it.
+
+    Args:
+        hidden: the LM's hidden size (even).
+        tokens_per_frame: codes per frame.
+        scale: the initial norm of each slot vector, about that of an initial token embedding.
+    """
+
+    def __init__(self, hidden: int = 128, tokens_per_frame: int = TOKENS_PER_FRAME, scale: float = 0.25):
+        super().__init__()
+        if hidden % 2:
+            raise ValueError(f"hidden must be even, got {hidden!r}")
+        self.embed = nn.Embedding(tokens_per_frame + 2, hidden, padding_idx=0)
+        pos = torch.arange(tokens_per_frame + 2, dtype=torch.float32)[:, None]
+        freq = torch.exp(-torch.arange(0, hidden, 2, dtype=torch.float32) / hidden * math.log(1000.0))
+        table = torch.cat([torch.sin(pos * freq), torch.cos(pos * freq)], 1) * scale / math.sqrt(hidden / 2)
+        table[0] = 0.0
+        with torch.no_grad():
+            self.embed.weight.copy_(table)
+
+    def forward(self, slots: torch.LongTensor) -> torch.Tensor:
+        return self.embed(slots)
+
+
+def segment_slots(layout: "ARMLayout", start: int, length: int, device=None) -> torch.LongTensor:
+    """(length,) slot ids of positions start .. start+length-1 of a story laid out in segments."""
+    r = (torch.arange(start, start + length, device=device) % layout.segment)
+    code = r - layout.text_len - 1  # code index within the frame, where r is a code's position
+    out = torch.where((code >= 0) & (code < layout.tokens_per_frame), code + 2, torch.zeros_like(r))
+    return torch.where(r == layout.text_len, torch.ones_like(r), out)
+
+
+def lm_inputs(lm, slots: "CodeSlots | None", layout: "ARMLayout", ids: torch.LongTensor, start: int = 0) -> dict:
+    """The LM's keyword inputs for ids at positions start.. of a segment layout: input_ids, or with code
+    slots the token embeddings plus the slot embeddings (inputs_embeds)."""
+    if slots is None:
+        return {"input_ids": ids}
+    emb = lm.get_input_embeddings()(ids)
+    return {"inputs_embeds": emb + slots(segment_slots(layout, start, ids.shape[1], ids.device))[None].to(emb.dtype)}
+
+
 class ToyARM:
     """The toy world's ARM (protocol `acdc_lib.types.ARM`): a LlamaForCausalLM over words + VQ codes.
 
@@ -370,6 +428,7 @@ class ToyARM:
         layout: the ARMLayout.
         temperature: softmax temperature (> 0).
         top_k: keep the k most likely codes (None or 0: all).
+        slots: the CodeSlots embedding the LM was trained with, or None (an LM trained without it).
         context_frames: K, the frames the ARM sees (the new one included): frame i conditions on
             sentences i-K+1..i and frames i-K+1..i-1, as long-sequence ARMs window their context, so
             stories longer than its training length run at a cost flat in their length. None: the
@@ -377,8 +436,9 @@ class ToyARM:
         device: where the models run.
     """
 
-    def __init__(self, lm, vq, tokenizer, layout: ARMLayout, *, temperature: float = 1.0, top_k: int | None = None,
-                 context_frames: int | None = None, device: str | torch.device = "cpu"):
+    def __init__(self, lm, vq, tokenizer, layout: ARMLayout, *, slots: CodeSlots | None = None,
+                 temperature: float = 1.0, top_k: int | None = None, context_frames: int | None = None,
+                 device: str | torch.device = "cpu"):
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature!r}")
         if top_k is not None and (not isinstance(top_k, int) or top_k < 0 or top_k > layout.codebook_size):
@@ -393,6 +453,7 @@ class ToyARM:
         self.context_frames = context_frames
         self.device = torch.device(device)
         self.lm = lm.to(self.device).eval()
+        self.slots = slots.to(self.device).eval() if slots is not None else None
         self.vq = vq.to(self.device).eval()
         self.tokenizer, self.layout = tokenizer, layout
         self.temperature, self.top_k = float(temperature), top_k
@@ -401,9 +462,10 @@ class ToyARM:
     @classmethod
     def from_pretrained(cls, arm_path: str | Path | None = None, vq_path: str | Path | None = None,
                         device: str | torch.device = "cpu", **kwargs) -> "ToyARM":
-        """Load lm/ + tokenizer/ + arm_layout.json from `arm_path` and the VQModel from `vq_path`.
+        """Load lm/ + tokenizer/ + arm_layout.json (+ slots/ where the LM was trained with CodeSlots) from
+        `arm_path` and the VQModel from `vq_path`.
 
-        Defaults: the shipped checkpoints/arm and checkpoints/vq. kwargs: temperature, top_k.
+        Defaults: the shipped checkpoints/arm and checkpoints/vq. kwargs: temperature, top_k, context_frames.
         """
         from diffusers import VQModel
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -412,13 +474,16 @@ class ToyARM:
         vq_root = Path(vq_path) if vq_path is not None else CHECKPOINT_DIR / "vq"
         _require_dirs(root, ("lm", "tokenizer"))
         layout = ARMLayout(**json.loads((root / "arm_layout.json").read_text()))
+        slots = CodeSlots.from_pretrained(root / "slots") if (root / "slots").is_dir() else None
         return cls(AutoModelForCausalLM.from_pretrained(root / "lm"), VQModel.from_pretrained(vq_root),
-                   AutoTokenizer.from_pretrained(root / "tokenizer"), layout, device=device, **kwargs)
+                   AutoTokenizer.from_pretrained(root / "tokenizer"), layout, slots=slots, device=device, **kwargs)
 
     def save_pretrained(self, path: str | Path) -> None:
-        """Write lm/, tokenizer/ and arm_layout.json (the VQ is saved on its own)."""
+        """Write lm/, tokenizer/, arm_layout.json and slots/ (the VQ is saved on its own)."""
         root = Path(path)
         self.lm.save_pretrained(root / "lm")
+        if self.slots is not None:
+            self.slots.save_pretrained(root / "slots")
         self.tokenizer.save_pretrained(root / "tokenizer")
         (root / "arm_layout.json").write_text(json.dumps(asdict(self.layout), indent=1) + "\n")
 
@@ -492,9 +557,11 @@ class ToyARM:
                              f"window it")
         lo, hi = self.layout.code_offset, self.layout.vocab_size
         out = torch.empty(len(texts), self.tokens_per_frame, dtype=torch.long, device=self.device)
-        past, step_in = None, ids
+        past, step_in, pos = None, ids, 0
         for j in range(self.tokens_per_frame):
-            res = self.lm(input_ids=step_in, past_key_values=past, use_cache=True)
+            res = self.lm(**lm_inputs(self.lm, self.slots, self.layout, step_in, pos), past_key_values=past,
+                          use_cache=True)
+            pos += step_in.shape[1]
             past = res.past_key_values
             logits = res.logits[:, -1, lo:hi].float() / self.temperature  # only image codes can be drawn
             if self.top_k:
