@@ -6,9 +6,12 @@
   visual attributes species, place, time, action).
 - DM: frames sampled from explicit captions show the captioned species AND place (both, by the
   probe) >= 90% of the time.
-- ARM regime (ours, fixed before measuring): free-running, mean probe accuracy over the visual
-  attributes at frame 1 >= 75% ("mostly right") and at the last frame at least 5 points lower
-  ("errors accumulate").
+- ARM regime (world version 2, fixed before measuring; it replaces version 1's rule on the visual
+  attributes): on test stories 200-999, in the continuation task (the story's true frame 1 is given,
+  the ARM draws frames 2..N), for the mean over what only the frames carry (marking, collar, layout,
+  x cell, facing), the error the free-running ARM inherits (the ARM with the true earlier frames minus
+  the free-running ARM) is above 0 at frame 6 and larger at frame 6 than at frame 3, both with 95%
+  paired bootstrap confidence, and the free-running ARM's frame-2 accuracy is at least 75%.
 
 Every function takes its models and stories as arguments and its randomness as a seed, so the
 notebook and `python -m acdc_lib.toyworld.gates` measure the same numbers.
@@ -28,9 +31,15 @@ import torch
 from acdc_lib.defaults import PAPER_GUIDANCE_SCALE
 from acdc_lib.io import atomic_write_json
 from acdc_lib.toyworld import models as M
-from acdc_lib.toyworld.world import SceneState, explicit_caption
+from acdc_lib.toyworld.world import FRAME_ONLY_ATTRIBUTES, SceneState, explicit_caption
 
 VISUAL = M.VISUAL_HEADS
+FRAME_ONLY = FRAME_ONLY_ATTRIBUTES  # probe heads of what only the frames carry
+# The regime gate's stories and seed, written down before any version-2 model was measured.
+REGIME_STORIES: tuple[int, int] = (200, 1000)
+REGIME_SEED = 20261130
+REGIME_FRAMES: tuple[int, int] = (3, 6)  # the inherited error must grow from frame 3 to frame 6
+REGIME_FRAME2_MIN = 0.75
 
 
 @dataclass
@@ -121,6 +130,7 @@ def evaluator_gates(evaluator: M.ToyEvaluator, stories, *, seed: int = 0, group:
     gates = [Gate("evaluator species accuracy", acc["species"], 0.98, {"n_frames": len(states)}),
              Gate("evaluator place accuracy", acc["place"], 0.98, {"n_frames": len(states)}),
              Gate(f"CLIP retrieval top-1 among {group}", r1, 0.80, {"n_queries": len(pick) // group * group})]
+    gates += [Gate(f"evaluator {k} accuracy", acc[k], 0.98, {"n_frames": len(states)}) for k in FRAME_ONLY]
     return gates, {"probe_accuracy_clean": acc, "retrieval_top1": r1, "images": images, "states": states}
 
 
@@ -131,11 +141,14 @@ def vq_gate(vq, evaluator: M.ToyEvaluator, images: torch.Tensor, states) -> tupl
     """Probe accuracy on VQ reconstructions relative to the originals (mean over the visual attributes)."""
     truth = M.state_labels(states)
     rec = torch.cat([M.vq_decode(vq, M.vq_encode(vq, images[i:i + 512])) for i in range(0, len(images), 512)])
-    a0 = accuracy(evaluator.predict(images), truth, VISUAL)
-    a1 = accuracy(evaluator.predict(rec), truth, VISUAL)
+    p0, p1 = evaluator.predict(images), evaluator.predict(rec)
+    a0, a1 = accuracy(p0, truth, VISUAL), accuracy(p1, truth, VISUAL)
     ratio = float(np.mean(list(a1.values())) / np.mean(list(a0.values())))
     mse = float((rec - images).pow(2).mean())
     detail = {"accuracy_originals": a0, "accuracy_reconstructions": a1, "mse": mse, "n_frames": len(states),
+              # not part of the gate (issue 5's rule), but what the ARM can copy at best
+              "frame_only_originals": accuracy(p0, truth, FRAME_ONLY),
+              "frame_only_reconstructions": accuracy(p1, truth, FRAME_ONLY),
               "codes_used": int(torch.unique(M.vq_encode(vq, images[:2048])).numel())}
     return Gate("VQ probe accuracy on reconstructions / originals", ratio, 0.95, detail), {"reconstructions": rec}
 
@@ -206,6 +219,89 @@ def arm_curve(arm, evaluator: M.ToyEvaluator, stories, *, seed: int = 0, batch_s
     return {"per_frame": per_frame, "mean": mean, "correct": correct, "images": images, "n_stories": S}
 
 
+def continuation_curve(arm, evaluator: M.ToyEvaluator, stories, *, seed: int = 0, context: str = "own",
+                       context_frames: int | None = None, batch_size: int = 50) -> dict:
+    """The continuation task: the story's true frame 1 is given (through the ARM's VQ), the ARM draws 2..N.
+
+    context="own": frame i conditions on the ARM's own frames 2..i-1 (free-running after frame 1).
+    context="true": frame i conditions on the true frames 1..i-1 (the oracle), with the same draws: story
+    k's generator is seeded `seed + k` in both, so frame 2 is the same draw and the gap between the two
+    at later frames is the error the ARM inherits from its own frames. `context_frames` windows the
+    ARM's context to its last K frames (ToyARM's context_frames).
+    Returns {"per_frame": {head: [acc at frame 1..N]}, "mean_frame_only": [...], "mean_visual": [...],
+    "correct": {head: (S, N) bool}, "images": (S, N, 3, 32, 32), "n_stories": S}; frame 1 is the VQ
+    round trip of the true frame.
+    """
+    import copy
+
+    if context not in ("own", "true"):
+        raise ValueError(f"context must be 'own' or 'true', got {context!r}")
+    if context_frames is not None:
+        arm = copy.copy(arm)
+        arm.context_frames = context_frames
+    device = getattr(arm, "device", torch.device("cpu"))
+    frames = []
+    for i in range(0, len(stories), batch_size):
+        chunk = stories[i:i + batch_size]
+        n = len(chunk[0].sentences)
+        if any(len(st.sentences) != n for st in chunk):
+            raise ValueError("the stories of one batch must have the same number of sentences")
+        true_tokens = torch.stack([arm.encode(_render(st.states)) for st in chunk])  # (B, N, 64)
+        gens = [torch.Generator(device=device).manual_seed(seed + i + k) for k in range(len(chunk))]
+        tokens = [true_tokens[:, 0]]
+        for j in range(1, n):
+            prev = true_tokens[:, :j] if context == "true" else torch.stack(tokens, 1)
+            tokens.append(arm.generate([st.sentences[:j + 1] for st in chunk], prev, gens).cpu())
+        toks = torch.stack(tokens, 1)
+        frames.append(torch.stack([arm.decode(toks[:, j]).cpu() for j in range(n)], 1))
+    images = torch.cat(frames)
+    S, N = images.shape[:2]
+    states, _ = frames_of(stories)
+    pred, truth = evaluator.predict(images.flatten(0, 1)), M.state_labels(states)
+    heads = [*VISUAL, *FRAME_ONLY]
+    correct = {k: pred[k].view(S, N) == truth[k].view(S, N) for k in heads}
+    per_frame = {k: [float(correct[k][:, j].float().mean()) for j in range(N)] for k in heads}
+    return {"per_frame": per_frame, "correct": correct, "images": images, "n_stories": S,
+            "mean_frame_only": [float(np.mean([per_frame[k][j] for k in FRAME_ONLY])) for j in range(N)],
+            "mean_visual": [float(np.mean([per_frame[k][j] for k in VISUAL])) for j in range(N)]}
+
+
+def frame_only_scores(curve: dict) -> np.ndarray:
+    """(S, N) per story and frame: the fraction of FRAME_ONLY attributes read right."""
+    return np.mean([curve["correct"][k].float().numpy() for k in FRAME_ONLY], 0)
+
+
+def regime_gate(own: dict, true: dict, *, n_resamples: int = 2000, seed: int = 0) -> Gate:
+    """The version-2 ARM regime gate from two `continuation_curve`s of the same stories and seeds.
+
+    inherited(i) = true-context minus free-running score at frame i (mean over FRAME_ONLY per story).
+    Passes when the 95% paired bootstrap interval of inherited(6) lies above 0, that of
+    inherited(6) - inherited(3) lies above 0, and the free-running frame-2 accuracy is >= 75%.
+    The value is 1 when all three hold, else 0; the detail has every number.
+    """
+    from acdc_lib.metrics import bootstrap_ci
+
+    a, b = frame_only_scores(own), frame_only_scores(true)
+    if a.shape != b.shape or a.shape[1] < max(REGIME_FRAMES):
+        raise ValueError(f"own and true must cover the same stories with >= {max(REGIME_FRAMES)} frames, got "
+                         f"{a.shape} and {b.shape}")
+    early, late = (f - 1 for f in REGIME_FRAMES)
+    inh = b - a
+    kw = dict(n_resamples=n_resamples, seed=seed)
+    at_late, growth = bootstrap_ci(inh[:, late], **kw), bootstrap_ci(inh[:, late] - inh[:, early], **kw)
+    frame2 = float(a[:, 1].mean())
+    ok = at_late.low > 0 and growth.low > 0 and frame2 >= REGIME_FRAME2_MIN
+    detail = {"inherited_at_6": asdict(at_late), "growth_3_to_6": asdict(growth), "frame2_own": frame2,
+              "inherited_at_3": asdict(bootstrap_ci(inh[:, early], **kw)),
+              "own_per_frame": a.mean(0).tolist(), "true_per_frame": b.mean(0).tolist(),
+              "per_attribute_own": {k: own["per_frame"][k] for k in FRAME_ONLY},
+              "per_attribute_true": {k: true["per_frame"][k] for k in FRAME_ONLY},
+              "n_stories": int(a.shape[0])}
+    return Gate("ARM regime (continuation, frame-only attributes)", 1.0 if ok else 0.0, 1.0, detail,
+                rule=f"(inherited error at frame {REGIME_FRAMES[1]} > 0 and larger than at frame {REGIME_FRAMES[0]}, "
+                     f"95% paired bootstrap; frame-2 accuracy >= {REGIME_FRAME2_MIN:.0%})")
+
+
 def arm_inheritance(own: dict, true: dict, *, n_resamples: int = 2000, seed: int = 0,
                     confidence: float = 0.95) -> dict[str, dict[str, Any]]:
     """How much of the free-running ARM's fall is inherited, from two `arm_curve`s of the same stories.
@@ -274,7 +370,7 @@ def arm_frame_nll(arm, stories, *, swap_earlier_frames: bool = False, batch_size
         total, count = torch.zeros(len(frames)), torch.zeros(len(frames))
         for b in range(0, len(x), batch_size):
             xb = x[b:b + batch_size, :end].to(device)
-            logits = lm(input_ids=xb).logits[:, :-1].float()
+            logits = lm(**M.lm_inputs(lm, arm.slots, layout, xb)).logits[:, :-1].float()
             nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), xb[:, 1:], reduction="none").cpu()
             for k, i in enumerate(frames):
                 mask = is_code[b:b + batch_size, 1:end] & (frame_of[1:end] == i)
@@ -352,6 +448,28 @@ def plot_arm_curves(curves: dict[str, dict]):
     return fig
 
 
+def plot_continuation(own: dict, true: dict):
+    """Frame-only accuracy per frame of two `continuation_curve`s (own frames vs true earlier frames), and
+    per attribute, with the visual mean beside."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.2))
+    N = len(own["mean_frame_only"])
+    x = range(1, N + 1)
+    for c, name, style in ((own, "own frames", "-o"), (true, "true earlier frames", "--s")):
+        axes[0].plot(x, c["mean_frame_only"], style, label=f"frame-only, {name}")
+        axes[0].plot(x, c["mean_visual"], style, alpha=0.4, label=f"visual, {name}")
+    axes[0].set(xlabel="frame", ylabel="probe accuracy", title="continuation: frame 1 given", ylim=(0, 1.02))
+    axes[0].legend(fontsize=7)
+    for k in FRAME_ONLY:
+        line, = axes[1].plot(x, own["per_frame"][k], "-o", label=k)
+        axes[1].plot(x, true["per_frame"][k], "--", color=line.get_color(), alpha=0.6)
+    axes[1].set(xlabel="frame", title="per attribute (dashed: true earlier frames)", ylim=(0, 1.02))
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def checkpoint_sizes(root: Path = M.CHECKPOINT_DIR) -> dict[str, float]:
     """MB of all files per top-level model folder (weights and configs), and their total."""
     out: dict[str, float] = {}
@@ -379,7 +497,7 @@ def training_minutes(root: Path = M.CHECKPOINT_DIR) -> dict[str, float]:
 # --------------------------------------------------------------------------------------------
 def measure_all(n_stories: int | None = None, *, dm_frames: int = 256, arm_stories: int = 200,
                 checkpoints: Path = M.CHECKPOINT_DIR, extra_arms: Sequence[str] = ("arm_weak", "arm_strong"),
-                dm_steps: int = 25, seed: int = 0) -> dict:
+                dm_steps: int = 25, seed: int = 0, k_values: Sequence[int] = (2, 3)) -> dict:
     """Measure all gates on the test split with the models under `checkpoints`; returns the gates.json dict."""
     t0 = time.time()
     test = load_split("test", n_stories)
@@ -395,13 +513,38 @@ def measure_all(n_stories: int | None = None, *, dm_frames: int = 256, arm_stori
     for name in arm_names:
         c = arm_curve(M.load_arm(checkpoints / name, checkpoints / "vq"), ev, test[:arm_stories], seed=seed)
         curves[name] = {"per_frame": c["per_frame"], "mean": c["mean"], "n_stories": c["n_stories"]}
-    g_arm = arm_regime_gate(curves["arm"])
+    arm = M.load_arm(checkpoints / "arm", checkpoints / "vq")
+    regime, k_curves = regime_measurement(arm, ev, test, k_values=k_values)
+    g_arm = regime_gate(regime["own"], regime["true"])
     gates = [*g_ev, g_vq, g_dm, g_arm]
     return {
         "split": "test", "n_test_stories": len(test), "probe_accuracy_clean": ev_out["probe_accuracy_clean"],
         "gates": summarize(gates), "arm_curves": curves, "all_passed": all(g.passed for g in gates),
-        "measure_seconds": round(time.time() - t0, 1),
+        "regime": {"stories": list(REGIME_STORIES), "seed": REGIME_SEED,
+                   **{c: {"mean_frame_only": regime[c]["mean_frame_only"], "mean_visual": regime[c]["mean_visual"],
+                          "per_frame": regime[c]["per_frame"]} for c in ("own", "true")}},
+        "context_window_curves": k_curves, "measure_seconds": round(time.time() - t0, 1),
     }
+
+
+def regime_measurement(arm, evaluator: M.ToyEvaluator, test, *, k_values: Sequence[int] = (2, 3),
+                       k_stories: int = 200) -> tuple[dict, dict]:
+    """The regime gate's two continuation curves on test stories REGIME_STORIES (seed REGIME_SEED), and the
+    free-running frame-only curve for each context window K in `k_values` on the first `k_stories` of them
+    (with the ARM's own window, arm.context_frames or the whole story, under its own key)."""
+    lo, hi = REGIME_STORIES
+    if len(test) < hi:
+        raise ValueError(f"the regime gate needs test stories {lo}..{hi - 1}; the split has {len(test)}")
+    stories = test[lo:hi]
+    res = {c: continuation_curve(arm, evaluator, stories, seed=REGIME_SEED, context=c) for c in ("own", "true")}
+    k_curves = {str(arm.context_frames or len(stories[0].sentences)): {
+        "own": res["own"]["mean_frame_only"], "n_stories": len(stories)}}
+    for K in k_values:
+        sub = stories[:k_stories]
+        k_curves[str(K)] = {c: continuation_curve(arm, evaluator, sub, seed=REGIME_SEED, context=c,
+                                                  context_frames=K)["mean_frame_only"] for c in ("own", "true")}
+        k_curves[str(K)]["n_stories"] = len(sub)
+    return res, k_curves
 
 
 def measure_inheritance(stories: str, *, checkpoints: Path = M.CHECKPOINT_DIR, seed: int = 0,
