@@ -133,8 +133,8 @@ def paired_changes(table: ResultsTable, metrics: Sequence[str] | None = None, n_
                    seed: int = 0, confidence: float = 0.95) -> list[dict[str, Any]]:
     """Paired per-story change (new - old) of every per-story metric, for each comparison of COMPARISONS.
 
-    Every per-story metric here is higher-is-better (consistency, CLIPScore, accuracies, validity),
-    so a positive change is an improvement. Comparisons whose rows the table lacks are left out.
+    Every per-story metric here is higher-is-better (consistency, CLIPScore, accuracies, validity)
+    except position_err_px (pixels, lower is better), so a positive change is an improvement but there. Comparisons whose rows the table lacks are left out.
 
     Args:
         metrics: per-story metric names (default: all the table has for both rows).
@@ -149,8 +149,8 @@ def paired_changes(table: ResultsTable, metrics: Sequence[str] | None = None, n_
         for m in names:
             d = paired_difference(table, old, new, m, n_resamples=n_resamples, seed=seed, confidence=confidence)
             out.append({"comparison": comp, "old": old, "new": new, "metric": m,
-                        "old_value": float(np.mean(table.per_story[old][m])),
-                        "new_value": float(np.mean(table.per_story[new][m])),
+                        "old_value": float(np.nanmean(table.per_story[old][m])),
+                        "new_value": float(np.nanmean(table.per_story[new][m])),
                         "diff": asdict(d), "excludes_0": not d.low <= 0.0 <= d.high})
     return out
 

@@ -122,6 +122,12 @@ def summarise(out_dir: str | Path, stories: Sequence[Story], evaluator: Evaluato
         skipped["attribute_accuracy"] = f"the {evaluator.name} evaluator reads no attributes"
     if validity is None:
         skipped["physical_validity"] = f"the {evaluator.name} evaluator reads no physical validity"
+    carried = getattr(evaluator, "carried_scores", None)
+    if carried is None:
+        skipped["identity_acc"] = f"the {evaluator.name} evaluator reads no frame-carried identity or position"
+    elif ground_truth is None:
+        skipped["identity_acc"] = "no ground truth for these stories"
+        carried = None
     row_names = (["reference"] if include_reference and ref is not None else []) + list(config.rows)
     ci = dict(confidence=config.confidence, seed=config.base_seed)
     rows, curves, per_story, per_frame = {}, {}, {}, {}
@@ -158,11 +164,39 @@ def summarise(out_dir: str | Path, stories: Sequence[Story], evaluator: Evaluato
             curve["physical_validity"] = [M.bootstrap_ci(valid[:, j], n_resamples=config.n_bootstrap, **ci)
                                           for j in range(N)]
             frame_values["physical_validity"] = valid
+        if carried is not None:  # what only frames carry, against the row's own frame 1 (NaN: undefined)
+            scores = [carried(frames[k], stories[k]) for k in range(S)]
+            for name in scores[0]:
+                m = torch.stack([torch.as_tensor(sc[name]) for sc in scores]).double()   # (S, N), frame 1 NaN
+                per = _nanmean_rows(m[:, 1:])
+                values[name] = per
+                res[name] = _finite_ci(per, n_resamples=config.n_bootstrap, **ci)
+                # frame 1 is where the row fixed them: agreement 1, movement 0, by definition
+                first = 1.0 if name.endswith("_acc") else 0.0
+                curve[name] = [M.Interval(first, first, first)] + [
+                    _finite_ci(m[:, j], n_resamples=config.n_bootstrap, **ci) for j in range(1, N)]
         rows[row], curves[row] = res, curve
         per_story[row] = {m: torch.as_tensor(v).double().tolist() for m, v in values.items()}
         per_frame[row] = {c: v.long().tolist() for c, v in frame_values.items()}  # 0/1 per story and frame
     labels = {"reference": getattr(ground_truth, "label", "Ground truth"), **{r: ROWS[r].label for r in config.rows}}
     return ResultsTable(rows, curves, labels, S, N, asdict(config), per_story, per_frame, skipped)
+
+
+def _nanmean_rows(m: torch.Tensor) -> torch.Tensor:
+    """(S,) mean of each row's finite values; NaN for a row with none."""
+    ok = torch.isfinite(m)
+    return torch.where(ok.any(1), torch.where(ok, m, 0.0).sum(1) / ok.sum(1).clamp_min(1), torch.nan)
+
+
+def _finite_ci(values: torch.Tensor, **kw) -> M.Interval:
+    """bootstrap_ci over the finite values only (stories where the metric is defined); NaN when none are."""
+    x = torch.as_tensor(values).double()
+    x = x[torch.isfinite(x)]
+    if x.numel() == 0:
+        return M.Interval(float("nan"), float("nan"), float("nan"))
+    if x.numel() == 1:
+        return M.Interval(float(x[0]), float(x[0]), float(x[0]))
+    return M.bootstrap_ci(x.numpy(), **kw)
 
 
 def _predictions(evaluator: Evaluator, frames: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -187,7 +221,11 @@ def paired_difference(table: ResultsTable, old_row: str, new_row: str, metric: s
     if missing:
         raise ValueError(f"no per-story {metric!r} for rows {missing}; per-story metrics: "
                          f"{sorted(next(iter(table.per_story.values()), {}))}")
-    d = np.asarray(table.per_story[new_row][metric]) - np.asarray(table.per_story[old_row][metric])
+    d = np.asarray(table.per_story[new_row][metric], dtype=float) - np.asarray(table.per_story[old_row][metric],
+                                                                               dtype=float)
+    d = d[np.isfinite(d)]  # a metric that is undefined for a story (NaN) leaves that story out of both rows
+    if d.size < 2:
+        return M.Interval(float(d.mean()) if d.size else float("nan"), float("nan"), float("nan"))
     return M.bootstrap_ci(d, n_resamples=n_resamples, seed=seed, confidence=confidence)
 
 

@@ -55,6 +55,40 @@ class ToyStoryEvaluator:
         return physically_valid({k: heads[k][None] for k in COUNT_HEADS})[0]
 
 
+    def carried_scores(self, frames: torch.Tensor, story) -> dict[str, torch.Tensor]:
+        """What only the frames carry, judged against the row's own frame 1 (the text never states it).
+
+        Args:
+            frames: (N, 3, H, W) one story's frames of one row.
+            story: the story, with ground-truth states.
+        Returns:
+            {"identity_acc": (N,), "position_err_px": (N,)} float, NaN where undefined. identity_acc at
+            frame i >= 2: the fraction of coat marking, collar colour and (while the story is still at
+            frame 1's place) layout variant read the same as in this row's frame 1, which fixed them.
+            position_err_px: while the story is at frame 1's place, |(x_i - x_1) read - (x_i - x_1) true| in
+            pixels, how far the character moved wrongly since frame 1; a place change draws a new x.
+        """
+        from acdc_lib.toyworld.world import X_POSITIONS
+
+        _require_states(story)
+        heads = self.toy.predict(_toy_size(frames))
+        N = frames.shape[0]
+        places = [st["place"] for st in story.states]
+        same_place = torch.tensor([all(p == places[0] for p in places[:i + 1]) for i in range(N)])
+        ident = torch.full((N,), float("nan"))
+        pos = torch.full((N,), float("nan"))
+        grid = torch.tensor(X_POSITIONS, dtype=torch.float64)
+        x_read = grid[heads["x_cell"]]
+        x_true = torch.tensor([st["x"] for st in story.states], dtype=torch.float64)
+        for i in range(1, N):
+            same = [heads[k][i] == heads[k][0] for k in ("marking", "accessory")]
+            if same_place[i]:
+                same.append(heads["layout"][i] == heads["layout"][0])
+                pos[i] = float(((x_read[i] - x_read[0]) - (x_true[i] - x_true[0])).abs() * IMAGE_SIZE)
+            ident[i] = float(torch.stack(same).float().mean())
+        return {"identity_acc": ident, "position_err_px": pos}
+
+
 class ToyGroundTruth:
     """True frames (rendered from each story's states) and true attribute labels, per story."""
 

@@ -277,7 +277,8 @@ def test_table_numbers_equal_hand_computed_values(tmp_path, evaluator, truth):
     assert E.comparison_markdown(comp).count("n/a (set-level)") == 5
     md = table.to_markdown()
     assert md.count("\n") == 2 + len(rows) + 2 and "ARM + ACDC, rule memory" in md
-    assert table.skipped == {"subject_consistency": "the fake evaluator embeds no subjects"}
+    assert table.skipped == {"subject_consistency": "the fake evaluator embeds no subjects",
+                             "identity_acc": "the fake evaluator reads no frame-carried identity or position"}
     assert "Not measured: subject_consistency" in md
     table.write(tmp_path)
     assert json.loads((tmp_path / "results.json").read_text())["rows"]["arm"]["char_acc"]["value"] == 0.0
@@ -391,3 +392,34 @@ def test_paired_frame_gaps_refuses_arrays_that_do_not_pair():
         E.paired_frame_gaps(np.zeros((3, 6)), np.zeros((4, 6)))
     with pytest.raises(ValueError, match="frames >= 2"):
         E.paired_frame_gaps(np.zeros((3, 1)), np.zeros((3, 1)))
+
+
+def test_frame_carried_scores_skip_undefined_frames_and_pair_by_story(tmp_path):
+    class WithCarried(FakeEvaluator):
+        def carried_scores(self, frames, story):
+            # identity: the marker pixel agrees with frame 1's; position: defined for story s0's frames 2-3 only
+            idx, marked = _marks(frames)
+            ident = (marked == marked[0]).double()
+            ident[0] = float("nan")
+            pos = torch.full((len(frames),), float("nan"), dtype=torch.float64)
+            if story.story_id == "s0":
+                pos[1:3] = torch.tensor([1.0, 3.0])
+            return {"identity_acc": ident, "position_err_px": pos}
+
+    sts = stories(3)
+    _, config = run(tmp_path, sts, rows=("arm", "acdc_nomem"))
+    table = E.summarise(tmp_path, sts, WithCarried(), config, ground_truth=FakeTruth())
+    assert "identity_acc" not in table.skipped
+    assert table.rows["acdc_nomem"]["identity_acc"].value == pytest.approx(1.0)       # always marked
+    assert table.rows["arm"]["position_err_px"].value == pytest.approx(2.0)            # one story defines it
+    assert table.per_story["arm"]["position_err_px"][1] != table.per_story["arm"]["position_err_px"][1]  # NaN
+    curve = table.curves["arm"]["identity_acc"]
+    assert len(curve) == N and curve[0].value == 1.0                                    # frame 1: by definition
+    assert table.curves["arm"]["position_err_px"][0].value == 0.0
+    assert all(np.isnan(p.value) for p in table.curves["arm"]["position_err_px"][3:])  # no story defines them
+    d = E.paired_difference(table, "arm", "acdc_nomem", "identity_acc", n_resamples=100)
+    assert np.isfinite(d.value)
+    one = E.paired_difference(table, "arm", "acdc_nomem", "position_err_px", n_resamples=100)
+    assert one.value == 0.0 and np.isnan(one.low)                                       # one story: no interval
+    plain = E.summarise(tmp_path, sts, FakeEvaluator(), config, ground_truth=FakeTruth())
+    assert "identity_acc" in plain.skipped and "identity_acc" not in plain.rows["arm"]

@@ -57,7 +57,7 @@ def test_notebook03_runs_emu3_with_sd_and_the_real_evaluator(models, tmp_path):
     assert res["parts"]["arm"] == "emu3" and res["parts"]["evaluator"] == "real" and res["parts"]["dm"] == "sd"
     assert list(res["table"]) == ["dm_only", "arm", "acdc_rules", "acdc_nomem"]   # no oracle without true frames
     assert set(res["table"]["arm"]) == {"frame_consistency", "subject_consistency", "clip_score"}
-    assert {"fid", "reference", "attribute_accuracy", "physical_validity"} == set(res["not_measured"])
+    assert {"fid", "reference", "attribute_accuracy", "physical_validity", "identity_acc"} == set(res["not_measured"])
     table = json.loads((out / "table1_toy.json").read_text())
     assert table["n_stories"] == 2 and all(0 <= v["value"] <= 100 for v in table["rows"]["arm"].values())
     runs = out / "story_runs"
