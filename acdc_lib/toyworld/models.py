@@ -364,26 +364,39 @@ def arm_sequences(stories, vq, tokenizer, layout: ARMLayout, batch: int = 512) -
 
 
 class CodeSlots(nn.Module, PyTorchModelHubMixin):
-    """A learned embedding of where a token sits in its frame segment, shared by every frame.
+    """Where a token sits in its frame, and what the previous frame holds there; shared by every frame.
 
-    Code j of every frame gets slot j + 2, the BOI slot 1, text and EOI slot 0 (a zero vector). Added to
-    the token embeddings, it lets attention find code j of frame i-1 from code j-1 of frame i at any
-    distance, as video transformers factor space and time; with rotary positions alone, copying what
-    only the frames carry (the coat, the collar, where the character stands) is an offset of exactly
-    one segment that the small ARM never learned. Initialised with sinusoids of the slot index, so
-    that "the next slot" is one fixed rotation from the start. Written here because transformers'
-    Llama has no second position table to give it.
+    Slots: code j of every frame gets slot j + 2, the BOI slot 1, text and EOI slot 0 (a zero vector).
+    Added to the token embeddings, it lets attention find code j of frame i-1 from code j-1 of frame i
+    at any distance, as video transformers factor space and time. Initialised with sinusoids of the
+    slot index, so that "the next slot" is one fixed rotation from the start.
+
+    Previous codes (`previous_codes` > 0, the codebook size): the input that predicts code j of frame i
+    (BOI for j = 0, else code j-1) also gets a learned embedding of code j of frame i-1, the token one
+    segment before the target, so what only the frames carry (the coat, the collar, the layout, where
+    the character stands and faces) sits in the very input that predicts it: a temporal skip from
+    each code to the same code of the frame before, the time half of a factored space-time
+    transformer. With slots alone the 4-layer ARM of this repository drew those attributes at chance
+    even from true earlier frames. The first frame of a context window has no previous frame (index 0,
+    a zero vector), as in training.
+
+    Written here because transformers' Llama has no second position table nor a per-position extra input.
 
     Args:
         hidden: the LM's hidden size (even).
         tokens_per_frame: codes per frame.
         scale: the initial norm of each slot vector, about that of an initial token embedding.
+        previous_codes: the codebook size for the temporal skip, or 0 for none.
     """
 
-    def __init__(self, hidden: int = 128, tokens_per_frame: int = TOKENS_PER_FRAME, scale: float = 0.25):
+    def __init__(self, hidden: int = 128, tokens_per_frame: int = TOKENS_PER_FRAME, scale: float = 0.25,
+                 previous_codes: int = 0):
         super().__init__()
         if hidden % 2:
             raise ValueError(f"hidden must be even, got {hidden!r}")
+        if isinstance(previous_codes, bool) or not isinstance(previous_codes, int) or previous_codes < 0:
+            raise ValueError(f"previous_codes must be an int >= 0 (0: no temporal skip), got {previous_codes!r}")
+        self.tokens_per_frame = tokens_per_frame
         self.embed = nn.Embedding(tokens_per_frame + 2, hidden, padding_idx=0)
         pos = torch.arange(tokens_per_frame + 2, dtype=torch.float32)[:, None]
         freq = torch.exp(-torch.arange(0, hidden, 2, dtype=torch.float32) / hidden * math.log(1000.0))
@@ -391,9 +404,20 @@ class CodeSlots(nn.Module, PyTorchModelHubMixin):
         table[0] = 0.0
         with torch.no_grad():
             self.embed.weight.copy_(table)
+        self.previous = None
+        if previous_codes:
+            self.previous = nn.Embedding(previous_codes + 1, hidden, padding_idx=0)
+            with torch.no_grad():
+                self.previous.weight.normal_(0.0, scale / math.sqrt(hidden))
+                self.previous.weight[0] = 0.0
 
-    def forward(self, slots: torch.LongTensor) -> torch.Tensor:
-        return self.embed(slots)
+    def forward(self, slots: torch.LongTensor, previous: torch.LongTensor | None = None) -> torch.Tensor:
+        """Slot embeddings, plus the previous frame's code embeddings where `previous` (code + 1, or 0
+        for none) is given and the module has a temporal skip."""
+        out = self.embed(slots)
+        if self.previous is not None and previous is not None:
+            out = out + self.previous(previous)
+        return out
 
 
 def segment_slots(layout: "ARMLayout", start: int, length: int, device=None) -> torch.LongTensor:
@@ -404,13 +428,39 @@ def segment_slots(layout: "ARMLayout", start: int, length: int, device=None) -> 
     return torch.where(r == layout.text_len, torch.ones_like(r), out)
 
 
-def lm_inputs(lm, slots: "CodeSlots | None", layout: "ARMLayout", ids: torch.LongTensor, start: int = 0) -> dict:
+def previous_frame_codes(layout: "ARMLayout", history: torch.LongTensor, start: int, length: int) -> torch.LongTensor:
+    """(B, length) temporal-skip indices of positions start .. start+length-1: for the input that predicts
+    code j of a frame, code j of the frame before plus 1 (read from `history`, the ids of positions
+    0 .. start+length-1); 0 where there is no previous frame or the position predicts no code."""
+    if history.shape[1] < start + length:
+        raise ValueError(f"history must hold the {start + length} ids up to the last position, got {history.shape[1]}")
+    q = torch.arange(start, start + length, device=history.device)
+    slot = segment_slots(layout, start, length, history.device)
+    src = q + 1 - layout.segment  # code j of frame i-1 for the input that predicts code j of frame i
+    valid = (slot >= 1) & (slot <= layout.tokens_per_frame) & (src >= 0)
+    codes = history[:, src.clamp(min=0)] - layout.code_offset + 1
+    return torch.where(valid[None], codes, torch.zeros_like(codes))
+
+
+def lm_inputs(lm, slots: "CodeSlots | None", layout: "ARMLayout", ids: torch.LongTensor, start: int = 0,
+              history: torch.LongTensor | None = None) -> dict:
     """The LM's keyword inputs for ids at positions start.. of a segment layout: input_ids, or with code
-    slots the token embeddings plus the slot embeddings (inputs_embeds)."""
+    slots the token embeddings plus the slot embeddings (and the temporal skip) as inputs_embeds.
+
+    history: the ids of positions 0 .. start+len-1 (needed by a temporal skip when start > 0; by default
+    `ids` itself, which must then start at position 0)."""
     if slots is None:
         return {"input_ids": ids}
     emb = lm.get_input_embeddings()(ids)
-    return {"inputs_embeds": emb + slots(segment_slots(layout, start, ids.shape[1], ids.device))[None].to(emb.dtype)}
+    prev = None
+    if slots.previous is not None:
+        if history is None:
+            if start:
+                raise ValueError(f"a temporal skip at start={start} needs the history of ids from position 0")
+            history = ids
+        prev = previous_frame_codes(layout, history, start, ids.shape[1])
+    sl = segment_slots(layout, start, ids.shape[1], ids.device)[None].expand(ids.shape[0], -1)
+    return {"inputs_embeds": emb + slots(sl, prev).to(emb.dtype)}
 
 
 class ToyARM:
@@ -557,10 +607,10 @@ class ToyARM:
                              f"window it")
         lo, hi = self.layout.code_offset, self.layout.vocab_size
         out = torch.empty(len(texts), self.tokens_per_frame, dtype=torch.long, device=self.device)
-        past, step_in, pos = None, ids, 0
+        past, step_in, pos, history = None, ids, 0, ids
         for j in range(self.tokens_per_frame):
-            res = self.lm(**lm_inputs(self.lm, self.slots, self.layout, step_in, pos), past_key_values=past,
-                          use_cache=True)
+            res = self.lm(**lm_inputs(self.lm, self.slots, self.layout, step_in, pos, history),
+                          past_key_values=past, use_cache=True)
             pos += step_in.shape[1]
             past = res.past_key_values
             logits = res.logits[:, -1, lo:hi].float() / self.temperature  # only image codes can be drawn
@@ -571,6 +621,7 @@ class ToyARM:
             for b, g in enumerate(generators):
                 out[b, j] = torch.multinomial(probs[b], 1, generator=g)[0]
             step_in = (out[:, j:j + 1] + lo)
+            history = torch.cat([history, step_in], 1)
         return out
 
 

@@ -137,6 +137,7 @@ DEFAULTS: dict[str, TrainConfig] = {
     # 1.95 and frame-1 accuracy on validation stories 0.83 instead of 0.75.
     "arm": TrainConfig(steps=1400, batch_size=16, lr=2e-3, seed=402,
                        extra={"hidden": 128, "layers": 4, "n_stories": 15000, "val_stories": 200, "code_slots": True,
+                              "temporal_skip": True,
                               "snapshots": [700, 1000, 1400], "weak_step": 700}),
 }
 
@@ -453,7 +454,9 @@ def train_arm(stories, vq, cfg: TrainConfig | None = None, verbose: bool = True,
     hidden = cfg.extra.get("hidden", 128)
     lm = LlamaForCausalLM(M.arm_config(layout.vocab_size, hidden=hidden, layers=cfg.extra.get("layers", 2),
                                        max_frames=seqs.shape[1] // layout.segment))
-    slots = M.CodeSlots(hidden, layout.tokens_per_frame) if cfg.extra.get("code_slots", False) else None
+    skip = layout.codebook_size if cfg.extra.get("temporal_skip", False) else 0
+    slots = M.CodeSlots(hidden, layout.tokens_per_frame, previous_codes=skip) \
+        if cfg.extra.get("code_slots", False) or skip else None
     both = torch.nn.ModuleDict({"lm": lm, **({"slots": slots} if slots is not None else {})})
     opt, sched = _optimizer(both.parameters(), cfg)
     g = torch.Generator().manual_seed(cfg.seed)

@@ -115,8 +115,8 @@ def test_probe_labels_of_the_new_heads():
 
 
 # ---- the ARM's code slots --------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def slotted_arm():
+@pytest.fixture(scope="module", params=[0, 32], ids=["slots", "slots+skip"])
+def slotted_arm(request):
     from transformers import LlamaForCausalLM
 
     torch.manual_seed(0)
@@ -124,7 +124,7 @@ def slotted_arm():
     vq = M.build_vq(codebook_size=32, channels=(16, 16, 16), embed_dim=4).eval()
     layout = M.ARMLayout(n_text=len(tok), codebook_size=32)
     lm = LlamaForCausalLM(M.arm_config(layout.vocab_size, hidden=32, layers=1, heads=2))
-    return M.ToyARM(lm, vq, tok, layout, slots=M.CodeSlots(32, layout.tokens_per_frame))
+    return M.ToyARM(lm, vq, tok, layout, slots=M.CodeSlots(32, layout.tokens_per_frame, previous_codes=request.param))
 
 
 def test_segment_slots_give_code_j_slot_j_plus_2_in_every_frame():
@@ -150,6 +150,7 @@ def test_code_slots_change_the_logits_save_and_load(slotted_arm, tmp_path):
     arm.vq.save_pretrained(tmp_path / "vq")
     again = M.load_arm(tmp_path / "arm", tmp_path / "vq")
     assert again.slots is not None and torch.equal(again.slots.embed.weight, arm.slots.embed.weight)
+    assert (again.slots.previous is None) == (arm.slots.previous is None)
     g = lambda: [torch.Generator().manual_seed(3)]  # noqa: E731
     texts = [STORIES[0].sentences[:2]]
     prev = torch.randint(0, 32, (1, 1, 64))
@@ -167,11 +168,51 @@ def test_cached_sampling_with_slots_matches_a_full_forward(slotted_arm):
         full = arm.lm(**M.lm_inputs(arm.lm, arm.slots, arm.layout, ids)).logits[0, -65:-1]
         past, step, pos, cached = None, arm.context_ids(texts, prev), 0, []
         for j in range(64):
-            res = arm.lm(**M.lm_inputs(arm.lm, arm.slots, arm.layout, step, pos), past_key_values=past, use_cache=True)
+            res = arm.lm(**M.lm_inputs(arm.lm, arm.slots, arm.layout, step, pos, ids[:, :pos + step.shape[1]]),
+                         past_key_values=past, use_cache=True)
             past, pos = res.past_key_values, pos + step.shape[1]
             cached.append(res.logits[0, -1])
             step = out[:, j:j + 1] + arm.layout.code_offset
     assert torch.allclose(full, torch.stack(cached), atol=1e-4)
+
+
+def test_temporal_skip_gives_the_input_predicting_code_j_the_previous_frames_code_j():
+    layout = M.ARMLayout(n_text=100, codebook_size=32)
+    S, T = layout.segment, layout.text_len
+    codes = torch.randint(0, 32, (2, 3, 64))
+    ids = torch.stack([torch.cat([torch.cat([torch.zeros(T, dtype=torch.long), torch.tensor([layout.boi]),
+                                             c + layout.code_offset, torch.tensor([layout.eoi])]) for c in row])
+                       for row in codes])
+    prev = M.previous_frame_codes(layout, ids, 0, ids.shape[1])
+    assert (prev[:, :S] == 0).all()  # frame 1 has no frame before it
+    for f in (1, 2):
+        boi = f * S + T  # BOI predicts code 0, code j-1 predicts code j
+        assert torch.equal(prev[:, boi:boi + 64], codes[:, f - 1] + 1)
+        assert (prev[:, f * S:boi] == 0).all() and (prev[:, boi + 64] == 0).all()  # text and the last code: none
+    assert torch.equal(M.previous_frame_codes(layout, ids, 150, 40), prev[:, 150:190])
+    with pytest.raises(ValueError, match="history"):
+        M.previous_frame_codes(layout, ids[:, :100], 90, 20)
+    with pytest.raises(ValueError, match="previous_codes"):
+        M.CodeSlots(32, previous_codes=-1)
+
+
+def test_temporal_skip_reads_the_previous_frame(slotted_arm):
+    # Changing code 10 of frame 1 changes the input embeddings at that token and, through the skip, at the
+    # input that predicts code 10 of frame 2 (one segment minus one later), nowhere else.
+    arm = slotted_arm
+    if arm.slots.previous is None:
+        pytest.skip("no temporal skip in this ARM")
+    texts = [STORIES[1].sentences[:2]]
+    prev = torch.randint(0, 32, (1, 1, 64))
+    other = prev.clone()
+    other[0, 0, 10] = (other[0, 0, 10] + 1) % 32
+    now = torch.randint(0, 32, (1, 64)) + arm.layout.code_offset  # frame 2's codes
+    with torch.no_grad():
+        ea, eb = (M.lm_inputs(arm.lm, arm.slots, arm.layout, torch.cat([arm.context_ids(texts, p), now], 1))
+                  ["inputs_embeds"] for p in (prev, other))
+    changed = (ea - eb).abs().amax(-1)[0].nonzero().flatten().tolist()
+    T, S = arm.layout.text_len, arm.layout.segment
+    assert changed == [T + 1 + 10, S + T + 10]
 
 
 # ---- the continuation task and the regime gate ------------------------------------------------
