@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import tempfile
@@ -45,6 +46,19 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
     """`atomic_write_bytes` of `text` encoded with `encoding`."""
     return atomic_write_bytes(path, text.encode(encoding))
+
+
+def nan_as_null(obj: Any) -> Any:
+    """A copy of `obj` (dicts, lists, tuples, floats) with every NaN or infinite float replaced by None, so
+    that a value that is undefined (a metric of a story where it has no meaning) is written as JSON null
+    instead of being refused."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: nan_as_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [nan_as_null(v) for v in obj]
+    return obj
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Path:

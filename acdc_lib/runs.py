@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from .io import REPO_ROOT, atomic_write_json, atomic_write_text
+from .io import REPO_ROOT, atomic_write_json, atomic_write_text, nan_as_null
 from .params import NOTEBOOK_PARAMS, check_params, notebook_defaults, notebook_parameters
 
 OUT_ROOT = REPO_ROOT / "papermill_runs" / "out"
@@ -139,11 +139,12 @@ def run_dir(set_name: str, run: NotebookRun, out_root: Path = OUT_ROOT) -> Path:
 def record_results(out_dir: str | Path | None, results: dict[str, Any], name: str = "results.json") -> Path | None:
     """Called by a notebook's last cell: write `results` atomically to out_dir/results.json.
 
-    With out_dir None (interactive or nbval use) nothing is written and None is returned.
+    With out_dir None (interactive or nbval use) nothing is written and None is returned. A value that
+    is undefined (NaN, e.g. a metric no story defines at some frame) is written as null.
     """
     if out_dir is None:
         return None
-    return atomic_write_json(Path(out_dir) / name, results)
+    return atomic_write_json(Path(out_dir) / name, nan_as_null(results))
 
 
 def execute(run_set: RunSet, only: list[str] | None = None, force: bool = False, out_root: Path = OUT_ROOT,

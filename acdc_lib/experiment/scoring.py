@@ -16,7 +16,7 @@ import torch
 
 from acdc_lib import metrics as M
 from acdc_lib.experiment.rows import ROWS, ExperimentConfig, _missing, _to_uint8, load_frames, sweep_label
-from acdc_lib.io import atomic_write_json, atomic_write_text
+from acdc_lib.io import atomic_write_json, atomic_write_text, nan_as_null
 from acdc_lib.types import Evaluator, GroundTruth, Story
 
 
@@ -43,10 +43,11 @@ class ResultsTable:
     skipped: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"n_stories": self.n_stories, "n_frames": self.n_frames, "config": self.config,
+        """Plain data for JSON; a value undefined for a story or frame (NaN) becomes None."""
+        return nan_as_null({"n_stories": self.n_stories, "n_frames": self.n_frames, "config": self.config,
                 "labels": self.labels, "rows": {r: {m: asdict(v) for m, v in d.items()} for r, d in self.rows.items()},
                 "per_story": self.per_story, "per_frame": self.per_frame, "skipped": self.skipped,
-                "curves": {r: {c: [asdict(v) for v in vs] for c, vs in d.items()} for r, d in self.curves.items()}}
+                "curves": {r: {c: [asdict(v) for v in vs] for c, vs in d.items()} for r, d in self.curves.items()}})
 
     def to_markdown(self, digits: int = 3) -> str:
         cols = list(next(iter(self.rows.values())))

@@ -26,3 +26,16 @@ def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path):
         atomic_write_json(p, {"a": float("nan")})  # NaN is refused, not written as invalid JSON
     assert json.loads(p.read_text()) == {"a": 1}
     assert [q.name for q in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_nan_as_null_writes_undefined_values_as_null(tmp_path):
+    from acdc_lib.io import atomic_write_json, nan_as_null
+
+    obj = {"a": [1.0, float("nan"), (2, float("inf"))], "b": {"c": -float("inf"), "d": "x"}, "e": 3}
+    out = nan_as_null(obj)
+    assert out == {"a": [1.0, None, [2, None]], "b": {"c": None, "d": "x"}, "e": 3}
+    assert obj["a"][1] != obj["a"][1]  # the input is not changed
+    with pytest.raises(ValueError):
+        atomic_write_json(tmp_path / "x.json", obj)  # the writer itself still refuses NaN
+    atomic_write_json(tmp_path / "x.json", out)
+    assert json.loads((tmp_path / "x.json").read_text())["a"][1] is None
