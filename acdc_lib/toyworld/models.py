@@ -397,7 +397,6 @@ class CodeSlots(nn.Module, PyTorchModelHubMixin):
             raise ValueError(f"hidden must be even, got {hidden!r}")
         if isinstance(previous_codes, bool) or not isinstance(previous_codes, int) or previous_codes < 0:
             raise ValueError(f"previous_codes must be an int >= 0 (0: no temporal skip), got {previous_codes!r}")
-        self.tokens_per_frame = tokens_per_frame
         self.embed = nn.Embedding(tokens_per_frame + 2, hidden, padding_idx=0)
         pos = torch.arange(tokens_per_frame + 2, dtype=torch.float32)[:, None]
         freq = torch.exp(-torch.arange(0, hidden, 2, dtype=torch.float32) / hidden * math.log(1000.0))
