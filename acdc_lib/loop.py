@@ -22,8 +22,8 @@ import torch
 from tqdm.auto import tqdm
 
 from acdc_lib.sdedit import steps_for_strength
-from acdc_lib.types import (ARM, STAGES, Corrector, CorrectPolicy, FrameResult, LoopConfig, LoopOutput, Memory,
-                            MemoryOutput, Story, StoryResult, VideoCorrector)
+from acdc_lib.types import (ARM, STAGES, Corrector, CorrectPolicy, DriftScorer, FrameResult, LoopConfig, LoopOutput,
+                            Memory, MemoryOutput, Story, StoryResult, VideoCorrector)
 
 
 # --------------------------------------------------------------------------------------------
@@ -36,8 +36,12 @@ def _indices_from_policy(policy, n: int, what: str) -> frozenset[int]:
             return frozenset(range(n))
         if policy == "none":
             return frozenset()
-        raise ValueError(f"unknown correction policy {policy!r}; allowed: 'all', 'none', an int k in "
-                         f"[0, {n}] (first k {what}s) or a collection of 0-based {what} indices")
+        step = policy.removeprefix("every")
+        if policy.startswith("every") and step.isdigit() and int(step) >= 1:
+            return frozenset(range(0, n, int(step)))
+        raise ValueError(f"unknown correction policy {policy!r}; allowed: 'all', 'none', 'every<k>' (every k-th "
+                         f"{what} from the first, k >= 1), an int k in [0, {n}] (first k {what}s) or a collection "
+                         f"of 0-based {what} indices" + ("" if what == "chunk" else ", or 'adaptive'"))
     if isinstance(policy, bool) or not isinstance(policy, (numbers.Integral, set, frozenset, list, tuple)):
         raise ValueError(f"correction policy {policy!r} of type {type(policy).__name__} is not allowed; use "
                          f"'all', 'none', an int k or a set/list/tuple of 0-based {what} indices")
@@ -56,12 +60,15 @@ def frames_to_correct(policy: CorrectPolicy, n_frames: int) -> frozenset[int]:
     """The 0-based frame indices a correction policy selects out of `n_frames`.
 
     Args:
-        policy: "all", "none", an int k (the first k frames, Table 2's "ACDC #"), or a
-            set/frozenset/list/tuple of 0-based frame indices.
+        policy: "all", "none", "every<k>" (frames 0, k, 2k, ...), an int k (the first k frames, Table 2's
+            "ACDC #"), or a set/frozenset/list/tuple of 0-based frame indices. "adaptive" decides per frame
+            at run time (see `run_stories`); here it selects every frame as a candidate.
         n_frames: N, the number of frames of the story (>= 1).
     """
     if isinstance(n_frames, bool) or not isinstance(n_frames, numbers.Integral) or n_frames < 1:
         raise ValueError(f"n_frames must be a positive int, got {n_frames!r}")
+    if policy == "adaptive":
+        return frozenset(range(int(n_frames)))
     return _indices_from_policy(policy, int(n_frames), "frame")
 
 
@@ -86,6 +93,21 @@ def story_generators(seed: int, device: str | torch.device = "cpu") -> tuple[tor
         g.manual_seed(int(child.generate_state(1, dtype=np.uint64)[0]))
         gens.append(g)
     return gens[0], gens[1]
+
+
+def drift_generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
+    """The story's third stream, used only by the adaptive policy's drift score.
+
+    SeedSequence(seed).spawn(3) gives the two children of `story_generators` first, so the ARM and
+    correction streams are the same with and without the adaptive policy, and scoring a frame never
+    moves the noise its correction draws.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    child = np.random.SeedSequence(int(seed)).spawn(3)[2]
+    g = torch.Generator(device=device)
+    g.manual_seed(int(child.generate_state(1, dtype=np.uint64)[0]))
+    return g
 
 
 def _check_seeds(seeds, batch: int) -> list[int]:
@@ -146,6 +168,25 @@ def _check_images(images, shape: tuple | None, ndim: int, batch: int, who: str) 
     lo, hi = images.min().item(), images.max().item()
     if not (0.0 <= lo and hi <= 1.0):  # also catches NaN
         raise ValueError(f"{who} returned values in [{lo:.4g}, {hi:.4g}]; images must lie in [0, 1]")
+
+
+def _check_adaptive(config: LoopConfig, corrector) -> None:
+    thr = config.drift_threshold
+    if isinstance(thr, bool) or not isinstance(thr, numbers.Real) or not np.isfinite(thr):
+        raise ValueError(f"correct_frames='adaptive' needs drift_threshold, a finite number (a frame is corrected "
+                         f"when its drift score is above it), got {thr!r}")
+    if not isinstance(corrector, DriftScorer):
+        raise ValueError(f"correct_frames='adaptive' needs a corrector with drift_score(images, prompts, ...) "
+                         f"(acdc_lib.types.DriftScorer); {type(corrector).__name__} has none")
+
+
+def _check_scores(scores, batch: int) -> list[float]:
+    if not isinstance(scores, torch.Tensor) or scores.shape != (batch,) or not scores.dtype.is_floating_point:
+        what = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+        raise ValueError(f"corrector.drift_score must return a float tensor of shape ({batch},), got {what}")
+    if not torch.isfinite(scores).all():
+        raise ValueError(f"corrector.drift_score returned non-finite scores {scores.tolist()}")
+    return scores.detach().cpu().double().tolist()
 
 
 def _check_common(config: LoopConfig | None) -> LoopConfig:
@@ -220,9 +261,13 @@ def run_stories(
     if todo and corrector is None:
         raise ValueError(f"correct_frames={config.correct_frames!r} corrects frames {sorted(todo)} but corrector is "
                          f"None; pass a Corrector or use correct_frames='none'")
+    adaptive = config.correct_frames == "adaptive"
+    if adaptive:
+        _check_adaptive(config, corrector)
     steps = steps_for_strength(config.num_inference_steps, config.strength) if todo else 0
     gens = [story_generators(s, device) for s in seeds]
     arm_gens, corr_gens = [g[0] for g in gens], [g[1] for g in gens]
+    drift_gens = [drift_generator(s, device) for s in seeds] if adaptive else None
     clock = _Stopwatch(device)
 
     # 2. Memory (Eq. 3): one refine() per story, only if some frame is corrected with memory on.
@@ -256,29 +301,46 @@ def run_stories(
         _check_images(images, frame_shape, 4, B, "arm.decode")
         frame_shape = images.shape
         arm_images = _keep(images)                                              # (B, C, H, W) before correction
-        context, corrected = tokens, None
+        context, rows, scores = tokens, [], None
         if i in todo:
             frame_prompts = [p[i] for p in prompts]
+            rows = list(range(B))
+            if adaptive:  # correct only the rows whose frame drifted from its prompt (a run-time score)
+                with clock.stage("drift"):
+                    scores = corrector.drift_score(images, frame_prompts, strength=config.strength,
+                                                   num_inference_steps=config.num_inference_steps,
+                                                   generators=drift_gens)       # (B,)
+                scores = _check_scores(scores, B)
+                rows = [b for b in range(B) if scores[b] > config.drift_threshold]
+        corrected_rows: dict[int, torch.Tensor] = {}
+        if rows:
+            sel = torch.tensor(rows, device=images.device)
+            sub = images if len(rows) == B else images[sel]
             with clock.stage("correction"):                                     # Eq. (2)/(3): SDEdit from t'
-                corrected = corrector.correct(images, frame_prompts, strength=config.strength,
+                corrected = corrector.correct(sub, [frame_prompts[b] for b in rows], strength=config.strength,
                                               guidance_scale=config.guidance_scale,
                                               num_inference_steps=config.num_inference_steps,
-                                              generators=corr_gens)             # (B, C, H, W)  x~_0^i
-            _check_images(corrected, images.shape, 4, B, "corrector.correct")
+                                              generators=[corr_gens[b] for b in rows])  # (b, C, H, W)  x~_0^i
+            _check_images(corrected, sub.shape, 4, len(rows), "corrector.correct")
             # v~^i = E(x~_0^i): the ARM continues from the corrected frame's tokens. The last frame
             # needs no re-encoding to continue; it is encoded anyway so context_tokens always holds
             # v~^i (what a continuation of the story would start from).
             with clock.stage("encode"):
-                context = arm.encode(corrected)                                 # (B, n)
-            _check_tokens(context, B, n, "arm.encode")
+                re = arm.encode(corrected)                                      # (b, n)
+            _check_tokens(re, len(rows), n, "arm.encode")
+            context = tokens.clone()
+            context[sel] = re.to(tokens.device, tokens.dtype)
             corrected = _keep(corrected)
+            corrected_rows = {b: corrected[k] for k, b in enumerate(rows)}
         contexts.append(context)
         for b in range(B):
+            done = b in corrected_rows
             frames[b].append(FrameResult(
                 index=i, text=stories[b].sentences[i], arm_tokens=_keep(tokens[b]), arm_image=arm_images[b].clone(),
-                corrected=corrected is not None, prompt=prompts[b][i] if corrected is not None else None,
-                corrected_image=corrected[b].clone() if corrected is not None else None,
-                context_tokens=_keep(context[b]), steps_run=steps if corrected is not None else 0))
+                corrected=done, prompt=prompts[b][i] if done else None,
+                corrected_image=corrected_rows[b].clone() if done else None,
+                context_tokens=_keep(context[b]), steps_run=steps if done else 0,
+                drift_score=float(scores[b]) if scores is not None else None))
 
     # 4. Collect per-story results.
     results = [StoryResult(story_id=s.story_id, seed=seeds[b], frames=frames[b], memory=memory_out[b])

@@ -369,6 +369,31 @@ class PipelineCorrector(_PipelineWrapper):
         # 6. Back to the input's size, device and dtype
         return _resize(out.float(), size_in).to(images.device, images.dtype)
 
+    def drift_score(self, images: torch.Tensor, prompts: Sequence[str], *, strength: float = DEFAULT_STRENGTH,
+                    num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
+                    generators: Sequence[torch.Generator] | None = None, draws: int = 4) -> torch.Tensor:
+        """`UNetCorrector.drift_score` over this pipeline's UNet, VAE and text encoder, at the model's resolution.
+
+        The pipelines have no such call; the pipeline's own modules are reused (no copy of the weights).
+        """
+        validate_images(images)
+        self._check_channels(images.shape[1])
+        x = _resize(images, self.model_size(*images.shape[-2:])).clamp(0.0, 1.0)
+        return self.unet_corrector().drift_score(x, prompts, strength=strength,
+                                                 num_inference_steps=num_inference_steps, generators=generators,
+                                                 draws=draws)
+
+    def unet_corrector(self) -> "UNetCorrector":
+        """A UNetCorrector over this pipeline's own UNet, VAE, text encoder and a DDIM scheduler (built once).
+
+        For measurements the pipeline call does not expose (the drift score, score norms on the path).
+        """
+        if getattr(self, "_unet_corrector", None) is None:
+            p = self.pipe
+            self._unet_corrector = UNetCorrector(p.unet, p.text_encoder, p.tokenizer, _ddim_from(p.scheduler), p.vae,
+                                                 device=p.device, dtype=p.dtype, eta=self.eta)
+        return self._unet_corrector
+
     # ---- text-to-image (the DM-only row) ----------------------------------------------------
     @property
     def text2image_pipe(self):
@@ -780,6 +805,59 @@ class UNetCorrector:
         self.last_steps_run = len(timesteps)
         # 6. Back to [0, 1] images
         return self._to_images(x).to(images.device, images.dtype)
+
+    @torch.no_grad()
+    def drift_score(self, images: torch.Tensor, prompts: Sequence[str], *, strength: float = DEFAULT_STRENGTH,
+                    num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
+                    generators: Sequence[torch.Generator] | None = None, draws: int = 4) -> torch.Tensor:
+        """How badly each frame fits its prompt, by the DM's own denoising error at t' (a run-time drift score).
+
+        Each frame is noised to the timestep SDEdit at t' starts from, `draws` times with fresh noise;
+        the score is the mean over draws of ||eps_cond - eps||^2 - ||eps_uncond - eps||^2 per element:
+        how much worse the prompt-conditioned prediction does than the unconditional one. The
+        conditional error estimates -log p(x | y) up to constants and the unconditional one -log p(x),
+        so their difference estimates -log p(y | x): high when the frame contradicts its prompt, not
+        merely when it is unusual. It needs no model but the corrector's, so an adaptive policy can
+        use it at run time. Both predictions come from one batched UNet call per draw.
+
+        Args:
+            images: (B, C, H, W) float in [0, 1]; prompts: B text conditions y.
+            strength, num_inference_steps: t' and N as in `correct` (they fix the timestep).
+            generators: B torch.Generators, one per row (the noise of row b comes from generators[b] only).
+            draws: noise draws averaged per frame (>= 1).
+        Returns:
+            (B,) float32 scores on the CPU; higher means the frame fits its prompt worse.
+        """
+        validate_images(images)
+        if images.shape[1] != self.image_channels:
+            raise ValueError(f"this corrector takes {self.image_channels}-channel images, got C={images.shape[1]}")
+        self._check_size(*images.shape[-2:])
+        if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
+            raise ValueError(f"draws must be a positive int, got {draws!r}")
+        prompts, steps, _, generators = _check_call(images.shape[0], prompts, strength, 1.0, num_inference_steps,
+                                                    generators)
+        pred = self.scheduler.config.get("prediction_type", "epsilon")
+        if pred not in ("epsilon", "v_prediction"):
+            raise ValueError(f"drift_score needs an epsilon or v_prediction model, this scheduler says {pred!r}")
+        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
+        t = self.scheduler.timesteps[(num_inference_steps - steps) * self.scheduler.order]
+        from diffusers.utils.torch_utils import randn_tensor
+
+        x0 = self._to_model_space(images, generators)
+        B = x0.shape[0]
+        emb = torch.cat([self.encode_prompts([""]).expand(B, -1, -1), self.encode_prompts(prompts)])  # (2B, T, D)
+        tt = t.repeat(B)
+        total = torch.zeros(B, dtype=torch.float32, device=self.device)
+        for _ in range(draws):
+            noise = randn_tensor(tuple(x0.shape), generator=generators, device=self.device, dtype=x0.dtype)
+            xt = self.scheduler.add_noise(x0, noise, tt)
+            target = noise if pred == "epsilon" else self.scheduler.get_velocity(x0, noise, tt)
+            model_in = self.scheduler.scale_model_input(torch.cat([xt, xt]), t)
+            out = self.unet(model_in, t, encoder_hidden_states=emb).sample
+            out = out[:, :x0.shape[1]]  # learned variance: keep the mean prediction
+            err = ((out.float() - torch.cat([target, target]).float()) ** 2).flatten(1).mean(1)   # (2B,)
+            total += err[B:] - err[:B]
+        return (total / draws).cpu()
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[str], height: int | None = None, width: int | None = None, *,

@@ -117,6 +117,23 @@ class Corrector(Protocol):
 
 
 @runtime_checkable
+class DriftScorer(Protocol):
+    """A corrector that can say, before correcting, how far a frame has drifted from its prompt."""
+
+    def drift_score(
+        self,
+        images: torch.Tensor,
+        prompts: Sequence[str],
+        *,
+        strength: float = PAPER_STRENGTH,
+        num_inference_steps: int = PAPER_NUM_INFERENCE_STEPS,
+        generators: Sequence[torch.Generator] | None = None,
+    ) -> torch.Tensor:
+        """(B, C, H, W) images in [0, 1] and B prompts -> (B,) float scores; higher means more drift."""
+        ...
+
+
+@runtime_checkable
 class VideoCorrector(Protocol):
     """A text-to-video diffusion model used to correct a chunk of L frames (Eq. 5)."""
 
@@ -223,9 +240,10 @@ class GroundTruth(Protocol):
 # --------------------------------------------------------------------------------------------
 # Loop configuration and results
 # --------------------------------------------------------------------------------------------
-CorrectPolicy = Union[Literal["all", "none"], int, frozenset, set, tuple, list]
-"""Which frames get corrected: "all", "none", an int k (the first k frames, Table 2's "ACDC #"), or
-an explicit collection of 0-based frame indices."""
+CorrectPolicy = Union[Literal["all", "none", "adaptive"], str, int, frozenset, set, tuple, list]
+"""Which frames get corrected: "all", "none", "every<k>" (frames 0, k, 2k, ...), an int k (the first k
+frames, Table 2's "ACDC #"), an explicit collection of 0-based frame indices, or "adaptive" (a frame
+whose drift score, `DriftScorer.drift_score` of the corrector, exceeds `LoopConfig.drift_threshold`)."""
 
 
 @dataclass
@@ -238,6 +256,8 @@ class LoopConfig:
         guidance_scale: classifier-free guidance scale of the corrector.
         num_inference_steps: N, the scheduler's full number of steps.
         use_memory: ask the memory module for refined prompts (else the raw sentences are used).
+        drift_threshold: with correct_frames="adaptive", a frame is corrected when the corrector's
+            drift score of it (against its prompt, at t') is above this value; unused otherwise.
     """
 
     correct_frames: CorrectPolicy = "all"
@@ -245,6 +265,7 @@ class LoopConfig:
     guidance_scale: float = PAPER_GUIDANCE_SCALE
     num_inference_steps: int = PAPER_NUM_INFERENCE_STEPS
     use_memory: bool = True
+    drift_threshold: float | None = None
 
 
 @dataclass
@@ -261,6 +282,7 @@ class FrameResult:
         corrected_image: (C, H, W) SDEdit output x~_0^i, None when not corrected.
         context_tokens: (n,) tokens the ARM continued from (re-encoded corrected frame, or arm_tokens).
         steps_run: denoising steps that actually ran (int(N * t')), 0 when not corrected.
+        drift_score: the corrector's drift score of the ARM frame (adaptive policy only, else None).
     """
 
     index: int
@@ -272,6 +294,7 @@ class FrameResult:
     corrected_image: torch.Tensor | None
     context_tokens: torch.Tensor
     steps_run: int = 0
+    drift_score: float | None = None
 
     @property
     def final_image(self) -> torch.Tensor:
@@ -297,7 +320,7 @@ class StoryResult:
         return torch.stack([f.arm_image for f in self.frames])
 
 
-STAGES = ("arm", "decode", "memory", "correction", "encode")
+STAGES = ("arm", "decode", "memory", "drift", "correction", "encode")
 
 
 @dataclass

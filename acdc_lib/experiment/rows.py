@@ -47,7 +47,7 @@ class RowSpec:
 
     label: str
     kind: str
-    correct_frames: str = "none"
+    correct_frames: str | int = "none"
     use_memory: bool = False
 
     def needs(self) -> list[str]:
@@ -64,9 +64,16 @@ ROWS: dict[str, RowSpec] = {
     "acdc_nomem": RowSpec("ARM + ACDC, no memory", "loop", "all", False),
     "acdc_llm": RowSpec("ARM + ACDC, LLM memory", "loop", "all", True),
     "arm_true_ctx": RowSpec("ARM, true earlier frames (oracle)", "true_context"),
+    # Table 2's "ACDC #k" (the first k frames corrected) and other fixed or run-time policies
+    **{f"acdc{k}_{m}": RowSpec(f"ARM + ACDC #{k}, {label}", "loop", k, m != "nomem")
+       for k in (2, 4) for m, label in (("rules", "rule memory"), ("nomem", "no memory"), ("llm", "LLM memory"))},
+    "acdc_every2_rules": RowSpec("ARM + ACDC every 2nd frame, rule memory", "loop", "every2", True),
+    "acdc_every3_rules": RowSpec("ARM + ACDC every 3rd frame, rule memory", "loop", "every3", True),
+    "acdc_adaptive_rules": RowSpec("ARM + ACDC where the drift score exceeds the threshold, rule memory", "loop",
+                                   "adaptive", True),
 }
 DEFAULT_ROWS = ("dm_only", "arm", "acdc_rules", "acdc_nomem", "arm_true_ctx")
-GENERATION_FIELDS = ("strength", "guidance_scale", "num_inference_steps", "base_seed", "image_size")
+GENERATION_FIELDS = ("strength", "guidance_scale", "num_inference_steps", "base_seed", "image_size", "drift_threshold")
 
 
 @dataclass
@@ -81,6 +88,7 @@ class ExperimentConfig:
         image_size: side of dm_only frames (None: the corrector's default).
         n_bootstrap: resamples for per-story means; n_bootstrap_set: for FID / F1 (recomputed per resample).
         confidence: level of every interval.
+        drift_threshold: the adaptive row's threshold on the corrector's drift score (see `LoopConfig`).
     """
 
     rows: tuple[str, ...] = DEFAULT_ROWS
@@ -93,6 +101,7 @@ class ExperimentConfig:
     n_bootstrap: int = 2000
     n_bootstrap_set: int = 200
     confidence: float = 0.95
+    drift_threshold: float | None = None
 
     def __post_init__(self):
         bad = [r for r in self.rows if r not in ROWS]
@@ -375,7 +384,7 @@ def _compute_batch(spec: RowSpec, batch: Sequence[Story], seeds: Sequence[int], 
         return arm_true_context(batch, parts["arm"], parts["reference"], seeds, device), None, None
     loop_cfg = LoopConfig(correct_frames=spec.correct_frames, strength=config.strength,
                           guidance_scale=config.guidance_scale, num_inference_steps=config.num_inference_steps,
-                          use_memory=spec.use_memory)
+                          use_memory=spec.use_memory, drift_threshold=config.drift_threshold)
     out = run_stories(batch, parts["arm"], parts["corrector"], parts["memory"] if spec.use_memory else None, loop_cfg,
                       seeds=seeds, device=device)
     return (torch.stack([r.final_images() for r in out.stories]), [[f.prompt for f in r.frames] for r in out.stories],

@@ -204,5 +204,91 @@ def test_video_validation_errors(kwargs, match):
 def test_timings_cover_all_stages():
     out = run("all", memory=DummyMemory())[0]
     assert set(out.timings) == set(STAGES)
-    assert all(out.timings[s] > 0 for s in STAGES)
+    assert all(out.timings[s] > 0 for s in STAGES if s != "drift")
+    assert out.timings["drift"] == 0.0  # only the adaptive policy scores drift
     assert run("none")[0].timings["correction"] == 0.0
+    adaptive = run("adaptive", corrector=ScoredCorrector([[0.0, 1.0]] * N), drift_threshold=0.5)[0]
+    assert adaptive.timings["drift"] > 0
+
+
+# ---------------------------------------------------------------------------------------- periodic and adaptive
+@pytest.mark.parametrize("policy, n, expected", [
+    ("every1", 6, {0, 1, 2, 3, 4, 5}), ("every2", 6, {0, 2, 4}), ("every3", 6, {0, 3}), ("every4", 6, {0, 4}),
+    ("every7", 6, {0}), ("adaptive", 3, {0, 1, 2}),
+])
+def test_periodic_policy_and_adaptive_candidates(policy, n, expected):
+    assert frames_to_correct(policy, n) == expected
+
+
+@pytest.mark.parametrize("policy", ["every0", "every", "everyx", "every-1", "Every2", "every 2"])
+def test_bad_periodic_policy_is_refused(policy):
+    with pytest.raises(ValueError, match="every<k>"):
+        frames_to_correct(policy, N)
+
+
+class ScoredCorrector(DummyCorrector):
+    """A DummyCorrector whose drift score of row b at the i-th call is scores[i][b]; records the rows it saw."""
+
+    def __init__(self, scores):
+        super().__init__()
+        self.scores, self.scored = scores, []
+
+    def drift_score(self, images, prompts, *, strength=0.5, num_inference_steps=50, generators=None):
+        assert len(generators) == images.shape[0] == len(prompts)
+        self.scored.append(images.shape[0])
+        return torch.tensor(self.scores[len(self.scored) - 1], dtype=torch.float32)
+
+
+def test_adaptive_corrects_exactly_the_rows_above_the_threshold():
+    scores = [[0.9, 0.1, 0.5], [0.2, 0.6, 0.7], [0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.5, 0.51, 0.49], [0.3, 0.8, 0.3]]
+    corr = ScoredCorrector(scores)
+    out, _, _ = run("adaptive", stories=[story(0), story(1), story(2)], seeds=[3, 4, 5], corrector=corr,
+                    drift_threshold=0.5, num_inference_steps=10, strength=0.3)
+    for b, s in enumerate(out.stories):
+        want = [scores[i][b] > 0.5 for i in range(N)]
+        assert [f.corrected for f in s.frames] == want
+        assert [f.drift_score for f in s.frames] == pytest.approx([scores[i][b] for i in range(N)])
+        assert [f.steps_run for f in s.frames] == [3 if w else 0 for w in want]
+        for f in s.frames:  # an uncorrected frame continues from its own tokens
+            if not f.corrected:
+                assert torch.equal(f.context_tokens, f.arm_tokens) and f.corrected_image is None
+    # the corrector saw only the rows above the threshold (frame 2 none, so no call)
+    assert [c["shape"][0] for c in corr.calls] == [sum(v > 0.5 for v in row) for row in scores if any(v > 0.5 for v in row)]
+
+
+def test_adaptive_row_gets_its_own_correction_stream():
+    """A row corrected alone draws what it draws when the whole batch is corrected (per-row generators)."""
+    everyone = run("all", stories=[story(0), story(1)], seeds=[7, 8])[0]
+    only_second = run("adaptive", stories=[story(0), story(1)], seeds=[7, 8],
+                      corrector=ScoredCorrector([[0.0, 1.0]] + [[1.0, 1.0]] * (N - 1)), drift_threshold=0.5)[0]
+    assert not only_second.stories[0].frames[0].corrected
+    assert torch.equal(only_second.stories[1].frames[0].corrected_image, everyone.stories[1].frames[0].corrected_image)
+
+
+def test_adaptive_leaves_the_arm_stream_alone():
+    none = run("none", seeds=[1, 2])[0]
+    adaptive = run("adaptive", seeds=[1, 2], corrector=ScoredCorrector([[0.0, 0.0]] * N), drift_threshold=0.5)[0]
+    for a, b in zip(none.stories, adaptive.stories):  # nothing corrected: the same story, frame for frame
+        assert all(torch.equal(x, y) for x, y in zip(tensors(a), tensors(b)))
+        assert all(f.drift_score == 0.0 for f in b.frames)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"drift_threshold": None}, "needs drift_threshold"), ({"drift_threshold": float("nan")}, "needs drift_threshold"),
+    ({"drift_threshold": True}, "needs drift_threshold"), ({"corrector": "dummy", "drift_threshold": 0.5}, "drift_score"),
+])
+def test_adaptive_refuses_what_it_cannot_run(kwargs, match):
+    kwargs = {"corrector": ScoredCorrector([[0.0, 0.0]] * N)} | kwargs
+    with pytest.raises(ValueError, match=match):
+        run("adaptive", **kwargs)
+
+
+@pytest.mark.parametrize("scores, match", [([[0.0]] * N, r"shape \(2,\)"), ([[0.0, float("nan")]] * N, "non-finite")])
+def test_adaptive_refuses_bad_scores(scores, match):
+    with pytest.raises(ValueError, match=match):
+        run("adaptive", corrector=ScoredCorrector(scores), drift_threshold=0.5)
+
+
+def test_video_refuses_adaptive_chunks():
+    with pytest.raises(ValueError, match="unknown correction policy 'adaptive'"):
+        run_video(["a cat"], DummyARM(), DummyVideoCorrector(), num_frames=6, chunk_length=3, correct_chunks="adaptive")
