@@ -384,6 +384,27 @@ NOTEBOOK_PARAMS: dict[str, dict[str | tuple[str, ...], Rule]] = {
         "LLM_MODE": one_of(_llm_modes),
     },
 }
+_MODEL_PARAMS = ("DEVICE", "DTYPE", "ARM", "ARM_ID", "ARM_OPTIONS", "DM", "DM_ID", "DM_RESOLUTION", "EVALUATOR",
+                 "EVALUATOR_ID", "EVALUATOR_OPTIONS", "GROUND_TRUTH", "MEMORY", *LLM, "STRENGTH", "GUIDANCE", "STEPS",
+                 "BATCH_SIZE", "RUN_DIR")
+NOTEBOOK_PARAMS["06_ablations"] = {
+    **COMMON,
+    "N_STORIES": or_none(TEST_STORIES),
+    **{k: NOTEBOOK_PARAMS["03_acdc_story"][k] for k in _MODEL_PARAMS},
+    "SWEEP_STORIES": or_none(TEST_STORIES),
+    "T_PRIMES": or_none(sequence(STRENGTH_RULE, unique=True)),
+    "CFG_SCALES": sequence(number(0.0), unique=True),
+    "STEP_COUNTS": sequence(integer(1), unique=True),
+    "CORRUPTION_RATES": sequence(number(0.0, 1.0), unique=True),
+    "ADAPTIVE_SHARES": sequence(number(0.0, 1.0, lo_open=True, hi_open=True), unique=True),
+    "CALIBRATION_STORIES": integer(1),
+    "COST_REPEATS": integer(1),
+    ("STEPS", "STRENGTH"): together(_runs_a_step, "int(STEPS * STRENGTH) >= 1, so SDEdit runs at least one step"),
+    ("STEP_COUNTS", "STRENGTH"): together(lambda ns, t: all(_runs_a_step(n, t) for n in ns),
+                                          "int(N * STRENGTH) >= 1 for every N of STEP_COUNTS"),
+    ("STEPS", "T_PRIMES"): together(lambda n, ts: ts is None or _runs_a_step(n, *ts),
+                                    "int(STEPS * t') >= 1 for every t' of T_PRIMES"),
+}
 """Notebook stem -> its parameters' spec; a test keeps each spec's names equal to its notebook's parameters."""
 
 
