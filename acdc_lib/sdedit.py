@@ -8,6 +8,7 @@ Correctors (all take images as float (B, C, H, W) tensors in [0, 1], one prompt 
 
     PipelineCorrector       any diffusers image-to-image pipeline (Stable Diffusion v1.5 img2img)
     UNetCorrector           any UNet2DConditionModel + text encoder + scheduler, pixel or latent space
+                            (also inpaints, by diffusers' method for UNets without mask channels)
     InpaintCorrector        StableDiffusionInpaintPipeline (user masks, the paper's physical constraints)
     VideoPipelineCorrector  AnimateDiffVideoToVideoPipeline on (B, L, C, H, W) chunks (Eq. 5)
 
@@ -858,6 +859,67 @@ class UNetCorrector:
             err = ((out.float() - torch.cat([target, target]).float()) ** 2).flatten(1).mean(1)   # (2B,)
             total += err[B:] - err[:B]
         return (total / draws).cpu()
+
+    @torch.no_grad()
+    def inpaint(self, images: torch.Tensor, masks: torch.Tensor, prompts: Sequence[str], *,
+                strength: float = 1.0, guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+                num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
+                generators: Sequence[torch.Generator] | None = None) -> torch.Tensor:
+        """Repaint the masked region of each frame with this (non-inpainting) UNet: `InpaintCorrector`'s interface.
+
+        The method is the one diffusers' StableDiffusionInpaintPipeline uses for a UNet without mask
+        channels: SDEdit from t' over the whole frame, and after every step the region to keep is
+        replaced by the original noised to the next timestep (the clean original after the last
+        step). That pipeline cannot run this class's models itself: it assumes 4 latent channels and
+        an AutoencoderKL, and takes no pixel-space UNet. In model space the mask is max-pooled to the
+        UNet's grid, so every latent cell that touches the mask is repainted (a cell half kept would
+        keep the wrong part).
+
+        Args:
+            images: (B, C, H, W) float in [0, 1]; masks: (B, 1, H, W) with values in {0, 1}, 1 = repaint.
+            prompts: B text conditions; strength: t' in (0, 1] (1.0 repaints the region from pure noise).
+            guidance_scale, num_inference_steps, generators: as in `correct`.
+        Returns:
+            (B, C, H, W) float in [0, 1] on the input's device and dtype.
+        """
+        validate_images(images)
+        if images.shape[1] != self.image_channels:
+            raise ValueError(f"this corrector takes {self.image_channels}-channel images, got C={images.shape[1]}")
+        self._check_size(*images.shape[-2:])
+        validate_masks(masks, images)
+        prompts, steps, guidance_scale, generators = _check_call(
+            images.shape[0], prompts, strength, guidance_scale, num_inference_steps, generators)
+        cond = self.encode_prompts(prompts)
+        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
+        start = (num_inference_steps - steps) * self.scheduler.order
+        timesteps = self.scheduler.timesteps[start:]
+        if hasattr(self.scheduler, "set_begin_index"):
+            self.scheduler.set_begin_index(start)
+        from diffusers.utils.torch_utils import randn_tensor
+
+        x0 = self._to_model_space(images, generators)
+        keep_mask = 1.0 - F.adaptive_max_pool2d(masks.to(self.device, x0.dtype), x0.shape[-2:])  # (B, 1, h, w)
+        noise = randn_tensor(tuple(x0.shape), generator=generators, device=self.device, dtype=x0.dtype)
+        x = self.scheduler.add_noise(x0, noise, timesteps[:1].repeat(x0.shape[0]))
+        use_cfg = guidance_scale != 1.0
+        emb = torch.cat([self.encode_prompts([""]).expand(x.shape[0], -1, -1), cond]) if use_cfg else cond
+        step_kwargs = _step_kwargs(self.scheduler, self.eta, generators)
+        for k, t in enumerate(timesteps):
+            model_in = self.scheduler.scale_model_input(torch.cat([x, x]) if use_cfg else x, t)
+            out = self.unet(model_in, t, encoder_hidden_states=emb).sample
+            if out.shape[1] == 2 * x.shape[1]:
+                out = out[:, :x.shape[1]]
+            if use_cfg:
+                out_u, out_c = out.chunk(2)
+                out = out_u + guidance_scale * (out_c - out_u)
+            x = self.scheduler.step(out, t, x, **step_kwargs).prev_sample
+            if k + 1 < len(timesteps):  # the kept region: the original at the next step's noise level
+                kept = self.scheduler.add_noise(x0, noise, timesteps[k + 1:k + 2].repeat(x0.shape[0]))
+            else:
+                kept = x0
+            x = keep_mask * kept + (1.0 - keep_mask) * x
+        self.last_steps_run = len(timesteps)
+        return self._to_images(x).to(images.device, images.dtype)
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[str], height: int | None = None, width: int | None = None, *,
