@@ -739,8 +739,12 @@ class UNetCorrector:
 
     # ---- the sampler -----------------------------------------------------------------------
     def _denoise(self, x: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor, guidance_scale: float,
-                 generators) -> torch.Tensor:
-        """DDIM (or the given scheduler) from x_t' over `timesteps` with classifier-free guidance."""
+                 generators, after_step=None) -> torch.Tensor:
+        """DDIM (or the given scheduler) from x_t' over `timesteps` with classifier-free guidance.
+
+        `after_step(k, x)`, when given, returns the sample to continue from after step k (inpainting
+        resets the kept region there).
+        """
         use_cfg = guidance_scale != 1.0  # w = 1 is exactly the conditional model: skip the uncond half
         if use_cfg:
             uncond = self.encode_prompts([""]).expand(x.shape[0], -1, -1)
@@ -748,7 +752,7 @@ class UNetCorrector:
         else:
             emb = cond
         step_kwargs = _step_kwargs(self.scheduler, self.eta, generators)
-        for t in timesteps:
+        for k, t in enumerate(timesteps):
             model_in = torch.cat([x, x]) if use_cfg else x  # (2B, C, h, w)
             model_in = self.scheduler.scale_model_input(model_in, t)
             out = self.unet(model_in, t, encoder_hidden_states=emb).sample
@@ -758,6 +762,8 @@ class UNetCorrector:
                 out_u, out_c = out.chunk(2)
                 out = out_u + guidance_scale * (out_c - out_u)  # eps~ = eps_u + w (eps_c - eps_u)
             x = self.scheduler.step(out, t, x, **step_kwargs).prev_sample
+            if after_step is not None:
+                x = after_step(k, x)
         return x
 
     @torch.no_grad()
@@ -901,23 +907,13 @@ class UNetCorrector:
         keep_mask = 1.0 - F.adaptive_max_pool2d(masks.to(self.device, x0.dtype), x0.shape[-2:])  # (B, 1, h, w)
         noise = randn_tensor(tuple(x0.shape), generator=generators, device=self.device, dtype=x0.dtype)
         x = self.scheduler.add_noise(x0, noise, timesteps[:1].repeat(x0.shape[0]))
-        use_cfg = guidance_scale != 1.0
-        emb = torch.cat([self.encode_prompts([""]).expand(x.shape[0], -1, -1), cond]) if use_cfg else cond
-        step_kwargs = _step_kwargs(self.scheduler, self.eta, generators)
-        for k, t in enumerate(timesteps):
-            model_in = self.scheduler.scale_model_input(torch.cat([x, x]) if use_cfg else x, t)
-            out = self.unet(model_in, t, encoder_hidden_states=emb).sample
-            if out.shape[1] == 2 * x.shape[1]:
-                out = out[:, :x.shape[1]]
-            if use_cfg:
-                out_u, out_c = out.chunk(2)
-                out = out_u + guidance_scale * (out_c - out_u)
-            x = self.scheduler.step(out, t, x, **step_kwargs).prev_sample
-            if k + 1 < len(timesteps):  # the kept region: the original at the next step's noise level
-                kept = self.scheduler.add_noise(x0, noise, timesteps[k + 1:k + 2].repeat(x0.shape[0]))
-            else:
-                kept = x0
-            x = keep_mask * kept + (1.0 - keep_mask) * x
+
+        def keep_original(k: int, x: torch.Tensor) -> torch.Tensor:  # the kept region at the next noise level
+            kept = (self.scheduler.add_noise(x0, noise, timesteps[k + 1:k + 2].repeat(x0.shape[0]))
+                    if k + 1 < len(timesteps) else x0)
+            return keep_mask * kept + (1.0 - keep_mask) * x
+
+        x = self._denoise(x, timesteps, cond, guidance_scale, generators, after_step=keep_original)
         self.last_steps_run = len(timesteps)
         return self._to_images(x).to(images.device, images.dtype)
 
