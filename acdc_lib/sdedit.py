@@ -766,6 +766,29 @@ class UNetCorrector:
                 x = after_step(k, x)
         return x
 
+    def _start(self, images, prompts, strength, guidance_scale, num_inference_steps, generators):
+        """Shared start of `correct` and `inpaint`: checks, prompt embeddings, the last int(N t') timesteps
+        (as diffusers' get_timesteps keeps them), x_0 in model space and x_t' = sqrt(abar) x_0 + sqrt(1 - abar) eps
+        with eps of row b from generators[b]. Returns (cond, timesteps, x0, noise, x_t', w, generators)."""
+        validate_images(images)
+        if images.shape[1] != self.image_channels:
+            raise ValueError(f"this corrector takes {self.image_channels}-channel images, got C={images.shape[1]}")
+        self._check_size(*images.shape[-2:])
+        prompts, steps, guidance_scale, generators = _check_call(
+            images.shape[0], prompts, strength, guidance_scale, num_inference_steps, generators)
+        cond = self.encode_prompts(prompts)  # the unconditional "" embedding is added in the loop when w != 1
+        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
+        start = (num_inference_steps - steps) * self.scheduler.order
+        timesteps = self.scheduler.timesteps[start:]
+        if hasattr(self.scheduler, "set_begin_index"):
+            self.scheduler.set_begin_index(start)
+        from diffusers.utils.torch_utils import randn_tensor
+
+        x0 = self._to_model_space(images, generators)
+        noise = randn_tensor(tuple(x0.shape), generator=generators, device=self.device, dtype=x0.dtype)
+        x = self.scheduler.add_noise(x0, noise, timesteps[:1].repeat(x0.shape[0]))
+        return cond, timesteps, x0, noise, x, guidance_scale, generators
+
     @torch.no_grad()
     def correct(self, images: torch.Tensor, prompts: Sequence[str], *, strength: float = DEFAULT_STRENGTH,
                 guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
@@ -784,27 +807,9 @@ class UNetCorrector:
         Returns:
             (B, C, H, W) float in [0, 1] on the input's device and dtype.
         """
-        # 1. Check inputs
-        validate_images(images)
-        if images.shape[1] != self.image_channels:
-            raise ValueError(f"this corrector takes {self.image_channels}-channel images, got C={images.shape[1]}")
-        self._check_size(*images.shape[-2:])
-        prompts, steps, guidance_scale, generators = _check_call(
-            images.shape[0], prompts, strength, guidance_scale, num_inference_steps, generators)
-        # 2. Encode prompts (the unconditional "" embedding is added in the loop when w != 1)
-        cond = self.encode_prompts(prompts)
-        # 3. Timesteps: keep the last int(N t') of the N-step schedule, as diffusers' get_timesteps does
-        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
-        start = (num_inference_steps - steps) * self.scheduler.order
-        timesteps = self.scheduler.timesteps[start:]
-        if hasattr(self.scheduler, "set_begin_index"):
-            self.scheduler.set_begin_index(start)
-        # 4. x_t' = sqrt(abar_t') x_0 + sqrt(1 - abar_t') eps, eps drawn per row from generators[b]
-        from diffusers.utils.torch_utils import randn_tensor
-
-        x0 = self._to_model_space(images, generators)
-        noise = randn_tensor(tuple(x0.shape), generator=generators, device=self.device, dtype=x0.dtype)
-        x = self.scheduler.add_noise(x0, noise, timesteps[:1].repeat(x0.shape[0]))
+        # 1-4. Check inputs, encode prompts, keep the last int(N t') timesteps, noise x_0 to t' per row
+        cond, timesteps, x0, noise, x, guidance_scale, generators = self._start(
+            images, prompts, strength, guidance_scale, num_inference_steps, generators)
         # 5. Denoising loop (Eq. 2): x~_0 ~ p_theta(x_0 | x_t', y), DDIM eta = 0 with CFG
         x = self._denoise(x, timesteps, cond, guidance_scale, generators)
         # UNet calls that ran: int(N t') for first-order samplers such as DDIM (Heun-type samplers
@@ -888,25 +893,11 @@ class UNetCorrector:
         Returns:
             (B, C, H, W) float in [0, 1] on the input's device and dtype.
         """
-        validate_images(images)
-        if images.shape[1] != self.image_channels:
-            raise ValueError(f"this corrector takes {self.image_channels}-channel images, got C={images.shape[1]}")
-        self._check_size(*images.shape[-2:])
+        validate_images(images)  # before the masks, which are checked against its shape
         validate_masks(masks, images)
-        prompts, steps, guidance_scale, generators = _check_call(
-            images.shape[0], prompts, strength, guidance_scale, num_inference_steps, generators)
-        cond = self.encode_prompts(prompts)
-        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
-        start = (num_inference_steps - steps) * self.scheduler.order
-        timesteps = self.scheduler.timesteps[start:]
-        if hasattr(self.scheduler, "set_begin_index"):
-            self.scheduler.set_begin_index(start)
-        from diffusers.utils.torch_utils import randn_tensor
-
-        x0 = self._to_model_space(images, generators)
+        cond, timesteps, x0, noise, x, guidance_scale, generators = self._start(
+            images, prompts, strength, guidance_scale, num_inference_steps, generators)
         keep_mask = 1.0 - F.adaptive_max_pool2d(masks.to(self.device, x0.dtype), x0.shape[-2:])  # (B, 1, h, w)
-        noise = randn_tensor(tuple(x0.shape), generator=generators, device=self.device, dtype=x0.dtype)
-        x = self.scheduler.add_noise(x0, noise, timesteps[:1].repeat(x0.shape[0]))
 
         def keep_original(k: int, x: torch.Tensor) -> torch.Tensor:  # the kept region at the next noise level
             kept = (self.scheduler.add_noise(x0, noise, timesteps[k + 1:k + 2].repeat(x0.shape[0]))
