@@ -1108,8 +1108,23 @@ def frontend_attached() -> bool:
 # --------------------------------------------------------------------------------------------
 
 
-def plot_forward_process(sde: VPSDE, generator: np.random.Generator, x0: float = 2.0, n: int = 4000,
-                         times: Sequence[float] = (0.1, 0.3, 0.6, 1.0), n_steps: int = 400):
+@dataclass
+class ForwardSamples:
+    """Euler-Maruyama samples of Eq. (7) from one start x0: samples[k] are n draws of x(times[k])."""
+
+    x0: float
+    times: tuple[float, ...]
+    samples: Array  # (len(times), n)
+
+
+def forward_process_samples(sde: VPSDE, generator: np.random.Generator, x0: float = 2.0, n: int = 4000,
+                            times: Sequence[float] = (0.1, 0.3, 0.6, 1.0), n_steps: int = 400) -> ForwardSamples:
+    """n Euler-Maruyama paths of Eq. (7) from x0, read at each of `times` (n_steps * t steps to reach t)."""
+    xs = [sde.euler_maruyama(np.full((n, 1), x0), s, max(1, int(n_steps * s)), generator)[:, 0] for s in times]
+    return ForwardSamples(float(x0), tuple(float(s) for s in times), np.stack(xs))
+
+
+def plot_forward_process(sde: VPSDE, fwd: ForwardSamples):
     """Left: abar(t), corrected and printed. Right: Euler-Maruyama samples of Eq. (7) from x0 against Eq. (8)."""
     import matplotlib.pyplot as plt
 
@@ -1120,8 +1135,8 @@ def plot_forward_process(sde: VPSDE, generator: np.random.Generator, x0: float =
     ax0.set(xlabel="t", ylabel=r"$\bar\alpha$", title="Eq. (8): signal level")
     ax0.legend()
     grid = np.linspace(-4, 4, 400)
-    for k, s in enumerate(times):
-        xs = sde.euler_maruyama(np.full((n, 1), x0), s, max(1, int(n_steps * s)), generator)[:, 0]
+    x0 = fwd.x0
+    for k, (s, xs) in enumerate(zip(fwd.times, fwd.samples)):
         mean, var = sde.kernel(np.array([[x0]]), s)
         c = f"C{k}"
         ax1.hist(xs, bins=60, range=(-4, 4), density=True, alpha=0.35, color=c)

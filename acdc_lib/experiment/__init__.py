@@ -9,7 +9,7 @@ Every public name is importable from `acdc_lib.experiment` itself.
 from acdc_lib.experiment.report import (COMPARISONS, FRAME_GAPS, METRIC_MAP, PAPER_TABLE1, PAPER_TABLE2,
                                         accumulation_claims, compare_with_paper, comparison_markdown,
                                         curve_claims, frame_gaps_markdown, paired_changes, paired_changes_markdown,
-                                        paper_table_markdown, plot_curves, plot_example_frames,
+                                        paper_table_markdown, plot_curves, plot_example_frames, plot_frame_rows, example_frames,
                                         reproduction_verdicts, verdicts_markdown)
 from acdc_lib.experiment.rows import (DEFAULT_ROWS, GENERATION_FIELDS, ROWS, DamagedRunFileWarning, ExperimentConfig,
                                       RowSpec, arm_true_context, check_story_files,
@@ -21,7 +21,7 @@ from acdc_lib.experiment.scoring import (ResultsTable, frame_gaps, frame_trend, 
 __all__ = [
     "COMPARISONS", "FRAME_GAPS", "METRIC_MAP", "PAPER_TABLE1", "PAPER_TABLE2", "accumulation_claims",
     "compare_with_paper", "comparison_markdown", "curve_claims", "frame_gaps_markdown", "paired_changes",
-    "paired_changes_markdown", "paper_table_markdown", "plot_curves", "plot_example_frames", "reproduction_verdicts",
+    "paired_changes_markdown", "paper_table_markdown", "plot_curves", "plot_example_frames", "plot_frame_rows", "example_frames", "reproduction_verdicts",
     "verdicts_markdown", "DEFAULT_ROWS", "GENERATION_FIELDS", "ROWS", "DamagedRunFileWarning", "ExperimentConfig",
     "RowSpec", "arm_true_context", "check_story_files",
     "load_frames", "process_share", "run_experiment", "story_seed", "strength_sweep", "sweep_label", "ResultsTable",

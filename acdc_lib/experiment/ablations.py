@@ -444,3 +444,77 @@ __all__ = ["CORRUPTIBLE", "CorruptedMemory", "SDEditMeasure", "Variant", "as_une
            "corrections_per_story", "corrupt_prompt", "measure_sdedit", "merge_tables", "model_space_distance", "policy_costs",
            "prompt_distance", "row_prompts", "run_variants", "seeds_of", "story_quality", "summarise_variants",
            "versus_fixed_frontier"]
+
+
+# --------------------------------------------------------------------------------------------
+# Figures of the ablations (drawn from plain data, so a run's recipe can redraw them)
+# --------------------------------------------------------------------------------------------
+def plot_tprime_tradeoff(tradeoff: Sequence[Mapping[str, Any]], t_primes: Sequence[float] = (),
+                         accuracy: Sequence[float] = (), attributes: Mapping[str, Sequence[float]] | None = None,
+                         recommended: float | None = None):
+    """Three panels against t': what SDEdit moves (with Theorem 2's bounds), the distance to the ARM's frame, and,
+    when `accuracy` is given, what the loop fixes and keeps.
+
+    Args:
+        tradeoff: per t' of the measurement, {"t_prime", "deviation": Interval dict, "bound_corrected",
+            "bound_printed", "pixel_rms": Interval dict, "feature_dist": Interval dict}.
+        t_primes, accuracy: the loop sweep's t' and mean attribute accuracy at each.
+        attributes: more sweep curves by name (e.g. physical_validity), one value per t'.
+        recommended: the t' to mark.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))
+    tp_ = [r["t_prime"] for r in tradeoff]
+    dev = [r["deviation"] for r in tradeoff]
+    ax[0].errorbar(tp_, [d["value"] for d in dev], yerr=[[d["value"] - d["low"] for d in dev], [d["high"] - d["value"] for d in dev]],
+                   marker="o", label="measured ||x~(0) - x||")
+    ax[0].plot(tp_, [r["bound_corrected"] for r in tradeoff], "--", label="Theorem 2, corrected")
+    ax[0].plot(tp_, [r["bound_printed"] for r in tradeoff], ":", label="Theorem 2, printed")
+    ax[0].set_yscale("log"); ax[0].set_xlabel("t'"); ax[0].set_title("what SDEdit moves (DM space)"); ax[0].legend(fontsize=7)
+    ax[1].plot(tp_, [r["pixel_rms"]["value"] for r in tradeoff], marker="o", label="pixel RMS (0-255)")
+    ax1b = ax[1].twinx(); ax1b.plot(tp_, [r["feature_dist"]["value"] for r in tradeoff], marker="s", color="C1", label="feature distance")
+    ax[1].set_xlabel("t'"); ax[1].set_title("distance to the ARM's frame"); ax[1].legend(loc="upper left", fontsize=7)
+    ax1b.legend(loc="lower right", fontsize=7)
+    if len(accuracy):
+        ax[2].plot(t_primes, accuracy, marker="o", label="attribute accuracy")
+        for k, v in (attributes or {}).items():
+            ax[2].plot(t_primes, v, marker=".", label=k)
+        if recommended is not None:
+            ax[2].axvline(recommended, color="grey", ls="--", lw=1)
+        ax[2].set_xlabel("t'"); ax[2].set_title("what ACDC fixes and keeps (loop)"); ax[2].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_wrong_memory(frames: Mapping[float, Mapping[str, np.ndarray]]):
+    """Deviation of the corrected frame against the prompt's distance d(y, y~), one colour per corruption rate k
+    ({k: {"d": (S, N), "deviation": (S, N)}})."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for k, v in frames.items():
+        ax.scatter(v["d"], v["deviation"], s=6, alpha=0.5, label=f"k={k:g}")
+    ax.set_xlabel("d(y, y~) (text-encoder states)"); ax.set_ylabel("||x~(0) - x|| (DM space)"); ax.legend(fontsize=7)
+    return fig
+
+
+def plot_pareto(points: Sequence[Mapping[str, Any]], short: Mapping[str, str] | None = None):
+    """Quality against corrections per story, one point per policy (red diamonds: adaptive).
+
+    Args:
+        points: {"policy", "adaptive", "corrections", "quality": Interval dict} per policy.
+        short: annotation per policy (default: the policy name without "acdc_", "_rules", "_llm").
+    """
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for p in sorted(points, key=lambda p: p["corrections"]):
+        q_ = p["quality"]
+        ax.errorbar(p["corrections"], q_["value"], yerr=[[q_["value"] - q_["low"]], [q_["high"] - q_["value"]]],
+                    marker="D" if p["adaptive"] else "o", color="C3" if p["adaptive"] else "C0", capsize=2)
+        name = (short or {}).get(p["policy"], p["policy"].replace("acdc_", "").replace("_rules", "").replace("_llm", ""))
+        ax.annotate(name, (p["corrections"], q_["value"]), fontsize=6, xytext=(3, -8), textcoords="offset points")
+    ax.set_xlabel("frames corrected per story"); ax.set_ylabel("mean attribute accuracy")
+    ax.set_title("quality against corrections (red: adaptive)")
+    return fig

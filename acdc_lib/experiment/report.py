@@ -280,20 +280,24 @@ def accumulation_claims(gaps: Sequence[Mapping[str, Any]], n_frames: int) -> lis
     return lines
 
 
-def plot_example_frames(out_dir: str | Path, story: Story, rows: Sequence[str],
-                        reference: Callable[[Story], torch.Tensor] | None = None,
-                        labels: Mapping[str, str] | None = None):
-    """A grid of one story's frames: one line per row (and the ground-truth renders first). Returns the figure."""
+def example_frames(out_dir: str | Path, story: Story, rows: Sequence[str],
+                   reference: Callable[[Story], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """One story's frames per row from a run folder, the ground-truth renders first ("reference") when given."""
+    lines = {"reference": reference(story).cpu().float()} if reference is not None else {}
+    return {**lines, **{r: load_frames(out_dir, r, [story])[0] for r in rows}}
+
+
+def plot_frame_rows(frames: Mapping[str, torch.Tensor], labels: Mapping[str, str] | None = None):
+    """A grid of one story's frames: one line per row of `frames` ({row: (N, C, H, W) in [0, 1]}). Returns the figure."""
     import matplotlib.pyplot as plt
 
-    lines = ([("reference", reference(story).cpu().float())] if reference is not None else []) + \
-        [(r, load_frames(out_dir, r, [story])[0]) for r in rows]
-    N = len(story)
+    lines = list(frames.items())
+    N = len(lines[0][1])
     fig, axes = plt.subplots(len(lines), N, figsize=(1.3 * N + 1.6, 1.35 * len(lines)), squeeze=False)
-    for a, (r, frames) in enumerate(lines):
+    for a, (r, fr) in enumerate(lines):
         for i in range(N):
             ax = axes[a][i]
-            img = frames[i].clamp(0, 1)
+            img = fr[i].clamp(0, 1)
             if img.shape[0] == 1:  # one channel: grey levels on a fixed [0, 1] scale
                 ax.imshow(img[0].numpy(), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
             else:
@@ -305,6 +309,12 @@ def plot_example_frames(out_dir: str | Path, story: Story, rows: Sequence[str],
                               rotation=0, ha="right", va="center")
     return fig
 
+
+def plot_example_frames(out_dir: str | Path, story: Story, rows: Sequence[str],
+                        reference: Callable[[Story], torch.Tensor] | None = None,
+                        labels: Mapping[str, str] | None = None):
+    """`plot_frame_rows` of `example_frames`: one story's frames per row of a run folder. Returns the figure."""
+    return plot_frame_rows(example_frames(out_dir, story, rows, reference), labels)
 
 
 def paper_table_markdown(table: Mapping[str, Mapping[str, float]] | None = None) -> str:
