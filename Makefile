@@ -37,8 +37,14 @@ check-cpu-only: env
 # last float bits (a few toy pixels by one grey level between 1 and 2 threads) and through a re-encoded
 # frame can change later ones; a fixed count makes the committed figures reproducible on any core count.
 REPRO_THREADS ?= 2
+# CPU kernels are also chosen by instruction set, and AVX2 and AVX512 kernels (torch's own, oneDNN's and
+# MKL's) round differently, so the figures are byte-reproducible only between machines with the same
+# capability (each notebook prints it). REPRO_ISA=avx2 pins all three to AVX2, which any x86-64 machine of
+# the last decade has; it is off by default because it makes the toy UNet about 40% slower on AVX512 CPUs.
+REPRO_ISA ?=
+ISA_ENV := $(if $(REPRO_ISA),ATEN_CPU_CAPABILITY=$(REPRO_ISA) ONEDNN_MAX_CPU_ISA=$(shell echo $(REPRO_ISA) | tr a-z A-Z) MKL_CBWR=$(shell echo $(REPRO_ISA) | tr a-z A-Z),)
 reproduce: env
-	OMP_NUM_THREADS=$(REPRO_THREADS) $(BIN)/python -m acdc_lib.runs $(RUNSET)
+	OMP_NUM_THREADS=$(REPRO_THREADS) $(ISA_ENV) $(BIN)/python -m acdc_lib.runs $(RUNSET)
 
 test: test-unit test-notebooks
 

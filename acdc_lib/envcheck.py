@@ -37,6 +37,9 @@ def describe(seed: int | None = None, device: str | None = None) -> str:
     parts.append(f"seed {seed}" if seed is not None else "seed -")
     parts.append(f"device {device or 'cpu'}")
     parts.append(f"threads {torch.get_num_threads()}")
+    # CPU kernels are chosen by instruction set (AVX2, AVX512 ...), and they round differently: the same
+    # seed gives the same bytes only on the same capability (make reproduce REPRO_ISA=avx2 pins it)
+    parts.append(f"cpu kernels {torch.backends.cpu.get_cpu_capability()}")
     return " | ".join(parts)
 
 
