@@ -405,6 +405,12 @@ NOTEBOOK_PARAMS["06_ablations"] = {
     ("STEPS", "T_PRIMES"): together(lambda n, ts: ts is None or _runs_a_step(n, *ts),
                                     "int(STEPS * t') >= 1 for every t' of T_PRIMES"),
 }
+NOTEBOOK_PARAMS["08_figures"] = {
+    **COMMON,
+    "RUN_SET": path(),
+    "RUNS_ROOT": or_none(path()),
+    "REPORT_PATH": or_none(path()),
+}
 """Notebook stem -> its parameters' spec; a test keeps each spec's names equal to its notebook's parameters."""
 
 

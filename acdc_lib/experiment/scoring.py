@@ -7,6 +7,7 @@ true frames and labels; physical validity when the evaluator reads it. The table
 """
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -48,6 +49,36 @@ class ResultsTable:
                 "labels": self.labels, "rows": {r: {m: asdict(v) for m, v in d.items()} for r, d in self.rows.items()},
                 "per_story": self.per_story, "per_frame": self.per_frame, "skipped": self.skipped,
                 "curves": {r: {c: [asdict(v) for v in vs] for c, vs in d.items()} for r, d in self.curves.items()}})
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ResultsTable":
+        """The table `to_dict` wrote (a run folder's <stem>.json), with null read back as NaN."""
+        missing = [k for k in ("rows", "curves", "labels", "n_stories", "n_frames") if k not in d]
+        if missing:
+            raise ValueError(f"not a results table: keys {missing} are missing (it has {sorted(d)})")
+        nan = lambda v: float("nan") if v is None else v  # noqa: E731
+        iv = lambda v: M.Interval(*(float(nan(v[k])) for k in ("value", "low", "high")))  # noqa: E731
+        return cls(rows={r: {m: iv(v) for m, v in ms.items()} for r, ms in d["rows"].items()},
+                   curves={r: {c: [iv(v) for v in vs] for c, vs in cs.items()} for r, cs in d["curves"].items()},
+                   labels=dict(d["labels"]), n_stories=int(d["n_stories"]), n_frames=int(d["n_frames"]),
+                   config=dict(d.get("config") or {}),
+                   per_story={r: {m: [nan(x) for x in xs] for m, xs in ms.items()}
+                              for r, ms in (d.get("per_story") or {}).items()},
+                   per_frame={r: {c: [[nan(x) for x in row] for row in rows] for c, rows in cs.items()}
+                              for r, cs in (d.get("per_frame") or {}).items()},
+                   skipped=dict(d.get("skipped") or {}))
+
+    @classmethod
+    def read(cls, path: str | Path) -> "ResultsTable":
+        """Read a table that `write` saved as <stem>.json."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"results table {path} not found")
+        try:
+            d = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"results table {path} is not valid JSON ({e})") from None
+        return cls.from_dict(d)
 
     def to_markdown(self, digits: int = 3) -> str:
         cols = list(next(iter(self.rows.values())))

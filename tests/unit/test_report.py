@@ -1,0 +1,232 @@
+"""Notebook 08's pieces: figure recipes, results tables read back, claim verdicts, the report and its sources."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from acdc_lib import metrics as M
+from acdc_lib import plotting
+from acdc_lib.experiment import ResultsTable
+from acdc_lib.experiment import claims as C
+from acdc_lib.experiment import figures as F
+from acdc_lib.experiment.ablations import plot_pareto
+from acdc_lib.experiment.report import plot_frame_rows
+from acdc_lib.io import REPO_ROOT
+from acdc_lib.theory import ForwardSamples, VPSDE, forward_process_samples, plot_forward_process
+
+
+def _sha(p) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# Figure recipes
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("case", ["tensors", "dataclass", "plain"])
+def test_a_replayed_recipe_draws_the_same_bytes(tmp_path, case):
+    plotting.use_style()
+    g = torch.Generator().manual_seed(0)
+    if case == "tensors":
+        plot, args = plot_frame_rows, ({"reference": torch.rand(3, 3, 8, 8, generator=g),
+                                        "arm": torch.rand(3, 3, 8, 8, generator=g)}, {"arm": "ARM alone"})
+    elif case == "dataclass":
+        sde = VPSDE()
+        plot, args = plot_forward_process, (sde, forward_process_samples(sde, np.random.default_rng(0), n=200, n_steps=20))
+    else:
+        plot, args = plot_pareto, ([{"policy": "acdc2_rules", "adaptive": False, "corrections": 2.0,
+                                     "quality": {"value": 0.7, "low": 0.65, "high": 0.75}},
+                                    {"policy": "adaptive0.5", "adaptive": True, "corrections": 3.1,
+                                     "quality": {"value": 0.8, "low": 0.76, "high": 0.84}}], {None: "all 6"})
+    plotting.plot_and_save(plot, *args, name="fig", fig_dir=tmp_path / "a", out_dir=tmp_path / "run")
+    recipe = tmp_path / "run" / plotting.RECIPES / "fig.json"
+    assert recipe.is_file()
+    assert (recipe.with_suffix(".npz").is_file()) == (case != "plain")
+    plotting.save_figure(plotting.replay(recipe), "fig", tmp_path / "b")
+    assert _sha(tmp_path / "a" / "fig.png") == _sha(tmp_path / "b" / "fig.png")
+
+
+def test_a_recipe_restores_types_exactly(tmp_path):
+    arrays: dict = {}
+    fwd = ForwardSamples(2.0, (0.1, 0.5), np.arange(6, dtype=np.float32).reshape(2, 3))
+    value = {"t": torch.arange(4, dtype=torch.float64), 0.5: (1, "a", None), "fwd": fwd, "s": np.float32(1.5)}
+    back = plotting._decode(json.loads(json.dumps(plotting._encode(value, arrays, "x"))), arrays)
+    assert torch.equal(back["t"], value["t"]) and back["t"].dtype == torch.float64
+    assert back[0.5] == (1, "a", None)
+    assert isinstance(back["fwd"], ForwardSamples) and back["fwd"].samples.dtype == np.float32
+    assert np.array_equal(back["fwd"].samples, fwd.samples) and back["fwd"].times == (0.1, 0.5)
+    assert type(back["s"]) is np.float32 and back["s"] == np.float32(1.5)
+
+
+def test_no_recipe_without_a_run_folder_and_bad_plots_are_refused(tmp_path):
+    plotting.plot_and_save(plot_pareto, [], name="fig", fig_dir=tmp_path / "a")  # interactive use: no recipe
+    assert not (tmp_path / plotting.RECIPES).exists()
+    with pytest.raises(ValueError, match="module-level function"):
+        plotting.plot_and_save(lambda: None, name="fig", fig_dir=tmp_path, out_dir=tmp_path)
+    with pytest.raises(TypeError, match=r"args\[0\] of type object"):
+        plotting.plot_and_save(plot_pareto, object(), name="fig", fig_dir=tmp_path, out_dir=tmp_path)
+    assert not (tmp_path / "fig.png").exists()  # refused before anything was drawn
+
+
+def test_a_damaged_or_stale_recipe_says_to_rerun_its_notebook(tmp_path):
+    bad = tmp_path / "a.json"
+    bad.write_text("{")
+    with pytest.raises(ValueError, match="rerun its notebook"):
+        plotting.replay(bad)
+    bad.write_text(json.dumps({"function": "acdc_lib.plotting:no_such_plot", "args": [], "kwargs": {"__dict__": []}}))
+    with pytest.raises(ValueError, match="no longer has"):
+        plotting.replay(bad)
+
+
+def test_regenerate_reports_identity_new_and_broken_recipes(tmp_path):
+    plotting.use_style()
+    run = tmp_path / "toy-cpu-06_ablations-00000000"
+    pts = [{"policy": "arm", "adaptive": False, "corrections": 0.0, "quality": {"value": 0.5, "low": 0.4, "high": 0.6}}]
+    plotting.plot_and_save(plot_pareto, pts, name="06_pareto", fig_dir=tmp_path / "figs", out_dir=run)
+    plotting.plot_and_save(plot_pareto, pts, {"arm": "ARM"}, name="06_other", fig_dir=tmp_path / "scratch", out_dir=run)
+    (run / plotting.RECIPES / "06_broken.json").write_text("{")
+    (tmp_path / "figs" / "06_orphan.png").write_bytes(b"")
+    src = C.Source("06_ablations", run, {"n_stories": 1}, {})
+    got = {r.name: r for r in F.regenerate([src], tmp_path / "out", compare_dir=tmp_path / "figs")}
+    assert got["06_pareto"].identical is True and not got["06_pareto"].error
+    assert got["06_other"].identical is None  # nothing to compare with in figs/
+    assert "rerun its notebook" in got["06_broken"].error and got["06_broken"].identical is None
+    assert (tmp_path / "out" / "06_pareto.png").is_file()
+    assert F.without_recipe(tmp_path / "figs", [src]) == ["06_orphan"]
+    # a run without results is not read, so its recipes do not count
+    assert F.regenerate([C.Source("06_ablations", run, None, {}, "no results")], tmp_path / "out") == []
+
+
+# --------------------------------------------------------------------------------------------
+# Results tables read back
+# --------------------------------------------------------------------------------------------
+def _table(per_frame: dict, per_story: dict | None = None, n_frames: int = 6) -> ResultsTable:
+    iv = M.Interval(0.5, 0.4, 0.6)
+    rows = {r: {"char_acc": iv} for r in per_frame}
+    for r, d in (per_story or {}).items():
+        for m, v in d.items():
+            rows.setdefault(r, {})[m] = M.Interval(float(np.mean(v)), float(np.min(v)), float(np.max(v)))
+    return ResultsTable(rows=rows, curves={r: {"char_acc": [iv] * n_frames} for r in rows}, labels={r: r.upper() for r in rows},
+                        n_stories=len(next(iter(per_frame.values()))), n_frames=n_frames, per_story=per_story or {},
+                        per_frame={r: {"char_acc": v.tolist()} for r, v in per_frame.items()})
+
+
+def test_a_results_table_reads_back_equal_with_nan(tmp_path):
+    t = _table({"arm": np.ones((3, 6))}, {"arm": {"frame_consistency": [0.5, float("nan"), 0.7]}})
+    t.write(tmp_path, stem="t")
+    back = ResultsTable.read(tmp_path / "t.json")
+    assert np.isnan(back.per_story["arm"]["frame_consistency"][1])
+    assert json.dumps(back.to_dict()) == json.dumps(t.to_dict())
+    with pytest.raises(ValueError, match="keys .*'rows'"):
+        ResultsTable.from_dict({"n_stories": 1})
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        ResultsTable.read(tmp_path / "bad.json")
+    with pytest.raises(FileNotFoundError, match="gone.json"):
+        ResultsTable.read(tmp_path / "gone.json")
+
+
+# --------------------------------------------------------------------------------------------
+# Verdicts and claims
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("value, low, high, sign, verdict", [
+    (0.1, 0.05, 0.2, 1, "reproduced"), (0.1, -0.05, 0.2, 1, "same direction, not significant"),
+    (-0.1, -0.2, 0.05, 1, "opposite, not significant"), (-0.1, -0.2, -0.05, 1, "opposite"),
+    (-0.1, -0.2, -0.05, -1, "reproduced"), (float("nan"), 0, 0, 1, "not testable here")])
+def test_verdict_of(value, low, high, sign, verdict):
+    assert C.verdict_of(value, low, high, sign) == verdict
+
+
+def test_a_claim_refuses_a_verdict_outside_the_vocabulary():
+    with pytest.raises(ValueError, match="'confirmed' is not one of"):
+        C.Claim("Table 1", "x", "y", "z", "confirmed", "w")
+
+
+def _source(tmp_path, table: ResultsTable, stem="03_acdc_story", **params) -> C.Source:
+    d = tmp_path / f"toy-cpu-{stem}-0"
+    table.write(d, stem="table1_toy")
+    return C.Source(stem, d, {"n_stories": table.n_stories}, params)
+
+
+def test_figure4_claims_follow_the_per_frame_values(tmp_path):
+    rng = np.random.default_rng(0)
+    S = 60
+    falls = (rng.random((S, 6)) < np.linspace(0.95, 0.4, 6)).astype(float)      # the ARM degrades
+    held = (rng.random((S, 6)) < 0.95).astype(float)                            # ACDC keeps frames up
+    nomem = (rng.random((S, 6)) < np.linspace(0.95, 0.5, 6)).astype(float)      # no memory falls behind
+    true_ctx = falls.copy()                                                      # the oracle: no inheritance
+    src = _source(tmp_path, _table({"arm": falls, "acdc_rules": held, "acdc_nomem": nomem, "arm_true_ctx": true_ctx}),
+                  ARM="toy")
+    got = {c.claim: c for c in C.figure4_claims(src, n_resamples=500)}
+    assert [c.section for c in got.values()] == ["Fig. 4 (ARM toy)"] * 4
+    assert got["the ARM alone degrades along the story"].verdict == "reproduced"
+    assert got["ACDC keeps the later frames consistent"].verdict == "reproduced"
+    assert got["without memory ACDC matches in early frames but falls behind later"].verdict == "reproduced"
+    c = got["the ARM's errors compound from its own frames"]
+    assert c.verdict == "same direction, not significant" or c.verdict.startswith("opposite")
+    assert c.measured.startswith("+0.000 [+0.000, +0.000]")
+    # the reverse story: the ARM improves along it, so the first claim is the opposite
+    src = _source(tmp_path, _table({"arm": falls[:, ::-1].copy()}), stem="03_rev")
+    got = {c.claim: c for c in C.figure4_claims(src, n_resamples=500)}
+    assert got["the ARM alone degrades along the story"].verdict == "opposite"
+    assert got["ACDC keeps the later frames consistent"].verdict == "not testable here"
+
+
+def test_table1_claims_rederive_the_verdicts_from_per_story_values(tmp_path):
+    rng = np.random.default_rng(1)
+    S = 40
+    base = rng.random(S)
+    per_story = {"dm_only": {"frame_consistency": base - 0.3, "clip_score": base},
+                 "arm": {"frame_consistency": base, "clip_score": base},
+                 "acdc_rules": {"frame_consistency": base + 0.1 + 0.01 * rng.standard_normal(S), "clip_score": base - 0.01 + 0.02 * rng.random(S)},
+                 "acdc_nomem": {"frame_consistency": base - 0.1, "clip_score": base}}
+    per_story = {r: {m: np.asarray(v).tolist() for m, v in d.items()} for r, d in per_story.items()}
+    t = _table({r: np.ones((S, 6)) for r in per_story}, per_story)
+    got = {c.claim: c for c in C.table1_claims(_source(tmp_path, t, ARM="toy"))}
+    assert got["ACDC improves its ARM: frame_consistency"].verdict == "reproduced"
+    assert got["ACDC improves its ARM: frame_consistency"].measured.startswith("+0.099 [+0.096, +0.101]")
+    assert got["the memory module helps ACDC: frame_consistency"].verdict == "reproduced"
+    assert got["the ARM beats the DM alone: clip_score"].verdict == "mixed"  # the paper's two ARMs disagree
+    assert "Table 1: Show-o -> Show-o + ACDC (ours)" in got["ACDC improves its ARM: frame_consistency"].paper
+    assert all(c.section == "Table 1 (ARM toy)" for c in got.values())
+
+
+def test_sources_name_what_is_missing_and_skip_the_report_itself(tmp_path):
+    rs = C.find_sources(REPO_ROOT / "papermill_runs" / "toy-cpu.yaml", tmp_path)
+    by = {s.notebook: s for s in rs}
+    assert "08_figures" not in by
+    assert by["05_video_extension"].folder is None and "not in the repository" in by["05_video_extension"].missing
+    assert "no results in toy-cpu-03_acdc_story-" in by["03_acdc_story"].missing
+    assert "python -m acdc_lib.runs papermill_runs/toy-cpu.yaml" in by["03_acdc_story"].missing
+    by["00_diffusion_theory"].folder.mkdir(parents=True)
+    (by["00_diffusion_theory"].folder / "results.json").write_text('{"theorem1": {"a": true, "b": false}}')
+    by["06_ablations"].folder.mkdir(parents=True)
+    (by["06_ablations"].folder / "results.json").write_text("")
+    by = {s.notebook: s for s in C.find_sources(REPO_ROOT / "papermill_runs" / "toy-cpu.yaml", tmp_path)}
+    assert by["00_diffusion_theory"].results == {"theorem1": {"a": True, "b": False}}
+    assert "damaged" in by["06_ablations"].missing and by["06_ablations"].results is None
+    claims = C.build_claims(list(by.values()))
+    thm1 = next(c for c in claims if c.section == "Theorem 1")
+    assert thm1.verdict == "mixed" and "1/2 settings" in thm1.measured
+
+
+def test_with_no_results_every_claim_keeps_its_row(tmp_path):
+    sources = C.find_sources(REPO_ROOT / "papermill_runs" / "toy-cpu.yaml", tmp_path)
+    claims = C.build_claims(sources)
+    sections = {c.section for c in claims}
+    assert {"Table 1", "Fig. 4", "Table 2", "Table 3", "Fig. 5", "Theorem 1", "Theorem 2", "Theorem 3",
+            "Open question 1", "Open question 2", "Open question 3", "Open question 4"} <= sections
+    assert {c.verdict for c in claims} == {"not testable here"}
+    assert all(c.where for c in claims)  # each says why
+    text = C.report_markdown(claims, sources, C.table_errata(), C.additions(sources))
+    assert text.count("| **not testable here** |") == len(claims)
+    assert "## Table 3" in text and "05_video_extension" in text and "## Errata" in text
+
+
+def test_the_paper_table_errata_are_computed_from_its_numbers():
+    lines = C.table_errata()
+    assert "(60.5 - 56.36) / 56.36 = 7.35%" in lines[0] and "6.84%" in lines[0]
+    assert "13.89%" in lines[1]
