@@ -140,6 +140,30 @@ def test_verdict_of(value, low, high, sign, verdict):
     assert C.verdict_of(value, low, high, sign) == verdict
 
 
+@pytest.mark.parametrize("parts, verdict", [
+    ([(0.1, True), (0.2, True)], "reproduced"), ([(0.1, True), (0.2, False)], "same direction, not significant"),
+    ([(0.1, False), (-0.2, True)], "opposite"), ([(0.1, False), (-0.2, False)], "mixed"),
+    ([(-0.1, False), (-0.2, False)], "opposite, not significant"), ([], "not testable here")])
+def test_combined_verdict(parts, verdict):
+    assert C.combined_verdict(parts) == verdict
+
+
+def test_table2_claims_judge_fid_by_separate_intervals_and_lower_is_better(tmp_path):
+    paired = lambda old, new, v, lo, hi: {"old": old, "new": new, "metric": "frame_consistency", "value": v,  # noqa: E731
+                                          "low": lo, "high": hi}
+    res = {"table2_verdicts": {"ACDC #2 best frame consistency": "x", "ACDC #6 best FID": "x"},
+           "table2_claims": {"ACDC #2 best frame consistency": [paired("arm", "acdc2", 0.07, -0.02, 0.14),
+                                                                paired("acdc4", "acdc2", -0.06, -0.08, -0.04)],
+                             "ACDC #6 best FID": [{"row": "acdc", "other": "arm", "metric": "fid", "value": -0.01,
+                                                   "separate": True},
+                                                  {"row": "acdc", "other": "acdc2", "metric": "fid", "value": -0.02,
+                                                   "separate": False}]}}
+    got = {c.claim: c for c in C.table2_claims(C.Source("06_ablations", tmp_path, res, {}))}
+    assert got["ACDC #2 best frame consistency"].verdict == "opposite"  # #4 is significantly better
+    assert got["ACDC #6 best FID"].verdict == "same direction, not significant"
+    assert "acdc - acdc2: -0.02 (intervals overlap)" in got["ACDC #6 best FID"].measured
+
+
 def test_a_claim_refuses_a_verdict_outside_the_vocabulary():
     with pytest.raises(ValueError, match="'confirmed' is not one of"):
         C.Claim("Table 1", "x", "y", "z", "confirmed", "w")
@@ -209,6 +233,8 @@ def test_sources_name_what_is_missing_and_skip_the_report_itself(tmp_path):
     assert by["00_diffusion_theory"].results == {"theorem1": {"a": True, "b": False}}
     assert "damaged" in by["06_ablations"].missing and by["06_ablations"].results is None
     claims = C.build_claims(list(by.values()))
+    order = [c.section for c in claims]
+    assert all(order.index(s) + order.count(s) - 1 == len(order) - 1 - order[::-1].index(s) for s in set(order))  # grouped
     thm1 = next(c for c in claims if c.section == "Theorem 1")
     assert thm1.verdict == "mixed" and "1/2 settings" in thm1.measured
 
