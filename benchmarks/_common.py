@@ -128,8 +128,14 @@ def verdict(measured: float, target: float, higher_is_better: bool) -> tuple[flo
     return ratio, (ratio >= 1.0) if higher_is_better else (ratio <= 1.0)
 
 
+CHECKS: list[dict[str, Any]] = []  # every ratio_line of this process, written by write_results as "checks"
+
+
 def ratio_line(label: str, measured: float, target: float, *, higher_is_better: bool, unit: str = "x") -> str:
+    """The printed `measured / target` line of one target, also kept in CHECKS for the results file."""
     ratio, ok = verdict(measured, target, higher_is_better)
+    CHECKS.append({"label": label, "measured": measured, "target": target, "unit": unit,
+                   "higher_is_better": higher_is_better, "ratio": ratio, "pass": ok})
     sign = ">=" if higher_is_better else "<="
     return (f"{label}: {measured:.3g}{unit}; target {sign} {target:g}{unit}: measured / target = {ratio:.2f} -> "
             f"{'PASS' if ok else 'FAIL'}")
@@ -142,6 +148,7 @@ def write_results(name: str, payload: dict[str, Any], path: str | os.PathLike | 
     doc = {"benchmark": name, "utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
            "argv": sys.argv, **payload}
     doc.setdefault("machine", machine())
+    doc.setdefault("checks", list(CHECKS))  # the targets this run printed, for the report notebook
     tmp = out.with_suffix(out.suffix + ".tmp")
     tmp.write_text(json.dumps(doc, indent=1, default=_jsonable) + "\n", encoding="utf-8")
     tmp.replace(out)

@@ -74,7 +74,23 @@ def regenerate(sources: Sequence[Source], fig_dir: str | Path | None,
     return out
 
 
-def without_recipe(figures_dir: str | Path, sources: Sequence[Source]) -> list[str]:
-    """PNG figures in `figures_dir` that no run of `sources` has a recipe for."""
+def without_recipe(figures_dir: str | Path, sources: Sequence[Source], own_prefix: str = "08_") -> list[str]:
+    """PNG figures in `figures_dir` that no run of `sources` has a recipe for (the report's own, `own_prefix`,
+    excepted)."""
     have = recipes(sources)
-    return sorted(p.stem for p in Path(figures_dir).glob("*.png") if p.stem not in have)
+    return sorted(p.stem for p in Path(figures_dir).glob("*.png") if p.stem not in have and not p.stem.startswith(own_prefix))
+
+
+def plot_benchmark_ratios(checks: Sequence[dict]):
+    """measured / target of every benchmark check, one bar each (green: passes, red: fails). Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(checks) + 1.2))
+    y = range(len(checks))
+    ax.barh(list(y), [c["ratio"] for c in checks], color=["tab:green" if c["pass"] else "tab:red" for c in checks])
+    ax.set_yticks(list(y), [f"{c['benchmark']}: {c['label']} ({'>=' if c['higher_is_better'] else '<='} 1)"
+                            for c in checks], fontsize=7)
+    ax.axvline(1.0, color="k", lw=0.8)
+    ax.invert_yaxis()
+    ax.set_xlabel("measured / target")
+    return fig

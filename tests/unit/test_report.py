@@ -203,7 +203,7 @@ def test_table1_claims_rederive_the_verdicts_from_per_story_values(tmp_path):
     rng = np.random.default_rng(1)
     S = 40
     base = rng.random(S)
-    per_story = {"dm_only": {"frame_consistency": base - 0.3, "clip_score": base},
+    per_story = {"dm_only": {"frame_consistency": base - 0.3 + 0.01 * rng.standard_normal(S), "clip_score": base},
                  "arm": {"frame_consistency": base, "clip_score": base},
                  "acdc_rules": {"frame_consistency": base + 0.1 + 0.01 * rng.standard_normal(S), "clip_score": base - 0.01 + 0.02 * rng.random(S)},
                  "acdc_nomem": {"frame_consistency": base - 0.1, "clip_score": base}}
@@ -211,7 +211,8 @@ def test_table1_claims_rederive_the_verdicts_from_per_story_values(tmp_path):
     t = _table({r: np.ones((S, 6)) for r in per_story}, per_story)
     got = {c.claim: c for c in C.table1_claims(_source(tmp_path, t, ARM="toy"))}
     assert got["ACDC improves its ARM: frame_consistency"].verdict == "reproduced"
-    assert got["ACDC improves its ARM: frame_consistency"].measured.startswith("+0.099 [+0.096, +0.101]")
+    d = np.subtract(per_story["acdc_rules"]["frame_consistency"], per_story["arm"]["frame_consistency"])
+    assert got["ACDC improves its ARM: frame_consistency"].measured.startswith(f"{d.mean():+.3f} [")
     assert got["the memory module helps ACDC: frame_consistency"].verdict == "reproduced"
     assert got["the ARM beats the DM alone: clip_score"].verdict == "mixed"  # the paper's two ARMs disagree
     assert "Table 1: Show-o -> Show-o + ACDC (ours)" in got["ACDC improves its ARM: frame_consistency"].paper
@@ -256,3 +257,37 @@ def test_the_paper_table_errata_are_computed_from_its_numbers():
     lines = C.table_errata()
     assert "(60.5 - 56.36) / 56.36 = 7.35%" in lines[0] and "6.84%" in lines[0]
     assert "13.89%" in lines[1]
+
+
+# --------------------------------------------------------------------------------------------
+# Benchmarks read by the report
+# --------------------------------------------------------------------------------------------
+def test_benchmark_ratio_lines_are_kept_for_the_results_file(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "benchmarks"))
+    common = __import__("_common")
+    monkeypatch.setattr(common, "CHECKS", [])
+    line = common.ratio_line("stories/s at batch 32 / batch 1", 5.0, 6.0, higher_is_better=True)
+    assert "measured / target = 0.83 -> FAIL" in line
+    out = common.write_results("bench_x", {"n": 1}, tmp_path / "bench_x.json")
+    doc = json.loads(out.read_text())
+    assert doc["checks"] == [{"label": "stories/s at batch 32 / batch 1", "measured": 5.0, "target": 6.0, "unit": "x",
+                              "higher_is_better": True, "ratio": 5.0 / 6.0, "pass": False}]
+    assert "_common" in sys.modules
+
+
+def test_the_report_reads_benchmarks_and_names_a_damaged_file(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "bench_batching.json").write_text(json.dumps(
+        {"benchmark": "bench_batching", "checks": [{"label": "x", "ratio": 1.2, "pass": True, "higher_is_better": True}]}))
+    (tmp_path / "a" / "bench_render.json").write_text("{")
+    benches = C.read_benchmarks([tmp_path / "a", REPO_ROOT / "benchmarks" / "recorded", tmp_path / "absent"])
+    assert "cannot be read" in benches["bench_render"]["error"]
+    assert C.benchmark_checks(benches) == [{"benchmark": "bench_batching", "label": "x", "ratio": 1.2, "pass": True,
+                                            "higher_is_better": True}]
+    lines = C.paper_scale_lines(benches)  # the H200 run kept in benchmarks/recorded
+    assert lines and "NVIDIA H200" in lines[0] and "batch 1: 12.1 s per story frame (measured)" in lines[0]
+    s06 = C.Source("06_ablations", None, None, {}, "no run")
+    q4 = [c for c in C.open_question_claims(s06, s06, benches) if c.section == "Open question 4"][0]
+    assert q4.verdict == "measured" and "paper scale with random weights" in q4.measured
