@@ -307,3 +307,16 @@ def test_carried_scores_compare_with_the_rows_own_frame_one():
     sc = ev.carried_scores(torch.zeros(6, 3, 32, 32), moved)
     assert torch.isnan(sc["position_err_px"][2:]).all()  # a new place draws a new x: no movement to judge
     assert sc["identity_acc"][2:].tolist() == pytest.approx([1, 0.5, 1, 1])  # marking and collar only
+
+
+def test_physical_propagation_pairs_the_draws_and_reads_the_wrong_first_frame():
+    """The shipped ARM continues 12 test stories from a physically wrong frame 1 and from the right one."""
+    from acdc_lib.toyworld.splits import load_split
+
+    res = G.physical_propagation(M.load_arm(), M.load_evaluator(), load_split("test")[:12], seed=3, n_resamples=200)
+    sky = res["kinds"]["two suns or moons"]
+    assert sky["normal_rate"][0] == 0.0 and sky["wrong_rate"][0] > 0.3  # the probe sees the second body after the VQ
+    assert sky["added"][0]["value"] == pytest.approx(sky["wrong_rate"][0])
+    assert set(res["natural"]) == {"sky", "ears", "tail"} and len(res["lines"]) == 6
+    again = G.physical_propagation(M.load_arm(), M.load_evaluator(), load_split("test")[:12], seed=3, n_resamples=200)
+    assert again["kinds"] == res["kinds"]  # seeded: the same draws give the same frames
