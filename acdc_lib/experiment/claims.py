@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -525,7 +525,7 @@ def additions(sources: Sequence[Source]) -> list[str]:
         if r6.get("adaptive_vs_fixed"):
             out.append("An adaptive policy corrects only frames whose drift score (the DM's own conditional minus "
                        "unconditional denoising error; no evaluator involved) is high; it is compared with fixed "
-                       "policies at equal corrections and equal compute (notebook 06 §5-6).")
+                       "policies at equal corrections, and what the score itself costs is timed (notebook 06 §5-6).")
         if r6.get("sensitivity"):
             out.append("Guidance scale and DDIM steps swept beside the paper's values (notebook 06 §4, results.json "
                        "sensitivity).")
@@ -555,9 +555,6 @@ def pending_claims(sources: Sequence[Source]) -> list[Claim]:
                s.results is not None else s.missing if s is not None else f"notebook {nb} is not in the repository yet")
         out += [Claim(section, claim, paper, "", "not testable here", why) for claim, paper in claims]
     return out
-
-
-ClaimBuilder = Callable[[Sequence[Source]], list[Claim]]
 
 
 def build_claims(sources: Sequence[Source], bench: Mapping[str, Any] | None = None, seed: int = 0) -> list[Claim]:
