@@ -291,3 +291,13 @@ def test_the_report_reads_benchmarks_and_names_a_damaged_file(tmp_path):
     s06 = C.Source("06_ablations", None, None, {}, "no run")
     q4 = [c for c in C.open_question_claims(s06, s06, benches) if c.section == "Open question 4"][0]
     assert q4.verdict == "measured" and "paper scale with random weights" in q4.measured
+
+
+def test_the_benchmark_figure_has_a_bar_per_check():
+    checks = [{"benchmark": "b", "label": f"c{k}", "ratio": r, "pass": r >= 1, "higher_is_better": True}
+              for k, r in enumerate((0.5, 1.2, 25.0))]
+    fig = F.plot_benchmark_ratios(checks)
+    ax = fig.axes[0]
+    assert [round(p.get_width(), 6) for p in ax.patches] == [0.5, 1.2, 25.0]
+    assert ax.get_xscale() == "log" and [t.get_text() for t in ax.get_yticklabels()][0] == "b: c0 (>= 1)"
+
