@@ -1,4 +1,9 @@
-"""The figure style shared by all notebooks, and the one way figures are saved."""
+"""The figure style shared by all notebooks, the one way figures are saved, and their recipes.
+
+`plot_and_save` draws and saves a figure and, in a run folder, records how it was drawn (the plotting
+function and its data), so that `replay` can draw it again from the run alone (notebook 08 does, for
+every figure). Small plots several notebooks share live here too.
+"""
 from __future__ import annotations
 
 import dataclasses
