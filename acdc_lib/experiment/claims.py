@@ -26,7 +26,7 @@ import numpy as np
 
 from acdc_lib import metrics as M
 from acdc_lib.experiment.report import PAPER_TABLE2, compare_with_paper, reproduction_verdicts
-from acdc_lib.experiment.scoring import ResultsTable
+from acdc_lib.experiment.scoring import ResultsTable, _frame_values, frame_gaps
 
 VERDICTS = ("reproduced", "same direction, not significant", "opposite, not significant", "opposite", "mixed",
             "measured", "not testable here")
@@ -219,16 +219,6 @@ def table1_claims(src: Source) -> list[Claim]:
     return out
 
 
-def _per_frame(table: ResultsTable, row: str, curve: str) -> np.ndarray | None:
-    v = table.per_frame.get(row, {}).get(curve)
-    return None if v is None else np.asarray(v, dtype=float)                   # (S, N)
-
-
-def _paired(values: np.ndarray, n_resamples: int, seed: int) -> M.Interval:
-    v = values[np.isfinite(values)]
-    return M.bootstrap_ci(v, n_resamples=n_resamples, seed=seed)
-
-
 def figure4_claims(src: Source, curve: str = "char_acc", n_resamples: int = 2000, seed: int = 0) -> list[Claim]:
     """The paper's per-frame claims (Sec. 4.1, Fig. 4) on one accuracy curve, each paired over stories.
 
@@ -245,25 +235,32 @@ def figure4_claims(src: Source, curve: str = "char_acc", n_resamples: int = 2000
              "the ARM's errors compound from its own frames"]
     papers = ["Show-o degrades significantly after the fourth frame", "same character, changing background and motion",
               "Fig. 4 and Sec. 4.3", "errors accumulate exponentially (Sec. 1)"]
-    if table is None or _per_frame(table, "arm", curve) is None:
+    has = lambda row: table is not None and curve in table.per_frame.get(row, {})  # noqa: E731
+    if not has("arm"):
         why = src.missing or f"{curve} per frame needs a ground truth in {src.folder.name}"
         return [_missing(section, n, p, src, "03", why) for n, p in zip(names, papers)]
-    a = _per_frame(table, "arm", curve)
+    a = _frame_values(table, "arm", curve)                                        # (S, N)
     n = a.shape[1]
+    values = lambda row: _frame_values(table, row, curve)  # noqa: E731
+    ci = lambda d: M.bootstrap_ci(d, n_resamples=n_resamples, seed=seed)  # noqa: E731
+    tests = [
+        (names[0], papers[0], -1, ("arm",), lambda: ci(a[:, -1] - a[:, 0]), f"{curve}, frame {n} minus frame 1 (ARM)"),
+        (names[1], papers[1], 1, ("acdc_rules",), lambda: ci(values("acdc_rules")[:, -1] - a[:, -1]),
+         f"{curve} at frame {n}, ACDC minus ARM"),
+        (names[2], papers[2], 1, ("acdc_rules", "acdc_nomem"),
+         lambda: ci((values("acdc_rules") - values("acdc_nomem"))[:, [-1, 0]] @ np.array([1.0, -1.0])),
+         f"{curve}, (memory - no memory) at frame {n} minus at frame 1"),
+        # the oracle's later-frame gap is frame_gaps' own "later" interval (the same one notebook 03 reports)
+        (names[3], papers[3], 1, ("arm_true_ctx",),
+         lambda: frame_gaps(table, "arm", "arm_true_ctx", curve, n_resamples=n_resamples, seed=seed)["later"],
+         f"{curve}, frames 2-{n}, true earlier frames minus own"),
+    ]
     out = []
-    tests = [(names[0], papers[0], -1, ("arm",), lambda: a[:, -1] - a[:, 0], f"{curve}, frame {n} minus frame 1 (ARM)")]
-    r, m, o = (_per_frame(table, k, curve) for k in ("acdc_rules", "acdc_nomem", "arm_true_ctx"))
-    tests.append((names[1], papers[1], 1, ("acdc_rules",), lambda: r[:, -1] - a[:, -1],
-                  f"{curve} at frame {n}, ACDC minus ARM"))
-    tests.append((names[2], papers[2], 1, ("acdc_rules", "acdc_nomem"), lambda: (r[:, -1] - m[:, -1]) - (r[:, 0] - m[:, 0]),
-                  f"{curve}, (memory - no memory) at frame {n} minus at frame 1"))
-    tests.append((names[3], papers[3], 1, ("arm_true_ctx",), lambda: (o[:, 1:] - a[:, 1:]).mean(1),
-                  f"{curve}, frames 2-{n}, true earlier frames minus own"))
-    for name, paper, sign, needs, fn, what in tests:
-        if any(_per_frame(table, k, curve) is None for k in needs):
+    for name, paper, sign, needs, interval, what in tests:
+        if not all(has(k) for k in needs):
             out.append(_missing(section, name, paper, src, "03", f"the run has no row {' or '.join(needs)}"))
             continue
-        d = _paired(fn(), n_resamples, seed)
+        d = interval()
         out.append(Claim(section, name, paper, f"{d.signed()} ({what})", verdict_of(d.value, d.low, d.high, sign),
                          _where("03", "4", f"table1_toy.json per_frame[{curve}]", src)))
     return out
