@@ -7,6 +7,12 @@ the same code. Frames of S stories of N frames are (S, N, C, H, W) float tensors
 Uncertainty: every number comes with a 95% bootstrap interval over stories (`bootstrap_ci`, scipy).
 Per-story means (consistency, CLIPScore, accuracy, validity) are resampled directly; set-level
 statistics (FID, macro-F1) are recomputed on each resample of story indices (`set_statistic_ci`).
+
+VBench's video metrics (the paper's Table 3) are here as per-video functions of features, flow
+magnitudes or pixels: `temporal_consistency` (subject consistency on DINO features, background
+consistency on CLIP features), `dynamic_degree`, `motion_smoothness`, and `sharpness` (an
+imaging-quality proxy). Their (B,) per-video values feed `bootstrap_ci` like any per-story value; the
+models behind them (RAFT, the LAION aesthetic head, MUSIQ) are in `acdc_lib.backends.video_metrics`.
 """
 from __future__ import annotations
 
@@ -385,3 +391,249 @@ def attribute_scores(pred: torch.Tensor, target: torch.Tensor, num_classes: int)
     correct = pred == target                                                     # (S, N) exact match per frame
     return AttributeScores(correct=correct, per_story=correct.double().mean(1),
                            accuracy=float(correct.double().mean()), f1=macro_f1(pred, target, num_classes))
+
+
+# --------------------------------------------------------------------------------------------
+# VBench video metrics (Huang et al., 2024), as the paper's Table 3 reports them
+# --------------------------------------------------------------------------------------------
+VBENCH_FPS = 8.0  # VBench samples videos at about 8 fps; its flow threshold is set for that rate
+VBENCH_FLOW_TOP_FRACTION = 0.05  # a frame pair's motion: the mean of its largest 5% flow magnitudes
+# cv2.Laplacian's 3 x 3 kernel (ksize=1): the usual "variance of the Laplacian" focus measure
+_LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
+_LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 grey, as cv2.cvtColor and PIL's "L" convert RGB
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _check_images(images: Any, name: str = "images") -> None:
+    if not isinstance(images, torch.Tensor) or not images.dtype.is_floating_point or images.ndim != 4 \
+            or images.shape[1] not in (1, 3):
+        got = (images.dtype, tuple(images.shape)) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"{name} must be a float tensor (B, C, H, W) with C in (1, 3), values in [0, 1], got {got}")
+    if images.numel() and not (0.0 <= images.min().item() and images.max().item() <= 1.0):
+        raise ValueError(f"{name} has values in [{images.min().item():.4g}, {images.max().item():.4g}]; need [0, 1]")
+
+
+def _check_features(features: Any) -> torch.Tensor:
+    if not isinstance(features, torch.Tensor) or not features.dtype.is_floating_point or features.ndim != 3 \
+            or features.shape[1] < 2 or features.shape[2] < 1:
+        got = (features.dtype, tuple(features.shape)) if isinstance(features, torch.Tensor) \
+            else type(features).__name__
+        raise ValueError(f"features must be a float tensor (B, N, D) with N >= 2 frames and D >= 1, got {got}")
+    if not torch.isfinite(features).all():
+        raise ValueError("features has non-finite values (NaN or inf)")
+    zero = (features.norm(dim=-1) == 0).nonzero()
+    if len(zero):
+        raise ValueError(f"features has all-zero vectors (no direction, cosine undefined) at (video, frame) "
+                         f"{[tuple(z) for z in zero[:5].tolist()]}")
+    return features
+
+
+def temporal_consistency_per_frame(features: torch.Tensor) -> torch.Tensor:
+    """VBench's per-frame consistency term: (cos(f_1, f_i) + cos(f_{i-1}, f_i)) / 2 for frames i = 2..N.
+
+    VBench's subject consistency (DINO features) and background consistency (CLIP features) share this
+    formula. Each cosine is clamped at 0 as VBench does (`max(0.0, cos)`), so a frame opposite to its
+    neighbour counts as unrelated rather than as negative consistency.
+
+    Args:
+        features: (B, N, D) per-frame embeddings of B videos of N >= 2 frames, any scale (normalised here).
+    Returns:
+        (B, N) float64: column 0 is 1.0 (the first frame has no term), column i the term of frame i + 1;
+        the mean of columns 1.. is `temporal_consistency`.
+    """
+    e = F.normalize(_check_features(features).double(), dim=-1)                 # (B, N, D) unit vectors
+    to_first = (e[:, :1] * e[:, 1:]).sum(-1).clamp(min=0.0)                      # (B, N-1) cos(f_1, f_i)
+    to_prev = (e[:, :-1] * e[:, 1:]).sum(-1).clamp(min=0.0)                      # (B, N-1) cos(f_{i-1}, f_i)
+    ones = torch.ones(e.shape[0], 1, dtype=torch.float64, device=e.device)
+    return torch.cat([ones, (to_first + to_prev) / 2], dim=1)                    # (B, N)
+
+
+def temporal_consistency(features: torch.Tensor) -> torch.Tensor:
+    """VBench's subject / background consistency of each video: the mean of its frames' terms.
+
+    Per video, the mean over frames i = 2..N of (max(0, cos(f_1, f_i)) + max(0, cos(f_{i-1}, f_i))) / 2
+    (see `temporal_consistency_per_frame`). VBench uses DINO ViT-B/16 CLS features for subject
+    consistency and CLIP ViT-B/32 image features for background consistency; any embedder can be used.
+
+    Args:
+        features: (B, N, D) per-frame embeddings, N >= 2, any scale.
+    Returns:
+        (B,) float64 in [0, 1]; 1.0 for a video whose frames all point the same way.
+    """
+    return temporal_consistency_per_frame(features)[:, 1:].mean(1)
+
+
+def flow_top_magnitude(flow: torch.Tensor, fraction: float = VBENCH_FLOW_TOP_FRACTION) -> torch.Tensor:
+    """VBench's motion statistic of one frame pair: the mean of its largest `fraction` of flow magnitudes.
+
+    Only the fastest 5% of pixels count, so a small moving subject on a still background registers.
+
+    Args:
+        flow: (M, 2, H, W) optical flow (x, y displacement in pixels) of M frame pairs.
+        fraction: share of pixels kept, in (0, 1]; int(H * W * fraction) must be >= 1.
+    Returns:
+        (M,) float64 magnitudes in pixels.
+    """
+    if not isinstance(flow, torch.Tensor) or not flow.dtype.is_floating_point or flow.ndim != 4 or flow.shape[1] != 2:
+        got = (flow.dtype, tuple(flow.shape)) if isinstance(flow, torch.Tensor) else type(flow).__name__
+        raise ValueError(f"flow must be a float tensor (M, 2, H, W) of pixel displacements, got {got}")
+    if not torch.isfinite(flow).all():
+        raise ValueError("flow has non-finite values (NaN or inf)")
+    if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be a number in (0, 1], got {fraction!r}")
+    h, w = flow.shape[-2:]
+    k = int(h * w * fraction)  # VBench's cut_index = int(h * w * 0.05)
+    if k < 1:
+        raise ValueError(f"a {h} x {w} flow field has int({h} * {w} * {fraction}) = 0 pixels in its top fraction; "
+                         f"need H * W * fraction >= 1")
+    rad = flow.double().square().sum(1).sqrt().flatten(1)                       # (M, H*W) |flow| per pixel
+    return rad.topk(k, dim=1).values.mean(1)                                     # (M,)
+
+
+def vbench_flow_threshold(height: int, width: int, fps: float = VBENCH_FPS) -> float:
+    """VBench's flow threshold for a moving frame pair: 6 * max(1, 8 / fps) * min(H, W) / 256 pixels.
+
+    Args:
+        height, width: frame size the flow was computed at (the threshold scales with the shorter side).
+        fps: the video's frame rate; below VBench's 8 fps, frames are further apart and the bar rises.
+    """
+    if not (_is_int(height) and _is_int(width)) or height < 1 or width < 1:
+        raise ValueError(f"height and width must be positive ints, got {height!r} and {width!r}")
+    if isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not fps > 0 or not np.isfinite(fps):
+        raise ValueError(f"fps must be a positive finite number, got {fps!r}")
+    return max(1.0, VBENCH_FPS / float(fps)) * 6.0 * min(int(height), int(width)) / 256.0
+
+
+def vbench_min_moving_pairs(n_frames: int) -> int:
+    """How many frame pairs must move for VBench to call a video dynamic: round(4 * N / 16).
+
+    Python's round (half to even), as VBench computes it: 16 frames -> 4, 8 -> 2, 10 -> 2, 2 -> 0.
+    With 0 (N <= 2) every video counts as dynamic, a quirk of VBench's rule that is kept here.
+
+    Args:
+        n_frames: N >= 2 frames of the video.
+    """
+    if not _is_int(n_frames) or n_frames < 2:
+        raise ValueError(f"n_frames must be an int >= 2, got {n_frames!r}")
+    return round(4 * (int(n_frames) / 16.0))
+
+
+def dynamic_degree(magnitudes: torch.Tensor, threshold: float, min_count: int | None = None) -> torch.Tensor:
+    """VBench's dynamic degree per video: True when at least `min_count` frame pairs move faster than `threshold`.
+
+    VBench (`DynamicDegree.check_move`) counts the consecutive frame pairs whose motion statistic
+    (`flow_top_magnitude` of RAFT's flow) exceeds thres = 6 * max(1, 8 / fps) * min(H, W) / 256
+    (`vbench_flow_threshold`) and calls the video dynamic once that count reaches
+    count_num = round(4 * N / 16) (`vbench_min_moving_pairs`). The benchmark's number is the share of
+    dynamic videos: `dynamic_degree(...).double()` feeds `bootstrap_ci`.
+
+    Args:
+        magnitudes: (B, N-1) non-negative motion magnitudes of each video's consecutive frame pairs
+            (optical flow or any displacement), N >= 2.
+        threshold: strict lower bound for a moving pair, >= 0, in the magnitudes' units.
+        min_count: moving pairs needed, an int in [0, N-1]; None: VBench's round(4 * N / 16).
+    Returns:
+        (B,) bool.
+    """
+    if not isinstance(magnitudes, torch.Tensor) or not magnitudes.dtype.is_floating_point or magnitudes.ndim != 2 \
+            or magnitudes.shape[1] < 1:
+        got = (magnitudes.dtype, tuple(magnitudes.shape)) if isinstance(magnitudes, torch.Tensor) \
+            else type(magnitudes).__name__
+        raise ValueError(f"magnitudes must be a float tensor (B, N-1) with N-1 >= 1 frame pairs, got {got}")
+    if not torch.isfinite(magnitudes).all() or (magnitudes.numel() and magnitudes.min().item() < 0):
+        raise ValueError(f"magnitudes must be finite and >= 0, got values in "
+                         f"[{magnitudes.min().item():.4g}, {magnitudes.max().item():.4g}]")
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0.0 <= threshold < np.inf:
+        raise ValueError(f"threshold must be a finite number >= 0, got {threshold!r}")
+    pairs = magnitudes.shape[1]
+    if min_count is None:
+        min_count = vbench_min_moving_pairs(pairs + 1)
+    elif not _is_int(min_count) or not 0 <= min_count <= pairs:
+        raise ValueError(f"min_count must be an int in [0, {pairs}] (the number of frame pairs) or None, "
+                         f"got {min_count!r}")
+    return (magnitudes > threshold).sum(1) >= int(min_count)
+
+
+def sharpness(images: torch.Tensor) -> torch.Tensor:
+    """Variance of the Laplacian of each grey image: a cheap imaging-quality proxy, NOT VBench's MUSIQ.
+
+    VBench's imaging quality is MUSIQ (a learned no-reference quality model, see
+    `acdc_lib.backends.video_metrics.musiq_status`). Blur and over-smoothing lower this proxy too,
+    but it also rises with noise and with busy content, so compare it only between methods drawing
+    the same content. Computed as OpenCV users do: BT.601 grey in 0..255 units, cv2's 3 x 3 Laplacian
+    kernel, population variance; over the valid (unpadded) interior, so borders do not count.
+
+    Args:
+        images: (B, C, H, W) float in [0, 1], C in {1, 3}, H and W >= 3.
+    Returns:
+        (B,) float64 (0..255 units squared; 0 for a flat image).
+    """
+    _check_images(images)
+    if min(images.shape[-2:]) < 3:
+        raise ValueError(f"images must be at least 3 x 3 pixels for a 3 x 3 Laplacian, got {tuple(images.shape)}")
+    x = images.double()
+    if x.shape[1] == 3:
+        luma = torch.tensor(_LUMA, dtype=torch.float64, device=x.device).view(1, 3, 1, 1)
+        x = (x * luma).sum(1, keepdim=True)                                      # (B, 1, H, W)
+    lap = F.conv2d(x * 255.0, _LAPLACIAN.to(x.device).view(1, 1, 3, 3))         # (B, 1, H-2, W-2)
+    return lap.flatten(1).var(dim=1, unbiased=False)                             # (B,)
+
+
+def linear_interpolate(f0: torch.Tensor, f2: torch.Tensor) -> torch.Tensor:
+    """The middle frame as the mean of its two neighbours: a baseline interpolator for `motion_smoothness`.
+
+    VBench interpolates with AMT-S (a learned video frame interpolation network), whose weights are not
+    available offline; this baseline is exact only where pixels change linearly in time (fades, still
+    frames), so under it any motion lowers the score, smooth or not.
+
+    Args:
+        f0, f2: (M, C, H, W) frames i and i + 2.
+    Returns:
+        (M, C, H, W) (f0 + f2) / 2.
+    """
+    if not isinstance(f0, torch.Tensor) or not isinstance(f2, torch.Tensor) or f0.shape != f2.shape or f0.ndim != 4:
+        got = [tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__ for t in (f0, f2)]
+        raise ValueError(f"f0 and f2 must be tensors (M, C, H, W) of the same shape, got {got[0]} and {got[1]}")
+    return (f0 + f2) / 2
+
+
+@torch.no_grad()
+def motion_smoothness(videos: torch.Tensor,
+                      interpolate: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """VBench's motion smoothness: how well odd frames are re-created from their even neighbours.
+
+    VBench's rule: keep frames 0, 2, 4, ..., interpolate a middle frame between each consecutive pair,
+    and compare the K = (N - 1) // 2 middles with the original frames 1, 3, ..., 2K - 1 (with N even,
+    the last frame has no right neighbour and is not scored). Per video, the mean absolute error over
+    those frames in 0..255 units gives (255 - MAE) / 255. The prediction is clipped to [0, 1] as
+    VBench's conversion to uint8 does; unlike VBench, frames are not rounded to 8 bits.
+
+    Args:
+        videos: (B, N, C, H, W) float in [0, 1], N >= 3.
+        interpolate: (f0, f2), each (M, C, H, W) frames i and i + 2 -> (M, C, H, W) frame i + 1; VBench
+            uses AMT-S, `linear_interpolate` is the model-free baseline. Called once with M = B * K.
+    Returns:
+        (B,) float64 in [0, 1]; 1.0 when every middle frame is re-created exactly.
+    """
+    _check_frames(videos, "videos")
+    B, N, C, H, W = videos.shape
+    if N < 3:
+        raise ValueError(f"videos need N >= 3 frames (an odd frame between two even ones), got N = {N}")
+    if not callable(interpolate):
+        raise ValueError(f"interpolate must be a callable (f0, f2) -> middle frame, got {type(interpolate).__name__}")
+    K = (N - 1) // 2                                                             # middle frames scored
+    f0 = videos[:, 0:2 * K:2].reshape(B * K, C, H, W)                            # frames 0, 2, ..., 2K-2
+    f2 = videos[:, 2:2 * K + 1:2].reshape(B * K, C, H, W)                        # frames 2, 4, ..., 2K
+    truth = videos[:, 1:2 * K:2]                                                 # (B, K, C, H, W) 1, 3, ..., 2K-1
+    pred = interpolate(f0, f2)
+    if not isinstance(pred, torch.Tensor) or tuple(pred.shape) != (B * K, C, H, W):
+        got = tuple(pred.shape) if isinstance(pred, torch.Tensor) else type(pred).__name__
+        raise ValueError(f"interpolate returned {got}; expected ({B * K}, {C}, {H}, {W})")
+    if not torch.isfinite(pred).all():
+        raise ValueError("interpolate returned non-finite values (NaN or inf)")
+    pred = pred.reshape(B, K, C, H, W).to(truth.device).double().clamp(0.0, 1.0)
+    mae = (pred - truth.double()).abs().mul(255.0).flatten(1).mean(1)            # (B,) 0..255 units
+    return (255.0 - mae) / 255.0
