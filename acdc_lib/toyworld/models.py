@@ -107,6 +107,29 @@ def build_dm(vocab_size: int, latent_channels: int = 8, latent_size: int = 8, ch
     return unet, text_encoder, scheduler
 
 
+def build_motion_adapter(unet, max_frames: int = 32, heads_per: int = 24):
+    """A diffusers MotionAdapter (AnimateDiff's motion modules) shaped for `unet`, randomly initialised.
+
+    One temporal transformer per spatial layer of the UNet (its block widths, layers per block and
+    GroupNorm groups), `max_frames` temporal positions. Each temporal transformer's output projection
+    is zero-initialised, as AnimateDiff does, so the inflated UNet starts as the image model frame by
+    frame (diffusers initialises it randomly).
+    """
+    from diffusers import MotionAdapter
+
+    channels = tuple(unet.config.block_out_channels)
+    adapter = MotionAdapter(block_out_channels=channels, motion_layers_per_block=unet.config.layers_per_block,
+                            motion_num_attention_heads=tuple(max(1, c // heads_per) for c in channels),
+                            motion_norm_num_groups=unet.config.norm_num_groups, motion_max_seq_length=max_frames,
+                            use_motion_mid_block=True)
+    with torch.no_grad():
+        for name, mod in adapter.named_modules():
+            if name.endswith("proj_out") and isinstance(mod, nn.Linear):
+                mod.weight.zero_()
+                mod.bias.zero_()
+    return adapter
+
+
 def build_eval_clip(vocab_size: int, hidden: int = 64, layers: int = 3, projection_dim: int = 64):
     """A tiny transformers CLIPModel: word-level text tower and a ViT over 4x4 patches of 32x32 frames."""
     from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig
@@ -463,6 +486,16 @@ def lm_inputs(lm, slots: "CodeSlots | None", layout: "ARMLayout", ids: torch.Lon
     return {"inputs_embeds": emb + slots(sl, prev).to(emb.dtype)}
 
 
+def _check_top_k(top_k, codebook_size: int, name: str) -> None:
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or not 0 <= top_k <= codebook_size):
+        raise ValueError(f"{name} must be None or an int in [0, {codebook_size}], got {top_k!r}")
+
+
+def _check_guidance(w, name: str) -> None:
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {w!r}")
+
+
 class ToyARM:
     """The toy world's ARM (protocol `acdc_lib.types.ARM`): a LlamaForCausalLM over words + VQ codes.
 
@@ -483,16 +516,29 @@ class ToyARM:
             sentences i-K+1..i and frames i-K+1..i-1, as long-sequence ARMs window their context, so
             stories longer than its training length run at a cost flat in their length. None: the
             whole story so far (it then fits the positions of the stories it was trained on).
+        guidance_scale: classifier-free guidance on the text, w in logits_u + w (logits_c - logits_u),
+            where logits_u condition on empty sentences (an LM trained with text dropout); 1: no
+            guidance (one forward per token), the default.
+        first_frame_guidance_scale, first_frame_top_k: the first frame's own settings (None: the later
+            frames'), as the paper samples a video's first frame more freely than the rest (CFG 5, top-k
+            8192 of 32768 codes, then CFG 1, top-k 1000); the real ARMs take the same two arguments.
         device: where the models run.
     """
 
     def __init__(self, lm, vq, tokenizer, layout: ARMLayout, *, slots: CodeSlots | None = None,
                  temperature: float = 1.0, top_k: int | None = None, context_frames: int | None = None,
-                 device: str | torch.device = "cpu"):
+                 guidance_scale: float = 1.0, first_frame_guidance_scale: float | None = None,
+                 first_frame_top_k: int | None = None, device: str | torch.device = "cpu"):
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature!r}")
-        if top_k is not None and (not isinstance(top_k, int) or top_k < 0 or top_k > layout.codebook_size):
-            raise ValueError(f"top_k must be None or an int in [0, {layout.codebook_size}], got {top_k!r}")
+        _check_top_k(top_k, layout.codebook_size, "top_k")
+        _check_guidance(guidance_scale, "guidance_scale")
+        _check_top_k(first_frame_top_k, layout.codebook_size, "first_frame_top_k")
+        if first_frame_guidance_scale is not None:
+            _check_guidance(first_frame_guidance_scale, "first_frame_guidance_scale")
+        self.guidance_scale = float(guidance_scale)
+        self.first_frame_guidance_scale = None if first_frame_guidance_scale is None else float(first_frame_guidance_scale)
+        self.first_frame_top_k = first_frame_top_k
         if lm.config.vocab_size != layout.vocab_size:
             raise ValueError(f"the LM has {lm.config.vocab_size} ids but the layout needs {layout.vocab_size}")
         max_frames = lm.config.max_position_embeddings // layout.segment
@@ -515,7 +561,9 @@ class ToyARM:
         """Load lm/ + tokenizer/ + arm_layout.json (+ slots/ where the LM was trained with CodeSlots) from
         `arm_path` and the VQModel from `vq_path`.
 
-        Defaults: the shipped checkpoints/arm and checkpoints/vq. kwargs: temperature, top_k, context_frames.
+        Defaults: the shipped checkpoints/arm and checkpoints/vq. kwargs: temperature, top_k, context_frames,
+        guidance_scale, first_frame_guidance_scale, first_frame_top_k; where the folder holds sampling.json (the video ARM: its context
+        window and two-phase sampling), its values are the defaults that kwargs override.
         """
         from diffusers import VQModel
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -525,6 +573,8 @@ class ToyARM:
         _require_dirs(root, ("lm", "tokenizer"))
         layout = ARMLayout(**json.loads((root / "arm_layout.json").read_text()))
         slots = CodeSlots.from_pretrained(root / "slots") if (root / "slots").is_dir() else None
+        if (root / "sampling.json").is_file():
+            kwargs = {**json.loads((root / "sampling.json").read_text()), **kwargs}
         return cls(AutoModelForCausalLM.from_pretrained(root / "lm"), VQModel.from_pretrained(vq_root),
                    AutoTokenizer.from_pretrained(root / "tokenizer"), layout, slots=slots, device=device, **kwargs)
 
@@ -596,31 +646,45 @@ class ToyARM:
         """
         if len(generators) != len(texts):
             raise ValueError(f"need one generator per story: {len(texts)} stories, {len(generators)} generators")
+        first = prev_tokens.ndim == 3 and prev_tokens.shape[1] == 0
+        w = self.first_frame_guidance_scale if first and self.first_frame_guidance_scale is not None \
+            else self.guidance_scale
+        top_k = self.first_frame_top_k if first and self.first_frame_top_k is not None else self.top_k
         if self.context_frames is not None and prev_tokens.ndim == 3 and prev_tokens.shape[1] >= self.context_frames:
             keep = self.context_frames - 1  # earlier frames in the window
             texts = [list(t)[len(t) - keep - 1:] if not isinstance(t, str) else t for t in texts]
             prev_tokens = prev_tokens[:, prev_tokens.shape[1] - keep:]
         ids = self.context_ids(texts, prev_tokens).to(self.device)
+        B = len(texts)
+        if w != 1.0:  # CFG as one batched forward: rows B.. condition on empty sentences
+            empty = [[""] * (1 if isinstance(t, str) else len(t)) for t in texts]
+            ids = torch.cat([ids, self.context_ids(empty, prev_tokens).to(self.device)])
         if ids.shape[1] + self.tokens_per_frame > self.lm.config.max_position_embeddings:
             raise ValueError(f"a context of {prev_tokens.shape[1] + 1} frames exceeds the ARM's "
                              f"{self.lm.config.max_position_embeddings} positions; pass context_frames=K to "
                              f"window it")
         lo, hi = self.layout.code_offset, self.layout.vocab_size
-        out = torch.empty(len(texts), self.tokens_per_frame, dtype=torch.long, device=self.device)
+        out = torch.empty(B, self.tokens_per_frame, dtype=torch.long, device=self.device)
         past, step_in, pos, history = None, ids, 0, ids
         for j in range(self.tokens_per_frame):
             res = self.lm(**lm_inputs(self.lm, self.slots, self.layout, step_in, pos, history),
                           past_key_values=past, use_cache=True)
             pos += step_in.shape[1]
             past = res.past_key_values
-            logits = res.logits[:, -1, lo:hi].float() / self.temperature  # only image codes can be drawn
-            if self.top_k:
-                kth = logits.topk(self.top_k, dim=-1).values[:, -1:]
+            logits = res.logits[:, -1, lo:hi].float()  # only image codes can be drawn
+            if w != 1.0:
+                cond, uncond = logits[:B], logits[B:]
+                logits = uncond + w * (cond - uncond)
+            logits = logits / self.temperature
+            if top_k:
+                kth = logits.topk(top_k, dim=-1).values[:, -1:]
                 logits = logits.masked_fill(logits < kth, float("-inf"))
             probs = logits.softmax(-1)
             for b, g in enumerate(generators):
                 out[b, j] = torch.multinomial(probs[b], 1, generator=g)[0]
-            step_in = (out[:, j:j + 1] + lo)
+            step_in = out[:, j:j + 1] + lo
+            if w != 1.0:
+                step_in = torch.cat([step_in, step_in])
             history = torch.cat([history, step_in], 1)
         return out
 

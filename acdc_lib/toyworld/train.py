@@ -34,7 +34,7 @@ from acdc_lib.toyworld.models import arm_sequences
 from acdc_lib.toyworld.world import (ACCESSORIES, ACTIONS, FACINGS, MARKINGS, MAX_COUNT, N_LAYOUTS, NAMES, PLACES,
                                      SPECIES, TIMES, X_POSITIONS, Y_RANGE, DEFAULT_Y, SceneState, explicit_caption)
 
-MODELS: tuple[str, ...] = ("evaluator", "vq", "dm", "arm")
+MODELS: tuple[str, ...] = ("evaluator", "vq", "dm", "arm", "video_arm", "motion")
 COUNT_FIELDS: tuple[str, ...] = ("n_suns", "n_moons", "n_ears", "n_tails")
 
 
@@ -139,6 +139,17 @@ DEFAULTS: dict[str, TrainConfig] = {
                        extra={"hidden": 128, "layers": 4, "n_stories": 15000, "val_stories": 200, "code_slots": True,
                               "temporal_skip": True,
                               "snapshots": [700, 1000, 1400], "weak_step": 700}),
+    # The video ARM: the story ARM's size, on windows of K = 4 frames of 16-frame train clips. Sampling
+    # defaults keep the paper's two phases, its top-k scaled to our 1024 codes (8192 and 1000 of 32768).
+    "video_arm": TrainConfig(steps=2000, batch_size=24, lr=2e-3, seed=403,
+                             extra={"hidden": 128, "layers": 4, "code_slots": True, "temporal_skip": True,
+                                    "n_clips": 3000, "clip_frames": 16, "context_frames": 4, "p_uncond": 0.1,
+                                    "sampling": {"guidance_scale": 1.0, "top_k": 31,
+                                                 "first_frame_guidance_scale": 5.0, "first_frame_top_k": 256}}),
+    # The motion module over the frozen DM: chunks of L = 16 frames, 4 per step.
+    "motion": TrainConfig(steps=3000, batch_size=4, lr=1e-3, seed=302,
+                          extra={"chunk_frames": 16, "max_frames": 32, "n_clips": 2000, "p_uncond": 0.1,
+                                 "ema_decay": 0.999, "snr_gamma": 5.0}),
 }
 
 
@@ -430,7 +441,8 @@ def image_token_labels(ids: torch.LongTensor, layout: M.ARMLayout) -> torch.Long
 
 
 def train_arm(stories, vq, cfg: TrainConfig | None = None, verbose: bool = True, out: Path | None = None,
-              name: str = "arm", seqs: torch.LongTensor | None = None, snapshots: dict | None = None):
+              name: str = "arm", seqs: torch.LongTensor | None = None, snapshots: dict | None = None,
+              sampler: Callable[[torch.Generator, int], torch.LongTensor] | None = None, max_frames: int | None = None):
     """Train the ARM (LlamaForCausalLM) with teacher forcing on ground-truth stories; returns (ToyARM, losses).
 
     Loss: next-token cross-entropy on image codes only (Eq. 1's p(v^i | v^{1:i-1}, u^{1:i})).
@@ -439,6 +451,8 @@ def train_arm(stories, vq, cfg: TrainConfig | None = None, verbose: bool = True,
     `seqs`: the precomputed `arm_sequences(stories, vq, ...)` (to share them between two ARMs).
     `snapshots`: a dict to fill with {step: copy of the LM's state_dict} after each step listed in
     cfg.extra["snapshots"] (the last step is always kept).
+    `sampler`: instead of rows of `seqs`, each step's batch is sampler(generator, batch_size) -> (B, S) ids
+    of `max_frames` segments (the video ARM draws clip windows with text dropout this way).
     """
     from transformers import LlamaForCausalLM
 
@@ -449,11 +463,19 @@ def train_arm(stories, vq, cfg: TrainConfig | None = None, verbose: bool = True,
     tok = build_tokenizer()
     layout = M.ARMLayout(n_text=len(tok), codebook_size=vq.config.num_vq_embeddings)
     t0 = time.time()
-    if seqs is None:
-        seqs = arm_sequences(stories, vq, tok, layout)
+    if sampler is None:
+        if seqs is None:
+            seqs = arm_sequences(stories, vq, tok, layout)
+        max_frames = seqs.shape[1] // layout.segment
+        rows = seqs
+
+        def sampler(g: torch.Generator, n: int) -> torch.LongTensor:
+            return rows[torch.randint(0, rows.shape[0], (n,), generator=g)]
+    elif not max_frames:
+        raise ValueError("a sampler needs max_frames, the segments of the sequences it draws")
     hidden = cfg.extra.get("hidden", 128)
     lm = LlamaForCausalLM(M.arm_config(layout.vocab_size, hidden=hidden, layers=cfg.extra.get("layers", 2),
-                                       max_frames=seqs.shape[1] // layout.segment))
+                                       max_frames=max_frames))
     skip = layout.codebook_size if cfg.extra.get("temporal_skip", False) else 0
     slots = M.CodeSlots(hidden, layout.tokens_per_frame, previous_codes=skip) \
         if cfg.extra.get("code_slots", False) or skip else None
@@ -463,8 +485,7 @@ def train_arm(stories, vq, cfg: TrainConfig | None = None, verbose: bool = True,
     losses = []
     both.train()
     for step in range(cfg.steps):
-        idx = torch.randint(0, seqs.shape[0], (cfg.batch_size,), generator=g)
-        ids = seqs[idx]
+        ids = sampler(g, cfg.batch_size)
         loss = lm(**M.lm_inputs(lm, slots, layout, ids), labels=image_token_labels(ids, layout)).loss
         opt.zero_grad()
         loss.backward()
@@ -479,7 +500,7 @@ def train_arm(stories, vq, cfg: TrainConfig | None = None, verbose: bool = True,
     arm = M.ToyARM(lm.eval(), vq, tok, layout, slots=slots)
     if out is not None:
         arm.save_pretrained(out / name)
-        _log(out, name, cfg, t0, losses, params=M.count_parameters(both), train_stories=len(stories))
+        _log(out, name, cfg, t0, losses, params=M.count_parameters(both), train_stories=len(stories or ()))
     return arm, losses
 
 
@@ -580,14 +601,158 @@ def train_arm_family(out: Path, cfg: TrainConfig | None = None, verbose: bool = 
 
 
 # --------------------------------------------------------------------------------------------
+# Video: the video ARM and the motion module
+# --------------------------------------------------------------------------------------------
+def clip_codes(clips, vq, batch: int = 512) -> torch.LongTensor:
+    """(n_clips, N, 64) VQ codes of the clips' ground-truth frames."""
+    from acdc_lib.toyworld.render import render_states
+
+    states = [s for c in clips for s in c.states]
+    codes = torch.cat([M.vq_encode(vq, render_states(states[i:i + batch]).images) for i in range(0, len(states), batch)])
+    return codes.view(len(clips), len(clips[0]), -1)
+
+
+def train_video_arm(out: Path, cfg: TrainConfig | None = None, verbose: bool = True):
+    """Train the video ARM on windows of K frames of train-split clips; returns (ToyARM, losses).
+
+    The same LM and code slots as the story ARM (one prompt stands for every frame's sentence), trained
+    with teacher forcing on random windows of cfg.extra["context_frames"] consecutive frames, so that at
+    generation time, windowed to the same K frames, frame i continues from frames i-K+1..i-1. The whole
+    window's text is replaced by empty sentences with probability p_uncond (text dropout, so that one
+    LM gives the unconditional logits of classifier-free guidance). The first frame of every window has
+    no frame before it: the ARM also learns to start a clip from the prompt alone. Writes out/video_arm
+    with sampling.json: its window K and the two-phase sampling defaults (cfg.extra["sampling"]).
+    """
+    from diffusers import VQModel
+
+    from acdc_lib.toyworld.clips import make_clips
+    from acdc_lib.toyworld.text import build_tokenizer
+
+    cfg = cfg or DEFAULTS["video_arm"]
+    K, F_ = cfg.extra["context_frames"], cfg.extra["clip_frames"]
+    if not 1 <= K <= F_:
+        raise ValueError(f"context_frames must be in [1, clip_frames={F_}], got {K}")
+    vq = VQModel.from_pretrained(out / "vq").eval()
+    tok = build_tokenizer()
+    layout = M.ARMLayout(n_text=len(tok), codebook_size=vq.config.num_vq_embeddings)
+    clips = make_clips(cfg.extra["n_clips"], "train", F_)
+    t0 = time.time()
+    codes = clip_codes(clips, vq)
+    t_data = time.time() - t0
+    texts = torch.tensor([M.text_segment(tok, c.prompt, layout) for c in clips])      # (n, text_len)
+    empty = torch.tensor(M.text_segment(tok, "", layout))
+    p_uncond = cfg.extra.get("p_uncond", 0.1)
+
+    def windows(g: torch.Generator, n: int) -> torch.LongTensor:
+        clip = torch.randint(0, len(clips), (n,), generator=g)
+        start = torch.randint(0, F_ - K + 1, (n,), generator=g)
+        drop = torch.rand(n, generator=g) < p_uncond
+        txt = torch.where(drop[:, None], empty[None], texts[clip])                     # (n, text_len)
+        win = codes[clip[:, None], start[:, None] + torch.arange(K)[None]]             # (n, K, 64)
+        seg = torch.cat([txt[:, None].expand(-1, K, -1), torch.full((n, K, 1), layout.boi),
+                         win + layout.code_offset, torch.full((n, K, 1), layout.eoi)], 2)
+        return seg.flatten(1).long()
+
+    arm, losses = train_arm(None, vq, cfg, verbose=verbose, name="video_arm", sampler=windows, max_frames=K)
+    root = out / "video_arm"
+    arm.save_pretrained(root)
+    sampling = {"context_frames": K, **cfg.extra["sampling"]}
+    (root / "sampling.json").write_text(json.dumps(sampling, indent=1) + "\n")
+    params = M.count_parameters(arm.lm) + (M.count_parameters(arm.slots) if arm.slots is not None else 0)
+    _log(out, "video_arm", cfg, t0, losses, params=params, train_clips=len(clips), data_s=round(t_data, 1))
+    return arm, losses
+
+
+def train_motion(out: Path, cfg: TrainConfig | None = None, verbose: bool = True):
+    """Train a diffusers MotionAdapter over the frozen toy DM, AnimateDiff's recipe, on train-split clips.
+
+    The toy UNet2DConditionModel (out/dm) is inflated into a UNetMotionModel with a fresh motion adapter
+    (temporal attention after every spatial block, output projections zero-initialised so that training
+    starts from the image model); only the motion modules train, on the epsilon-prediction loss over
+    chunks of cfg.extra["chunk_frames"] frames of clips, each chunk's latents noised to one timestep and
+    conditioned on the clip's prompt (replaced by "" with probability p_uncond, for CFG), with the DM's
+    Min-SNR weighting. EMA weights of the motion modules are saved to out/motion_adapter.
+    """
+    from diffusers import DDPMScheduler, UNet2DConditionModel, UNetMotionModel, VQModel
+    from diffusers.training_utils import EMAModel, compute_snr
+    from transformers import AutoModel, AutoTokenizer
+
+    from acdc_lib.sdedit import encode_text
+    from acdc_lib.toyworld.clips import make_clips
+    from acdc_lib.toyworld.render import render_states
+
+    cfg = cfg or DEFAULTS["motion"]
+    torch.manual_seed(cfg.seed)
+    dm = out / "dm"
+    unet = UNet2DConditionModel.from_pretrained(dm / "unet")
+    te = AutoModel.from_pretrained(dm / "text_encoder").eval()
+    tok = AutoTokenizer.from_pretrained(dm / "tokenizer")
+    sched = DDPMScheduler.from_pretrained(dm / "scheduler")
+    vq = VQModel.from_pretrained(dm / "vae").eval()
+    L = cfg.extra["chunk_frames"]
+    adapter = M.build_motion_adapter(unet, max_frames=cfg.extra.get("max_frames", 32))
+    model = UNetMotionModel.from_unet2d(unet, adapter)
+    model.freeze_unet2d_params()
+    params = [p for p in model.parameters() if p.requires_grad]
+    t0 = time.time()
+    clips = make_clips(cfg.extra["n_clips"], "train", L)
+    scale = float(vq.config.scaling_factor)
+    with torch.no_grad():
+        states = [s for c in clips for s in c.states]
+        lat = torch.cat([vq.encode(render_states(states[i:i + 512]).images * 2.0 - 1.0).latents
+                         for i in range(0, len(states), 512)]) * scale
+        lat = lat.view(len(clips), L, *lat.shape[1:]).transpose(1, 2).contiguous()    # (n, C, L, h, w)
+        emb = encode_text(tok, te, [c.prompt for c in clips])                          # (n, T, D)
+        uncond = encode_text(tok, te, [""])
+    t_data = time.time() - t0
+    opt, lr_sched = _optimizer(params, cfg)
+    ema = EMAModel(params, decay=cfg.extra.get("ema_decay", 0.999), use_ema_warmup=True)
+    g = torch.Generator().manual_seed(cfg.seed)
+    T = sched.config.num_train_timesteps
+    losses = []
+    model.train()
+    for step in range(cfg.steps):
+        idx = torch.randint(0, len(clips), (cfg.batch_size,), generator=g)
+        z0 = lat[idx]
+        drop = torch.rand(cfg.batch_size, generator=g) < cfg.extra.get("p_uncond", 0.1)
+        cond = torch.where(drop[:, None, None], uncond, emb[idx])
+        t = torch.randint(0, T, (cfg.batch_size,), generator=g)
+        noise = torch.randn(z0.shape, generator=g)
+        zt = sched.add_noise(z0, noise, t)
+        # UNetMotionModel takes the text per frame (B*L rows), as AnimateDiff's pipelines repeat it
+        cond = cond.repeat_interleave(L, dim=0)
+        per_example = (model(zt, t, encoder_hidden_states=cond).sample - noise).pow(2).mean(dim=(1, 2, 3, 4))
+        snr = compute_snr(sched, t)
+        gamma = cfg.extra.get("snr_gamma", 5.0)
+        loss = (per_example * torch.clamp(snr, max=gamma) / snr).mean()
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        lr_sched.step()
+        ema.step(params)
+        losses.append(per_example.mean().item())
+        if verbose:
+            _progress("motion", step, cfg, losses, t0, every=50)
+    ema.copy_to(params)
+    model.eval()
+    model.save_motion_modules(str(out / "motion_adapter"))
+    _log(out, "motion", cfg, t0, losses, params=sum(p.numel() for p in params), train_clips=len(clips),
+         data_s=round(t_data, 1))
+    return model, losses
+
+
+# --------------------------------------------------------------------------------------------
 # Parallel training
 # --------------------------------------------------------------------------------------------
 # Task -> (models it trains, tasks whose checkpoints it reads). The DM and the ARMs read the VQ.
 TASKS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "vq": (("vq",), ()), "dm": (("dm",), ("vq",)), "probe": (("probe",), ()), "clip": (("clip",), ()),
     "arms": (("arm",), ("vq", "probe")),  # the probe judges the snapshots
+    "video_arm": (("video_arm",), ("vq",)), "motion": (("motion",), ("dm",)),
 }
-PRIORITY: tuple[str, ...] = ("vq", "dm", "probe", "clip", "arms")  # vq -> dm is the longest chain: first
+# vq -> dm -> motion is the longest chain: first
+PRIORITY: tuple[str, ...] = ("vq", "dm", "motion", "probe", "clip", "arms", "video_arm")
 
 
 def run_parallel(todo: Sequence[str], out: Path, jobs: int, forwarded: Sequence[str] = (),
@@ -702,6 +867,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             train_arm(load_split("train")[:cfg.extra.get("n_stories")], vq, cfg, out=a.out, name=a.arm_name)
         else:
             train_arm_family(a.out, cfg)
+    if "video_arm" in todo:
+        train_video_arm(a.out, scaled("video_arm"))
+    if "motion" in todo:
+        train_motion(a.out, scaled("motion"))
     print(f"trained {', '.join(todo)} in {time.time() - t_all:.0f}s -> {a.out}")
 
 
