@@ -127,6 +127,12 @@ class _Stopwatch:
         self.cuda = torch.device(device).type == "cuda"
         self.timings = {s: 0.0 for s in STAGES}
 
+    def now(self) -> float:
+        """The clock, after the device's queued work."""
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
         if self.cuda:
@@ -386,6 +392,7 @@ class VideoOutput:
     chunk_length: int
     corrected_chunks: tuple[int, ...]
     timings: dict[str, float] = field(default_factory=lambda: {s: 0.0 for s in STAGES})
+    frame_seconds: list[float] = field(default_factory=list)
 
 
 def run_video(
@@ -399,6 +406,7 @@ def run_video(
     seeds: Sequence[int] | None = None,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    prefix_tokens: torch.Tensor | None = None,
 ) -> VideoOutput:
     """Generate B videos frame by frame from one prompt each, correcting chunks of L frames (Eq. 4-6).
 
@@ -416,6 +424,12 @@ def run_video(
         seeds: one non-negative int per video (default 0..B-1).
         device: where the generators live and which device to synchronise for timings.
         progress: show a tqdm bar over frames.
+        prefix_tokens: (B, P, n) tokens of the first P < N frames, given instead of generated (a video
+            continued from its opening frames, e.g. a true first frame); they count among the N frames,
+            are decoded like the ARM's own, and are corrected with their chunk like any other frame.
+    Returns:
+        `VideoOutput`; its `frame_seconds` holds the wall time of each frame (generation, decoding, and
+        the chunk's correction and re-encoding on the frame that completes it).
     """
     # 1. Validate inputs.
     config = _check_common(config)
@@ -427,6 +441,13 @@ def run_video(
     if chunk_length > num_frames:
         raise ValueError(f"chunk_length L={chunk_length} exceeds num_frames N={num_frames}; need 1 <= L <= N")
     B, N, L = len(prompts), int(num_frames), int(chunk_length)
+    P = 0
+    if prefix_tokens is not None:
+        if not isinstance(prefix_tokens, torch.Tensor) or prefix_tokens.ndim != 3 or prefix_tokens.shape[0] != B \
+                or prefix_tokens.dtype.is_floating_point or not 1 <= prefix_tokens.shape[1] < N:
+            what = tuple(prefix_tokens.shape) if isinstance(prefix_tokens, torch.Tensor) else type(prefix_tokens).__name__
+            raise ValueError(f"prefix_tokens must be an integer tensor (B={B}, P, n) with 1 <= P < N={N}, got {what}")
+        P = prefix_tokens.shape[1]
     n_chunks = N // L  # complete chunks only
     chunks = frozenset({0}) if correct_chunks == "first" else _indices_from_policy(correct_chunks, n_chunks, "chunk")
     if chunks and video_corrector is None:
@@ -443,12 +464,16 @@ def run_video(
     n0 = int(getattr(arm, "tokens_per_frame", 0) or 0)
     n: int | None = n0 or None
     contexts: list[torch.Tensor] = []  # per frame (B, n)
-    arm_tokens, arm_frames, finals, corrected = [], [], [], [False] * N
+    arm_tokens, arm_frames, finals, corrected, frame_seconds = [], [], [], [False] * N, []
     for j in tqdm(range(N), desc="ACDC video frames", disable=not progress):
+        t_frame = clock.now()
         prev = _prev(contexts, B, n0, device)                                   # (B, j, n)
-        with clock.stage("arm"):
-            tokens = arm.generate(texts, prev, arm_gens)                        # (B, n)
-        n = _check_tokens(tokens, B, n, "arm.generate")
+        if j < P:
+            tokens = prefix_tokens[:, j].to(device)
+        else:
+            with clock.stage("arm"):
+                tokens = arm.generate(texts, prev, arm_gens)                    # (B, n)
+        n = _check_tokens(tokens, B, n, "prefix_tokens" if j < P else "arm.generate")
         with clock.stage("decode"):
             images = arm.decode(tokens)                                         # (B, C, H, W)  x_0^j
         _check_images(images, arm_frames[0].shape if arm_frames else None, 4, B, "arm.decode")
@@ -473,6 +498,7 @@ def run_video(
             contexts[start: j + 1] = list(re.unbind(1))
             finals[start: j + 1] = list(fixed.unbind(1))
             corrected[start: j + 1] = [True] * L
+        frame_seconds.append(clock.now() - t_frame)
 
     # 3. Collect per-video results (CPU copies).
     arm_tok = _keep(torch.stack(arm_tokens, dim=1))                             # (B, N, n)
@@ -483,4 +509,4 @@ def run_video(
                           arm_frames=arm_img[b].clone(), final_frames=fin_img[b].clone(), corrected=list(corrected),
                           context_tokens=ctx_tok[b].clone(), steps_run=steps) for b in range(B)]
     return VideoOutput(videos=videos, config=config, num_frames=N, chunk_length=L,
-                       corrected_chunks=tuple(sorted(chunks)), timings=clock.timings)
+                       corrected_chunks=tuple(sorted(chunks)), timings=clock.timings, frame_seconds=frame_seconds)

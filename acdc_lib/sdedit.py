@@ -11,6 +11,7 @@ Correctors (all take images as float (B, C, H, W) tensors in [0, 1], one prompt 
                             (also inpaints, by diffusers' method for UNets without mask channels)
     InpaintCorrector        StableDiffusionInpaintPipeline (user masks, the paper's physical constraints)
     VideoPipelineCorrector  AnimateDiffVideoToVideoPipeline on (B, L, C, H, W) chunks (Eq. 5)
+    UNetVideoCorrector      any UNetMotionModel (a UNet inflated with a MotionAdapter) on such chunks
 
 Each records `last_steps_run`, the number of denoising steps (UNet calls) its last call ran.
 """
@@ -32,7 +33,8 @@ __all__ = [
     "DEFAULT_STRENGTH", "DEFAULT_GUIDANCE_SCALE", "DEFAULT_NUM_INFERENCE_STEPS",
     "ModelNotAvailableError", "steps_for_strength", "validate_images", "validate_videos",
     "validate_prompts", "validate_generators", "validate_guidance_scale", "validate_masks",
-    "PipelineCorrector", "UNetCorrector", "InpaintCorrector", "VideoPipelineCorrector", "count_unet_calls",
+    "PipelineCorrector", "UNetCorrector", "UNetVideoCorrector", "InpaintCorrector", "VideoPipelineCorrector",
+    "count_unet_calls",
     "encode_text",
 ]
 
@@ -738,6 +740,10 @@ class UNetCorrector:
         return encode_text(self.tokenizer, self.text_encoder, prompts, self.device).to(self.dtype)
 
     # ---- the sampler -----------------------------------------------------------------------
+    def _unet_call(self, model_in: torch.Tensor, t, emb: torch.Tensor) -> torch.Tensor:
+        """The denoiser's prediction for a batch in model space (one row of `emb` per row of `model_in`)."""
+        return self.unet(model_in, t, encoder_hidden_states=emb).sample
+
     def _denoise(self, x: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor, guidance_scale: float,
                  generators, after_step=None) -> torch.Tensor:
         """DDIM (or the given scheduler) from x_t' over `timesteps` with classifier-free guidance.
@@ -755,7 +761,7 @@ class UNetCorrector:
         for k, t in enumerate(timesteps):
             model_in = torch.cat([x, x]) if use_cfg else x  # (2B, C, h, w)
             model_in = self.scheduler.scale_model_input(model_in, t)
-            out = self.unet(model_in, t, encoder_hidden_states=emb).sample
+            out = self._unet_call(model_in, t, emb)
             if out.shape[1] == 2 * x.shape[1]:  # learned variance: keep the mean prediction
                 out = out[:, :x.shape[1]]
             if use_cfg:
@@ -765,6 +771,14 @@ class UNetCorrector:
             if after_step is not None:
                 x = after_step(k, x)
         return x
+
+    def _timesteps(self, num_inference_steps: int, steps: int) -> torch.Tensor:
+        """The last `steps` of the scheduler's `num_inference_steps` timesteps, as diffusers' get_timesteps keeps them."""
+        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
+        start = (num_inference_steps - steps) * self.scheduler.order
+        if hasattr(self.scheduler, "set_begin_index"):
+            self.scheduler.set_begin_index(start)
+        return self.scheduler.timesteps[start:]
 
     def _start(self, images, prompts, strength, guidance_scale, num_inference_steps, generators):
         """Shared start of `correct` and `inpaint`: checks, prompt embeddings, the last int(N t') timesteps
@@ -777,11 +791,7 @@ class UNetCorrector:
         prompts, steps, guidance_scale, generators = _check_call(
             images.shape[0], prompts, strength, guidance_scale, num_inference_steps, generators)
         cond = self.encode_prompts(prompts)  # the unconditional "" embedding is added in the loop when w != 1
-        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
-        start = (num_inference_steps - steps) * self.scheduler.order
-        timesteps = self.scheduler.timesteps[start:]
-        if hasattr(self.scheduler, "set_begin_index"):
-            self.scheduler.set_begin_index(start)
+        timesteps = self._timesteps(num_inference_steps, steps)
         from diffusers.utils.torch_utils import randn_tensor
 
         x0 = self._to_model_space(images, generators)
@@ -865,7 +875,7 @@ class UNetCorrector:
             xt = self.scheduler.add_noise(x0, noise, tt)
             target = noise if pred == "epsilon" else self.scheduler.get_velocity(x0, noise, tt)
             model_in = self.scheduler.scale_model_input(torch.cat([xt, xt]), t)
-            out = self.unet(model_in, t, encoder_hidden_states=emb).sample
+            out = self._unet_call(model_in, t, emb)
             out = out[:, :x0.shape[1]]  # learned variance: keep the mean prediction
             err = ((out.float() - torch.cat([target, target]).float()) ** 2).flatten(1).mean(1)   # (2B,)
             total += err[B:] - err[:B]
@@ -945,6 +955,91 @@ class UNetCorrector:
         x = self._denoise(x, self.scheduler.timesteps, cond, guidance_scale, generators)
         self.last_steps_run = len(self.scheduler.timesteps)
         return self._to_images(x)
+
+
+class UNetVideoCorrector(UNetCorrector):
+    """SDEdit over chunks of L frames (Eq. 5) with a diffusers UNetMotionModel: AnimateDiff's inflated UNet.
+
+    The sampler of `UNetCorrector` over videos: the chunk's frames go through the VAE (or not, in pixel
+    space) one by one, are stacked to (B, C, L, h, w) latents, noised to t' with row b's noise from
+    generators[b] only, and denoised jointly by the motion UNet, whose temporal attention sees all L
+    frames; CFG is one batched forward of 2B videos. Written here because diffusers' AnimateDiff
+    video-to-video pipeline assumes Stable Diffusion's AutoencoderKL and latent layout (the toy world's
+    DM works in a VQ's latents); `VideoPipelineCorrector` runs that pipeline on GPU nodes.
+    Single frames (`correct`, `inpaint`, `drift_score`, `generate`) run as one-frame videos.
+
+    Args:
+        unet: a diffusers UNetMotionModel (e.g. `UNetMotionModel.from_unet2d(unet, motion_adapter)`).
+        text_encoder, tokenizer, scheduler, vae, device, dtype, eta: as in `UNetCorrector`.
+    """
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu",
+                        dtype: torch.dtype = torch.float32, *, motion_adapter: str | os.PathLike | None = None,
+                        scheduler: str = "ddim", **kwargs) -> "UNetVideoCorrector":
+        """Load `UNetCorrector`'s parts from `path` and inflate its UNet with a saved MotionAdapter.
+
+        Args:
+            path: the folder of unet/, text_encoder/, tokenizer/, scheduler/ (+ vae/).
+            motion_adapter: the folder of a diffusers MotionAdapter (default: path/motion_adapter).
+            device, dtype, scheduler, kwargs: as in `UNetCorrector.from_pretrained`.
+        Raises:
+            ModelNotAvailableError naming the missing folder.
+        """
+        from diffusers import MotionAdapter, UNetMotionModel
+
+        adapter_dir = Path(motion_adapter).expanduser() if motion_adapter is not None else Path(path) / "motion_adapter"
+        if not (adapter_dir / "config.json").is_file():
+            raise ModelNotAvailableError(
+                f"no MotionAdapter at {str(adapter_dir)!r} (no config.json); pass `motion_adapter`, a folder written "
+                "by MotionAdapter.save_pretrained or UNetMotionModel.save_motion_modules")
+        image = UNetCorrector.from_pretrained(path, "cpu", torch.float32, scheduler=scheduler)
+        unet = UNetMotionModel.from_unet2d(image.unet, MotionAdapter.from_pretrained(adapter_dir))
+        return cls(unet, image.text_encoder, image.tokenizer, image.scheduler, image.vae, device=device, dtype=dtype,
+                   **kwargs)
+
+    def _unet_call(self, model_in: torch.Tensor, t, emb: torch.Tensor) -> torch.Tensor:
+        frames = model_in.ndim == 4  # single frames: one-frame videos
+        x = model_in[:, :, None] if frames else model_in                                # (B, C, L, h, w)
+        # UNetMotionModel takes the text per frame (B*L rows), as diffusers' AnimateDiff pipelines repeat it
+        out = self.unet(x, t, encoder_hidden_states=emb.repeat_interleave(x.shape[2], dim=0)).sample
+        return out[:, :, 0] if frames else out
+
+    @torch.no_grad()
+    def correct_video(self, videos: torch.Tensor, prompts: Sequence[str], *, strength: float = DEFAULT_STRENGTH,
+                      guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+                      num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
+                      generators: Sequence[torch.Generator] | None = None) -> torch.Tensor:
+        """Correct B chunks of L frames with SDEdit (Eq. 5): noise each chunk to t', denoise jointly with DDIM + CFG.
+
+        Args:
+            videos: (B, L, C, H, W) float in [0, 1].
+            prompts: B text conditions, one per video.
+            strength, guidance_scale, num_inference_steps: as in `UNetCorrector.correct`.
+            generators: B torch.Generators; video b's VAE samples and noise come from generators[b] only.
+        Returns:
+            (B, L, C, H, W) float in [0, 1] on the input's device and dtype.
+        """
+        validate_videos(videos)
+        B, L = videos.shape[:2]
+        if videos.shape[2] != self.image_channels:
+            raise ValueError(f"this corrector takes {self.image_channels}-channel frames, got C={videos.shape[2]}")
+        self._check_size(*videos.shape[-2:])
+        prompts, steps, guidance_scale, generators = _check_call(
+            B, prompts, strength, guidance_scale, num_inference_steps, generators)
+        cond = self.encode_prompts(prompts)
+        timesteps = self._timesteps(num_inference_steps, steps)
+        from diffusers.utils.torch_utils import randn_tensor
+
+        frame_gens = None if generators is None else [g for g in generators for _ in range(L)]  # frames in order
+        z = self._to_model_space(videos.flatten(0, 1), frame_gens)                      # (B*L, c, h, w)
+        z = z.view(B, L, *z.shape[1:]).transpose(1, 2)                                  # (B, c, L, h, w)
+        noise = randn_tensor(tuple(z.shape), generator=generators, device=self.device, dtype=z.dtype)
+        x = self.scheduler.add_noise(z, noise, timesteps[:1].repeat(B))
+        x = self._denoise(x, timesteps, cond, guidance_scale, generators)
+        self.last_steps_run = len(timesteps)
+        frames = self._to_images(x.transpose(1, 2).flatten(0, 1))                       # (B*L, C, H, W)
+        return frames.view(B, L, *frames.shape[1:]).to(videos.device, videos.dtype)
 
 
 def count_unet_calls(module: torch.nn.Module) -> tuple[list[tuple[int, ...]], Any]:

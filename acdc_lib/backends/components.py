@@ -47,5 +47,16 @@ def real_evaluator(model_id=None, device="cpu", dtype=None, **kwargs):
                                          **kwargs)
 
 
+def animatediff_corrector(model_id=None, device="cpu", dtype=None, motion_adapter=None, **kwargs):
+    """SDEdit over chunks through diffusers' AnimateDiff video-to-video pipeline (an SD v1.5 base + a MotionAdapter)."""
+    import torch
+
+    from acdc_lib.sdedit import VideoPipelineCorrector
+
+    return VideoPipelineCorrector.from_pretrained(
+        _need(model_id, "AnimateDiff corrector", "stable-diffusion-v1-5/stable-diffusion-v1-5"), device=device,
+        dtype=dtype or torch.float32, motion_adapter=motion_adapter, **kwargs)
+
+
 COMPONENTS = {"arm": {"emu3": emu3_arm, "janus": janus_arm}, "corrector": {"sd": sd_corrector},
-              "evaluator": {"real": real_evaluator}}
+              "evaluator": {"real": real_evaluator}, "video_corrector": {"animatediff": animatediff_corrector}}

@@ -39,6 +39,24 @@ def corrector(model_id=None, device="cpu", dtype=None, **kwargs):
     return TM.load_dm(_root(model_id) / "dm", device=device, **kwargs)
 
 
+def video_corrector(model_id=None, device="cpu", dtype=None, **kwargs):
+    """The toy video DM: the DM at <root>/dm inflated with the motion module at <root>/motion_adapter
+    (a UNetVideoCorrector, AnimateDiff's design)."""
+    from acdc_lib.sdedit import UNetVideoCorrector
+
+    _check_dtype(dtype)
+    root = _root(model_id)
+    return UNetVideoCorrector.from_pretrained(root / "dm", device=device, motion_adapter=root / "motion_adapter",
+                                              **kwargs)
+
+
+def video_truth(n: int = 100, split: str = "test", n_frames: int = 32, start: int = 0, **_):
+    """Prompts and exact truth of toy clips (`ToyClipTruth`): the test split's by default."""
+    from acdc_lib.toyworld.clips import ToyClipTruth
+
+    return ToyClipTruth.from_split(n, split, n_frames, start)
+
+
 def evaluator(model_id=None, device="cpu", dtype=None):
     """The independent toy evaluator (CLIP + probe) at <root>/evaluator, behind the Evaluator protocol."""
     from acdc_lib.toyworld.evaluation import ToyStoryEvaluator
@@ -62,4 +80,5 @@ def vocabulary(**_):
 
 
 COMPONENTS = {"arm": {"toy": arm}, "corrector": {"toy": corrector}, "evaluator": {"toy": evaluator},
-              "ground_truth": {"toy": ground_truth}, "vocabulary": {"toy": vocabulary}}
+              "ground_truth": {"toy": ground_truth}, "vocabulary": {"toy": vocabulary},
+              "video_corrector": {"toy": video_corrector}, "video_truth": {"toy": video_truth}}

@@ -17,6 +17,8 @@ from acdc_lib.toyworld.validity import COUNT_HEADS, physically_valid
 
 # table column -> probe head: StoryGPT-V's character and background accuracy, then time and action
 ATTRIBUTE_COLUMNS: dict[str, str] = {"char": "species", "bg": "place", "time": "time", "action": "action"}
+# what a clip keeps from frame to frame: what its prompt names, and what only its frames carry
+IDENTITY_HEADS: tuple[str, ...] = ("species", "place", "time", "marking", "accessory", "layout")
 
 
 class ToyStoryEvaluator:
@@ -48,6 +50,38 @@ class ToyStoryEvaluator:
         """(B, 3, 32, 32) -> {column: (B,) long} read by the probe."""
         heads = self.toy.predict(_toy_size(images))
         return {c: heads[h] for c, h in ATTRIBUTE_COLUMNS.items()}
+
+    @torch.no_grad()
+    def embed_subject(self, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, 256) L2-normalised features of the probe's shared layer: the evaluator's view
+        of the character (species, pose, coat, collar, where it stands and faces), for subject consistency
+        as VBench measures it with DINO features."""
+        x, probe, out = _toy_size(images), self.toy.probe, []
+        for i in range(0, x.shape[0], batch_size):
+            px = x[i:i + batch_size].to(self.toy.device) * 2.0 - 1.0
+            out.append(F.normalize(probe.trunk(probe.features(px)), dim=-1).cpu())
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def read_identity(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(B, 3, H, W) -> {"species", "marking", "accessory", "layout", "place", "time": (B,) long}: what
+        a video keeps from frame to frame, as the probe reads it."""
+        heads = self.toy.predict(_toy_size(images))
+        return {k: heads[k] for k in IDENTITY_HEADS}
+
+    @torch.no_grad()
+    def read_motion(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(B, 3, H, W) -> {"position": (B,) float, the expected X_POSITIONS cell under the probe's x-cell
+        probabilities (a continuous reading), "cell": (B,) long its most likely cell, "facing": (B,) long
+        (left 0, right 1)}."""
+        x, probs, facing = _toy_size(images), [], []
+        for i in range(0, x.shape[0], 512):
+            logits = self.toy.probe(x[i:i + 512].to(self.toy.device))
+            probs.append(logits["x_cell"].softmax(-1).cpu())
+            facing.append(logits["facing"].argmax(-1).cpu())
+        p = torch.cat(probs)
+        pos = (p.double() * torch.arange(p.shape[-1], dtype=torch.float64)).sum(-1)
+        return {"position": pos, "cell": p.argmax(-1), "facing": torch.cat(facing)}
 
     def physically_valid(self, images: torch.Tensor) -> torch.Tensor:
         """(B,) bool: the probe counts one sun or moon, two ears and one tail."""
