@@ -405,6 +405,37 @@ NOTEBOOK_PARAMS["06_ablations"] = {
     ("STEPS", "T_PRIMES"): together(lambda n, ts: ts is None or _runs_a_step(n, *ts),
                                     "int(STEPS * t') >= 1 for every t' of T_PRIMES"),
 }
+NOTEBOOK_PARAMS["05_video_extension"] = {
+    **COMMON,
+    "N_CLIPS": or_none(integer(2)),  # bootstrap intervals need two videos
+    "N_FRAMES": or_none(integer(2)),
+    "CHUNK": or_none(integer(1)),
+    "DEVICE": device(),
+    "ARM": one_of(_available("arm"), "registered ARMs"),
+    "ARM_ID": or_none(path()),
+    "ARM_OPTIONS": or_none(options()),
+    "VIDEO_DM": one_of(_available("video_corrector"), "registered video correctors"),
+    "VIDEO_DM_ID": or_none(path()),
+    "VIDEO_DM_OPTIONS": or_none(options()),
+    "EVALUATOR": one_of(_available("evaluator"), "registered evaluators"),
+    "EVALUATOR_ID": or_none(path()),
+    "EVALUATOR_OPTIONS": or_none(options()),
+    "TRUTH": or_none(one_of(_available("video_truth"), "registered video truths")),
+    "PROMPTS": or_none(path()),
+    "STRENGTH": STRENGTH_RULE,
+    "GUIDANCE": number(0.0),
+    "STEPS": integer(1),
+    "BATCH_SIZE": integer(1),
+    "LONG_FRAMES": or_none(integer(2)),
+    "DTYPE": one_of(_dtypes),
+    # the t' = 0.4 row runs int(STEPS * 0.4) steps, the paper's rows int(STEPS * STRENGTH)
+    ("STEPS", "STRENGTH"): together(lambda n, t: _runs_a_step(n, t, 0.4),
+                                    "int(STEPS * t') >= 1 for STRENGTH and for the t' = 0.4 row"),
+    ("N_FRAMES", "CHUNK"): together(lambda n, L: n is None or L is None or L < n,
+                                    "CHUNK < N_FRAMES (Fig. 6 reads the frames after the first chunk)"),
+    ("TRUTH", "PROMPTS"): together(lambda t, p: t is not None or p is not None,
+                                   "TRUTH or PROMPTS: the videos need prompts"),
+}
 NOTEBOOK_PARAMS["08_figures"] = {
     **COMMON,
     "RUN_SET": path(),

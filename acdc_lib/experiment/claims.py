@@ -536,8 +536,26 @@ def additions(sources: Sequence[Source]) -> list[str]:
 # --------------------------------------------------------------------------------------------
 # Claims that need notebooks this repository does not run yet
 # --------------------------------------------------------------------------------------------
-def pending_claims(sources: Sequence[Source]) -> list[Claim]:
-    """Table 3 (video) and Fig. 5 (physical constraints): rows that say why they are not measured."""
+def table3_claims(src: Source) -> list[Claim]:
+    """Table 3 and Fig. 6 (notebook 05): the paired differences and verdicts the notebook computed."""
+    res = src.results
+    if res is None or not res.get("table3_claims"):
+        return pending_claims([src], only="05_video_extension")
+    out = []
+    for c in res["table3_claims"]:
+        measured = "; ".join(f"{p['name']}: {_iv(p)}" for p in c.get("parts", []))
+        if c.get("note"):
+            measured += f" ({c['note'].strip()})"
+        section = "Fig. 6" if "after the corrected chunk" in c["claim"] else (
+            "Sec. 3.3" if c["claim"].startswith("t'") else "Table 3")
+        out.append(Claim(section, c["claim"], c["paper"], measured, c["verdict"],
+                         _where("05", "8", "results.json table3_claims", src)))
+    return out
+
+
+def pending_claims(sources: Sequence[Source], only: str | None = None) -> list[Claim]:
+    """Table 3 (video) and Fig. 5 (physical constraints): rows that say why they are not measured
+    (`only`: one notebook's)."""
     by = {s.notebook: s for s in sources}
     out = []
     for nb, section, claims in (
@@ -547,8 +565,10 @@ def pending_claims(sources: Sequence[Source]) -> list[Claim]:
                                               ("frames after the corrected chunk stay aligned", "Fig. 6")]),
             ("07_physical_constraints", "Fig. 5", [("physical errors propagate to the next frames", "Sec. 4.2"),
                                                     ("inpainting under a user's mask stops the propagation", "Fig. 5")])):
+        if only is not None and nb != only:
+            continue
         s = by.get(nb)
-        why = (f"{s.folder.name} has results, but this report has no reader for them yet" if s is not None and
+        why = (f"{s.folder.name} has results, but no Table 3 claims in them" if s is not None and
                s.results is not None else s.missing if s is not None else f"notebook {nb} is not in the repository yet")
         out += [Claim(section, claim, paper, "", "not testable here", why) for claim, paper in claims]
     return out
@@ -566,7 +586,8 @@ def build_claims(sources: Sequence[Source], bench: Mapping[str, Any] | None = No
     for s in s03:
         out += figure4_claims(s, seed=seed)
     out += table2_claims(none("06_ablations"))
-    out += pending_claims(sources)
+    out += table3_claims(none("05_video_extension"))
+    out += pending_claims(sources, only="07_physical_constraints")
     out += theorem_claims(none("00_diffusion_theory"), none("06_ablations"))
     out += open_question_claims(none("06_ablations"), none("04_memory_module"), bench)
     return out

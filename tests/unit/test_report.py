@@ -223,7 +223,8 @@ def test_sources_name_what_is_missing_and_skip_the_report_itself(tmp_path):
     rs = C.find_sources(REPO_ROOT / "papermill_runs" / "toy-cpu.yaml", tmp_path)
     by = {s.notebook: s for s in rs}
     assert "08_figures" not in by
-    assert by["05_video_extension"].folder is None and "not in the repository" in by["05_video_extension"].missing
+    assert by["07_physical_constraints"].folder is None and "not in the repository" in by["07_physical_constraints"].missing
+    assert "no results in toy-cpu-05_video_extension-" in by["05_video_extension"].missing
     assert "no results in toy-cpu-03_acdc_story-" in by["03_acdc_story"].missing
     assert "python -m acdc_lib.runs papermill_runs/toy-cpu.yaml" in by["03_acdc_story"].missing
     by["00_diffusion_theory"].folder.mkdir(parents=True)
@@ -301,3 +302,21 @@ def test_the_benchmark_figure_has_a_bar_per_check():
     assert [round(p.get_width(), 6) for p in ax.patches] == [0.5, 1.2, 25.0]
     assert ax.get_xscale() == "log" and [t.get_text() for t in ax.get_yticklabels()][0] == "b: c0 (>= 1)"
 
+
+
+def test_table3_claims_read_notebook05s_verdicts(tmp_path):
+    from acdc_lib.experiment import video as V
+
+    rng = np.random.default_rng(1)
+    arm = {k: rng.random(30) for k in ("subject", "background", "dynamic", "displacement", "sharpness_rel")}
+    arm.update(subject_to_first_pf=rng.random((30, 6)), identity_kept_pf=rng.random((30, 6)))
+    acdc = {k: v + 0.1 for k, v in arm.items()}
+    claims = V.table3_claims({"arm": arm, "acdc_first": acdc}, chunk_length=3)
+    src = C.Source("05_video_extension", tmp_path, {"table3_claims": claims}, {})
+    rows = C.table3_claims(src)
+    assert [r.claim for r in rows] == [c["claim"] for c in claims]
+    assert rows[0].verdict == "reproduced" and rows[0].section == "Table 3"
+    assert next(r for r in rows if r.section == "Fig. 6").claim == "frames after the corrected chunk stay aligned"
+    assert "+0.100 [" in rows[0].measured
+    empty = C.table3_claims(C.Source("05_video_extension", None, None, {}, "no run"))
+    assert {r.verdict for r in empty} == {"not testable here"} and len(empty) == 4
