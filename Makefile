@@ -61,8 +61,8 @@ test-notebooks: env
 # git then shows as changed), then measure the gates (gates.json beside them); the train split is
 # regenerated from data/stories/MANIFEST.json first.
 TOY_OUT ?= acdc_lib/toyworld/checkpoints
-# Trainings at once (one process and one torch thread each): the VQ then the DM on one core, the
-# evaluator then the ARMs on the other.
+# Trainings at once (one process and one torch thread each): the VQ, the DM and its motion module on
+# one core, the evaluator, the story ARMs and the video ARM on the other.
 TOY_JOBS ?= 2
 train-toy: env
 	$(BIN)/python -m acdc_lib.toyworld.splits make-splits --check

@@ -484,11 +484,20 @@ def training_minutes(root: Path = M.CHECKPOINT_DIR) -> dict[str, float]:
 
     When the models were trained in parallel (`train all --jobs 2`, logged as "all"), "total" is that
     run's wall time and "sum" the sum of the per-model times; trained one after another, both are the sum.
+    Models trained in a later parallel run (logged as "all_<name>", with its tasks) add that run's wall
+    time to "total", and models trained alone after "all" add theirs.
     """
     log = json.loads((Path(root) / "train_log.json").read_text())
-    out = {k: v["wall_s"] / 60 for k, v in log.items() if k != "all"}
+    runs = {k: v for k, v in log.items() if k == "all" or k.startswith("all_")}
+    out = {k: v["wall_s"] / 60 for k, v in log.items() if k not in runs}
     out["sum"] = sum(out.values())
-    out["total"] = log["all"]["wall_s"] / 60 if "all" in log else out["sum"]
+    if not runs:
+        out["total"] = out["sum"]
+        return out
+    logged_as = {"probe": "evaluator_probe", "clip": "evaluator_clip", "arms": "arm"}  # task -> its log record
+    covered = {logged_as.get(t, t) for v in runs.values() for t in v["config"]["extra"].get("tasks", [])}
+    alone = sum(m for k, m in out.items() if k not in covered and k != "sum")
+    out["total"] = sum(v["wall_s"] for v in runs.values()) / 60 + alone
     return out
 
 
