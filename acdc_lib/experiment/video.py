@@ -342,8 +342,8 @@ def long_video_profile(arm, prompt: str, num_frames: int = 100, seed: int = 0, p
     """Time per frame and resident memory as one video grows to `num_frames` frames (ARM alone).
 
     Returns {"frame_seconds": per frame, "rss_mb": resident memory after each of `parts` equal
-    segments, "first_quarter_s" / "last_quarter_s": mean seconds per frame of the first and last
-    quarter, and their ratio}.
+    segments, "first_quarter_s" / "last_quarter_s": median seconds per frame of the first and last
+    quarter (medians: on a shared CPU single frames stall for other processes), and their ratio}.
     """
     import psutil
 
@@ -361,7 +361,7 @@ def long_video_profile(arm, prompt: str, num_frames: int = 100, seed: int = 0, p
         done += n
         rss.append(proc.memory_info().rss / 2 ** 20)
     q = max(1, num_frames // 4)
-    first, last = float(np.mean(secs[:q])), float(np.mean(secs[-q:]))
+    first, last = float(np.median(secs[:q])), float(np.median(secs[-q:]))
     return {"frame_seconds": secs, "rss_mb": rss, "first_quarter_s": first, "last_quarter_s": last,
             "ratio_last_first": last / first}
 
