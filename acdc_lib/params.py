@@ -428,6 +428,8 @@ NOTEBOOK_PARAMS["05_video_extension"] = {
     "BATCH_SIZE": integer(1),
     "LONG_FRAMES": or_none(integer(2)),
     "DTYPE": one_of(_dtypes),
+    "RAFT_WEIGHTS": or_none(path()),
+    "AESTHETIC_WEIGHTS": or_none(path()),
     # the t' = 0.4 row runs int(STEPS * 0.4) steps, the paper's rows int(STEPS * STRENGTH)
     ("STEPS", "STRENGTH"): together(lambda n, t: _runs_a_step(n, t, 0.4),
                                     "int(STEPS * t') >= 1 for STRENGTH and for the t' = 0.4 row"),

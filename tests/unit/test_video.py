@@ -275,3 +275,29 @@ def test_claims_compare_rows_on_the_same_videos():
     assert {c["verdict"] for c in claims} == {"opposite"}
     with pytest.raises(ValueError, match="paired rows must score the same videos"):
         V.paired_diff(np.zeros(3), np.zeros(4))
+
+
+def test_real_path_scores_dynamics_from_flow_and_aesthetics_from_a_head():
+    from acdc_lib.backends.video_metrics import AestheticScorer, FlowDynamics
+
+    class _NoMotion:  # the real evaluator reads no motion: flow gives the dynamic degree
+        def embed_images(self, x):
+            return x.flatten(1)
+
+    def shift_flow(f0, f1):  # the exact flow of a frame moved right by its index's step
+        dx = (f1[:, 0].argmax(-1).float() - f0[:, 0].argmax(-1).float()).mean(-1)   # (M,)
+        return dx[:, None, None, None].expand(-1, 2, 16, 16) * torch.tensor([1.0, 0.0])[None, :, None, None]
+
+    B, N = 2, 8
+    v = torch.zeros(B, N, 3, 16, 16)
+    for j in range(N):
+        v[0, j, :, :, j] = 1.0          # video 0 moves 1 px a frame ...
+        v[1, j, :, :, 0] = 1.0          # ... video 1 stands still
+    flow = FlowDynamics(shift_flow, fps=1.0)  # at 1 fps VBench's bar is 8 * 6 * 16 / 256 = 3 px: too high
+    head = {"weight": torch.ones(1, 16 * 16 * 3), "bias": torch.zeros(1)}
+    s = V.score_videos(v, _NoMotion(), flow=flow, aesthetic=AestheticScorer(lambda x: x.flatten(1), head))
+    assert s["displacement"].tolist() == [1.0, 0.0] and s["dynamic"].tolist() == [0.0, 0.0]
+    s = V.score_videos(v, _NoMotion(), flow=FlowDynamics(shift_flow, fps=16.0))  # bar 0.375 px
+    assert s["dynamic"].tolist() == [1.0, 0.0] and "aesthetic" not in s
+    scored = V.score_videos(v, _NoMotion(), aesthetic=AestheticScorer(lambda x: x.flatten(1), head))
+    assert scored["aesthetic"].shape == (2,) and np.all(np.isfinite(scored["aesthetic"]))
