@@ -526,6 +526,22 @@ def additions(sources: Sequence[Source]) -> list[str]:
         if r6.get("sensitivity"):
             out.append("Guidance scale and DDIM steps swept beside the paper's values (notebook 06 §4, results.json "
                        "sensitivity).")
+    r5 = by.get("05_video_extension")
+    if r5:
+        inh = r5.get("inherited") or {}
+        if inh:
+            out.append("Video continued from the true frame 1: accuracy the ARM loses to its own earlier frames, over "
+                       "frames 2..N (oracle minus own context): " + ", ".join(f"{h} {_iv(d)}" for h, d in inh.items())
+                       + " (notebook 05 §6, results.json inherited).")
+        wf = r5.get("consistency_without_frame1") or {}
+        if wf:
+            out.append("Table 3's consistencies without the freely sampled frame 1, ACDC minus ARM: "
+                       + ", ".join(f"{m} {_iv(d)}" for m, d in wf.items()) + " (notebook 05 §4).")
+        lv = r5.get("long_video") or {}
+        if lv.get("ratio_last_first") is not None:
+            out.append(f"A {r5.get('frames', 'long')}-frame video: median time per frame in the last quarter over "
+                       f"the first {lv['ratio_last_first']:.2f}x, resident memory "
+                       f"{min(lv['rss_mb']):.0f}-{max(lv['rss_mb']):.0f} MiB (notebook 05 §7).")
     r0 = by.get("00_diffusion_theory")
     if r0:
         out.append("Theorems 1-3 checked by Monte Carlo with exact scores on Gaussian and mixture data up to "
