@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from acdc_lib import metrics as M
+from acdc_lib.io import atomic_write_bytes
 from acdc_lib.loop import run_video, story_seed
 from acdc_lib.types import LoopConfig
 
@@ -337,15 +338,11 @@ def table3_claims(scores: Mapping[str, Mapping[str, np.ndarray]], chunk_length: 
 
 def save_row(path: str | Path, frames: torch.Tensor, meta: Mapping[str, Any]) -> None:
     """Write one row's frames (uint8) and metadata atomically: a killed run keeps every finished row."""
-    import os
-    import tempfile
+    import io
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    torch.save({"frames": (frames.clamp(0, 1) * 255).round().to(torch.uint8), "meta": dict(meta)}, tmp)
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    torch.save({"frames": (frames.clamp(0, 1) * 255).round().to(torch.uint8), "meta": dict(meta)}, buf)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def load_row(path: str | Path) -> tuple[torch.Tensor, dict]:
