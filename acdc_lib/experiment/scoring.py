@@ -98,10 +98,14 @@ class ResultsTable:
         atomic_write_text(Path(out_dir) / f"{stem}.md", self.to_markdown())
 
 
-def _per_frame(fn, frames: torch.Tensor) -> torch.Tensor:
-    """Apply a per-image reader to (S, N, C, H, W) frames; its (S*N, ...) output comes back as (S, N, ...)."""
+def _per_frame(fn, frames: torch.Tensor):
+    """Apply a per-image reader to (S, N, C, H, W) frames; its (S*N, ...) output comes back as (S, N, ...)
+    (a dict of such outputs, key by key)."""
     S, N = frames.shape[:2]
-    out = torch.as_tensor(fn(frames.reshape(S * N, *frames.shape[2:]))).cpu()
+    out = fn(frames.reshape(S * N, *frames.shape[2:]))
+    if isinstance(out, Mapping):
+        return {k: torch.as_tensor(v).cpu().reshape(S, N, *v.shape[1:]) for k, v in out.items()}
+    out = torch.as_tensor(out).cpu()
     return out.reshape(S, N, *out.shape[1:])
 
 

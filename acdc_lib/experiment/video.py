@@ -32,6 +32,7 @@ import torch
 
 from acdc_lib import metrics as M
 from acdc_lib.io import atomic_write_bytes
+from acdc_lib.experiment.scoring import _per_frame
 from acdc_lib.loop import run_video, story_seed
 from acdc_lib.types import LoopConfig
 
@@ -150,14 +151,6 @@ def generate_row(name: str, prompts: Sequence[str], arm, video_corrector, exp: V
 # --------------------------------------------------------------------------------------------
 # Scores
 # --------------------------------------------------------------------------------------------
-def _per_frame(fn: Callable[[torch.Tensor], Any], videos: torch.Tensor):
-    B, N = videos.shape[:2]
-    out = fn(videos.flatten(0, 1))
-    if isinstance(out, Mapping):
-        return {k: v.view(B, N, *v.shape[1:]) for k, v in out.items()}
-    return out.view(B, N, *out.shape[1:])
-
-
 def score_videos(videos: torch.Tensor, evaluator, *, physics: Callable | None = None,
                  reference: torch.Tensor | None = None, truth: Mapping[str, torch.Tensor] | None = None,
                  dynamic_threshold: float = 0.5, flow=None, aesthetic=None) -> dict[str, np.ndarray]:
