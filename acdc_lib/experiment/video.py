@@ -117,11 +117,15 @@ def oracle_videos(arm, prompts: Sequence[str], true_tokens: torch.Tensor, seeds:
 
 def generate_row(name: str, prompts: Sequence[str], arm, video_corrector, exp: VideoExperiment, *,
                  first_tokens: torch.Tensor | None = None, true_tokens: torch.Tensor | None = None,
-                 indices: Sequence[int] | None = None) -> dict[str, Any]:
-    """One row's videos: {"frames": (B, N, C, H, W) final frames, "seconds": wall time}.
+                 arm_chunk: torch.Tensor | None = None, indices: Sequence[int] | None = None) -> dict[str, Any]:
+    """One row's videos: {"frames": (B, N, C, H, W) final frames, "tokens": (B, N, n) the ARM's tokens (None
+    for the oracle), "seconds": wall time}.
 
     first_tokens: (B, 1, n) true first-frame tokens (rows that start from it); true_tokens: (B, N, n)
-    true tokens of every frame (the oracle). indices: each video's index k (seed story_seed(base_seed, k)).
+    true tokens of every frame (the oracle). arm_chunk: (B, L, n) the ARM row's first L tokens: rows that
+    correct from the prompt start from them instead of drawing the same frames again (with the same
+    seed the ARM draws exactly these; only the draws after the first chunk then come from a restarted
+    stream). indices: each video's index k (seed story_seed(base_seed, k)).
     """
     row = _row(name)
     B = len(prompts)
@@ -133,19 +137,25 @@ def generate_row(name: str, prompts: Sequence[str], arm, video_corrector, exp: V
             raise ValueError(f"row {name!r} needs true_tokens (B, N, n), the true frames' tokens")
         frames = torch.cat([oracle_videos(arm, prompts[i:i + exp.batch_size], true_tokens[i:i + exp.batch_size],
                                           seeds[i:i + exp.batch_size]) for i in range(0, B, exp.batch_size)])
-        return {"frames": frames, "seconds": time.perf_counter() - t0}
+        return {"frames": frames, "tokens": None, "seconds": time.perf_counter() - t0}
     if row.start == "true_first" and first_tokens is None:
         raise ValueError(f"row {name!r} starts from the true first frame: pass first_tokens (B, 1, n)")
+    prefix = first_tokens if row.start == "true_first" else (
+        arm_chunk if row.correct_chunks != "none" else None)
+    if prefix is arm_chunk and arm_chunk is not None and tuple(arm_chunk.shape[:2]) != (B, exp.chunk_length):
+        raise ValueError(f"arm_chunk must hold the first L={exp.chunk_length} tokens of the {B} videos, "
+                         f"got shape {tuple(arm_chunk.shape)}")
     config = LoopConfig(strength=row.strength or exp.strength, guidance_scale=exp.guidance_scale,
                         num_inference_steps=exp.num_inference_steps)
-    out = []
+    frames, tokens = [], []
     for i in range(0, B, exp.batch_size):
         res = run_video(list(prompts[i:i + exp.batch_size]), arm, video_corrector if row.correct_chunks != "none" else None,
                         num_frames=exp.num_frames, chunk_length=exp.chunk_length, correct_chunks=row.correct_chunks,
                         config=config, seeds=seeds[i:i + exp.batch_size],
-                        prefix_tokens=first_tokens[i:i + exp.batch_size] if row.start == "true_first" else None)
-        out.append(torch.stack([v.final_frames for v in res.videos]))
-    return {"frames": torch.cat(out), "seconds": time.perf_counter() - t0}
+                        prefix_tokens=prefix[i:i + exp.batch_size] if prefix is not None else None)
+        frames.append(torch.stack([v.final_frames for v in res.videos]))
+        tokens.append(torch.stack([v.arm_tokens for v in res.videos]))
+    return {"frames": torch.cat(frames), "tokens": torch.cat(tokens), "seconds": time.perf_counter() - t0}
 
 
 # --------------------------------------------------------------------------------------------

@@ -301,3 +301,21 @@ def test_real_path_scores_dynamics_from_flow_and_aesthetics_from_a_head():
     assert s["dynamic"].tolist() == [1.0, 0.0] and "aesthetic" not in s
     scored = V.score_videos(v, _NoMotion(), aesthetic=AestheticScorer(lambda x: x.flatten(1), head))
     assert scored["aesthetic"].shape == (2,) and np.all(np.isfinite(scored["aesthetic"]))
+
+
+def test_correction_rows_start_from_the_arm_rows_first_chunk():
+    from acdc_lib.components import build
+
+    truth = C.ToyClipTruth.from_split(2, n_frames=4)
+    arm = build("arm", "toy", subfolder="video_arm")
+    vc = build("video_corrector", "toy")
+    exp = V.VideoExperiment(num_frames=4, chunk_length=2, num_inference_steps=4)
+    plain = V.generate_row("arm", truth.prompts, arm, None, exp)
+    fresh = V.generate_row("acdc_first", truth.prompts, arm, vc, exp)
+    reused = V.generate_row("acdc_first", truth.prompts, arm, vc, exp, arm_chunk=plain["tokens"][:, :2])
+    # the same seed draws the same first chunk: reusing it changes nothing there, and the correction is the same
+    assert torch.equal(fresh["tokens"][:, :2], plain["tokens"][:, :2])
+    assert torch.equal(reused["tokens"][:, :2], plain["tokens"][:, :2])
+    assert torch.equal(reused["frames"][:, :2], fresh["frames"][:, :2])
+    with pytest.raises(ValueError, match="arm_chunk must hold the first L=2 tokens"):
+        V.generate_row("acdc_first", truth.prompts, arm, vc, exp, arm_chunk=plain["tokens"][:, :1])
