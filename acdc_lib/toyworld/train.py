@@ -363,6 +363,26 @@ def latent_scaling_factor(vq, n: int = 512, seed: int = 0) -> float:
     return float(1.0 / h.std())
 
 
+def _denoiser_step(per_example: torch.Tensor, t: torch.Tensor, scheduler, gamma: float | None, params, opt,
+                   lr_sched, ema) -> float:
+    """One optimiser step of a denoiser (the DM, the motion module) on its per-example epsilon losses, weighted
+    by min(SNR(t), gamma) / SNR(t) when gamma is set (Min-SNR); returns the unweighted mean, which is logged."""
+    from diffusers.training_utils import compute_snr
+
+    if gamma:
+        snr = compute_snr(scheduler, t)
+        loss = (per_example * torch.clamp(snr, max=gamma) / snr).mean()
+    else:
+        loss = per_example.mean()
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    lr_sched.step()
+    ema.step(params)
+    return per_example.mean().item()
+
+
 def train_dm(vq, cfg: TrainConfig | None = None, verbose: bool = True, out: Path | None = None):
     """Train the latent-space UNet2DConditionModel and its CLIPTextModel jointly, from scratch.
 
@@ -375,7 +395,7 @@ def train_dm(vq, cfg: TrainConfig | None = None, verbose: bool = True, out: Path
     only polish pixels, stop dominating the gradient, and the coarse content the gates read (species,
     place) is learned in fewer steps. The logged loss is the unweighted MSE either way.
     """
-    from diffusers.training_utils import EMAModel, compute_snr
+    from diffusers.training_utils import EMAModel
 
     from acdc_lib.sdedit import encode_text
     from acdc_lib.toyworld.text import build_tokenizer
@@ -404,19 +424,8 @@ def train_dm(vq, cfg: TrainConfig | None = None, verbose: bool = True, out: Path
         noise = torch.randn(z0.shape, generator=g)
         zt = sched_train.add_noise(z0, noise, t)
         per_example = (unet(zt, t, encoder_hidden_states=emb).sample - noise).pow(2).mean(dim=(1, 2, 3))
-        gamma = cfg.extra.get("snr_gamma")
-        if gamma:
-            snr = compute_snr(sched_train, t)
-            loss = (per_example * torch.clamp(snr, max=gamma) / snr).mean()
-        else:
-            loss = per_example.mean()
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        lr_sched.step()
-        ema.step(params)
-        losses.append(per_example.mean().item())
+        losses.append(_denoiser_step(per_example, t, sched_train, cfg.extra.get("snr_gamma"), params, opt, lr_sched,
+                                     ema))
         if verbose:
             _progress("dm", step, cfg, losses, t0)
     ema.copy_to(params)
@@ -674,7 +683,7 @@ def train_motion(out: Path, cfg: TrainConfig | None = None, verbose: bool = True
     Min-SNR weighting. EMA weights of the motion modules are saved to out/motion_adapter.
     """
     from diffusers import DDPMScheduler, UNet2DConditionModel, UNetMotionModel, VQModel
-    from diffusers.training_utils import EMAModel, compute_snr
+    from diffusers.training_utils import EMAModel
     from transformers import AutoModel, AutoTokenizer
 
     from acdc_lib.sdedit import encode_text
@@ -722,16 +731,7 @@ def train_motion(out: Path, cfg: TrainConfig | None = None, verbose: bool = True
         # UNetMotionModel takes the text per frame (B*L rows), as AnimateDiff's pipelines repeat it
         cond = cond.repeat_interleave(L, dim=0)
         per_example = (model(zt, t, encoder_hidden_states=cond).sample - noise).pow(2).mean(dim=(1, 2, 3, 4))
-        snr = compute_snr(sched, t)
-        gamma = cfg.extra.get("snr_gamma", 5.0)
-        loss = (per_example * torch.clamp(snr, max=gamma) / snr).mean()
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        lr_sched.step()
-        ema.step(params)
-        losses.append(per_example.mean().item())
+        losses.append(_denoiser_step(per_example, t, sched, cfg.extra.get("snr_gamma", 5.0), params, opt, lr_sched, ema))
         if verbose:
             _progress("motion", step, cfg, losses, t0, every=50)
     ema.copy_to(params)
