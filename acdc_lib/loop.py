@@ -95,6 +95,22 @@ def story_generators(seed: int, device: str | torch.device = "cpu") -> tuple[tor
     return gens[0], gens[1]
 
 
+def draw_rows(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.LongTensor:
+    """(B, V) probabilities and (B,) uniforms in [0, 1) -> (B,) indices, row b drawn from probs[b] by the
+    inverse of its CDF at uniforms[b].
+
+    The ARMs' sampler. It is the distribution torch.multinomial draws, but multinomial takes one
+    generator per call, so rows that each draw from their own generator (a story's draws must not
+    depend on its batch) cost B calls per token; here each row's uniforms come from its generator,
+    drawn ahead (`torch.rand(n, generator=g)`), and the draw itself is one batched op.
+    """
+    cdf = probs.cumsum(-1)
+    # right=True never picks an index of probability 0; where u * total rounds up to the total, the last
+    # index of positive probability (the first to reach the total) is the draw
+    pick = torch.searchsorted(cdf, uniforms[:, None].to(cdf.dtype) * cdf[:, -1:], right=True)
+    return torch.minimum(pick, cdf.argmax(-1, keepdim=True))[:, 0]
+
+
 def drift_generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
     """The story's third stream, used only by the adaptive policy's drift score.
 

@@ -7,8 +7,8 @@ corrected frame v~^j = E(x~_0^j)). A single text per story (video, Eq. 4) is pla
 frames.
 
 Sampling is our own loop over the model's forward with a KV cache, not transformers' `generate`,
-because `generate` draws from the global RNG: here row b draws only from generators[b] (one
-`torch.multinomial(..., generator=g)` per row), so a story's frames do not depend on which stories
+because `generate` draws from the global RNG: here row b draws only from generators[b] (one uniform
+per row and token, turned into a code by `acdc_lib.loop.draw_rows`), so a story's frames do not depend on which stories
 share its batch, and the same seed gives the same tokens. Classifier-free guidance runs as a doubled
 batch (conditional rows, then unconditional rows); rows of different lengths are left-padded with an
 attention mask and positions counted from each row's first real token.
@@ -28,6 +28,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
+from acdc_lib.loop import draw_rows
 from acdc_lib.sdedit import _load_or_explain, validate_images
 
 __all__ = ["Emu3ARM", "JanusARM", "EMU3_NEGATIVE_PROMPT", "JANUS_PRO_PROMPT_TEMPLATE"]
@@ -226,8 +227,8 @@ class _TransformersARM:
         if top_k is not None and top_k < logits.shape[-1]:
             kth = logits.topk(top_k, dim=-1).values[:, -1:]                     # (B, 1)
             logits = logits.masked_fill(logits < kth, float("-inf"))
-        probs = logits.softmax(-1)                                              # (B, V)
-        return torch.cat([torch.multinomial(probs[b], 1, generator=g) for b, g in enumerate(generators)])
+        u = torch.stack([torch.rand((), generator=g, device=g.device) for g in generators])
+        return draw_rows(logits.softmax(-1), u.to(logits.device))
 
     # ---- D and E -------------------------------------------------------------------------
     @torch.no_grad()

@@ -32,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 
+from acdc_lib.loop import draw_rows
 from acdc_lib.toyworld.world import (ACCESSORIES, ACTIONS, FACINGS, MARKINGS, MAX_COUNT, N_LAYOUTS, PLACES, SPECIES,
                                      TIMES, X_POSITIONS)
 
@@ -664,11 +665,20 @@ class ToyARM:
                              f"{self.lm.config.max_position_embeddings} positions; pass context_frames=K to "
                              f"window it")
         lo, hi = self.layout.code_offset, self.layout.vocab_size
-        out = torch.empty(B, self.tokens_per_frame, dtype=torch.long, device=self.device)
-        past, step_in, pos, history = None, ids, 0, ids
-        for j in range(self.tokens_per_frame):
+        n = self.tokens_per_frame
+        out = torch.empty(B, n, dtype=torch.long, device=self.device)
+        # Row b's n uniforms come from generators[b] in one call per frame, not one per code (loop.draw_rows)
+        uniforms = torch.stack([torch.rand(n, generator=g, device=g.device) for g in generators]).to(self.device)
+        # transformers' StaticCache: DynamicCache concatenates every layer's keys and values at every
+        # code, a fifth of the ARM's time at batch 25; the frame's length is known, so preallocate it.
+        from transformers import StaticCache
+
+        past = StaticCache(config=self.lm.config, max_cache_len=ids.shape[1] + n)
+        step_in, pos, history = ids, 0, ids
+        for j in range(n):
             res = self.lm(**lm_inputs(self.lm, self.slots, self.layout, step_in, pos, history),
-                          past_key_values=past, use_cache=True)
+                          past_key_values=past, use_cache=True,
+                          cache_position=torch.arange(pos, pos + step_in.shape[1], device=self.device))
             pos += step_in.shape[1]
             past = res.past_key_values
             logits = res.logits[:, -1, lo:hi].float()  # only image codes can be drawn
@@ -679,9 +689,7 @@ class ToyARM:
             if top_k:
                 kth = logits.topk(top_k, dim=-1).values[:, -1:]
                 logits = logits.masked_fill(logits < kth, float("-inf"))
-            probs = logits.softmax(-1)
-            for b, g in enumerate(generators):
-                out[b, j] = torch.multinomial(probs[b], 1, generator=g)[0]
+            out[:, j] = draw_rows(logits.softmax(-1), uniforms[:, j])
             step_in = out[:, j:j + 1] + lo
             if w != 1.0:
                 step_in = torch.cat([step_in, step_in])

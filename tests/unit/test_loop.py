@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from acdc_lib.loop import frames_to_correct, run_stories, run_video, story_generators
+from acdc_lib.loop import draw_rows, frames_to_correct, run_stories, run_video, story_generators
 from acdc_lib.types import STAGES, LoopConfig, Story
 from dummies import SCALE, DummyARM, DummyCorrector, DummyMemory, DummyVideoCorrector, checksum
 
@@ -292,3 +292,18 @@ def test_adaptive_refuses_bad_scores(scores, match):
 def test_video_refuses_adaptive_chunks():
     with pytest.raises(ValueError, match="unknown correction policy 'adaptive'"):
         run_video(["a cat"], DummyARM(), DummyVideoCorrector(), num_frames=6, chunk_length=3, correct_chunks="adaptive")
+
+
+def test_draw_rows_matches_the_distribution_and_skips_zero_probabilities():
+    probs = torch.tensor([[0.0, 0.2, 0.0, 0.5, 0.3, 0.0]])
+    u = torch.rand(20000, generator=torch.Generator().manual_seed(0))
+    draws = draw_rows(probs.expand(len(u), -1), u)
+    freq = torch.bincount(draws, minlength=6).double() / len(u)
+    assert freq[[0, 2, 5]].sum() == 0  # codes cut by top-k are never drawn
+    assert torch.allclose(freq, probs[0].double(), atol=0.015)
+    # the edges: u = 0 draws the first code of positive probability, u just below 1 the last one
+    edge = draw_rows(probs.expand(2, -1), torch.tensor([0.0, 1 - 2 ** -24]))
+    assert edge.tolist() == [1, 4]
+    # rows draw from their own distributions
+    rows = draw_rows(torch.eye(3), torch.tensor([0.9, 0.1, 0.5]))
+    assert rows.tolist() == [0, 1, 2]
