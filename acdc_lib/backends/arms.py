@@ -8,10 +8,10 @@ frames.
 
 Sampling is our own loop over the model's forward with a KV cache, not transformers' `generate`,
 because `generate` draws from the global RNG: here row b draws only from generators[b] (one uniform
-per row and token, turned into a code by `acdc_lib.loop.draw_rows`), so a story's frames do not depend on which stories
-share its batch, and the same seed gives the same tokens. Classifier-free guidance runs as a doubled
-batch (conditional rows, then unconditional rows); rows of different lengths are left-padded with an
-attention mask and positions counted from each row's first real token.
+per row and token, turned into a code by `acdc_lib.loop.draw_rows`), so a story's frames do not
+depend on which stories share its batch, and the same seed gives the same tokens. Classifier-free
+guidance runs as a doubled batch (conditional rows, then unconditional rows); rows of different
+lengths are left-padded with an attention mask and positions counted from each row's first real token.
 
 Tokens are VQ codebook indices in [0, codebook_size), shape (B, n). `decode` returns frames at the
 model's own size in [0, 1]; `encode` accepts frames of any size and resizes them bilinearly
