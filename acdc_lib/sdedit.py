@@ -32,8 +32,9 @@ from acdc_lib.defaults import PAPER_GUIDANCE_SCALE, PAPER_NUM_INFERENCE_STEPS, P
 __all__ = [
     "DEFAULT_STRENGTH", "DEFAULT_GUIDANCE_SCALE", "DEFAULT_NUM_INFERENCE_STEPS",
     "ModelNotAvailableError", "steps_for_strength", "validate_images", "validate_videos",
-    "validate_prompts", "validate_generators", "validate_guidance_scale", "validate_masks",
+    "validate_prompts", "validate_generators", "validate_guidance_scale", "validate_masks", "grow_masks",
     "PipelineCorrector", "UNetCorrector", "UNetVideoCorrector", "InpaintCorrector", "VideoPipelineCorrector",
+    "RePaintInpainter",
     "count_unet_calls",
     "encode_text",
 ]
@@ -165,6 +166,14 @@ def validate_masks(masks: torch.Tensor, images: torch.Tensor) -> None:
     if not bool(((values == 0) | (values == 1)).all()):
         raise ValueError(f"masks must hold only 0 (keep) and 1 (repaint), found values "
                          f"{[round(v, 6) for v in values[:8].tolist()]}{' ...' if len(values) > 8 else ''}")
+
+
+def grow_masks(masks: torch.Tensor, pixels: int = 1) -> torch.Tensor:
+    """(B, 1, H, W) 0/1 masks grown by `pixels` in every direction (8-neighbourhood), as float."""
+    if isinstance(pixels, bool) or not isinstance(pixels, int) or pixels < 0:
+        raise ValueError(f"pixels must be an int >= 0, got {pixels!r}")
+    m = masks.float()
+    return F.max_pool2d(m, 2 * pixels + 1, stride=1, padding=pixels) if pixels else m
 
 
 def _check_call(batch_size: int, prompts, strength, guidance_scale, num_inference_steps, generators):
@@ -919,6 +928,57 @@ class UNetCorrector:
         return self._to_images(x).to(images.device, images.dtype)
 
     @torch.no_grad()
+    def repaint(self, images: torch.Tensor, masks: torch.Tensor, prompts: Sequence[str], *,
+                guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+                num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS, jump_length: int = 3,
+                jump_n_sample: int = 3, generators: Sequence[torch.Generator] | None = None) -> torch.Tensor:
+        """Repaint the masked region from pure noise by RePaint (Lugmayr et al. 2022), through diffusers'
+        RePaintScheduler: the kept region is blended in as in `inpaint`, but the schedule jumps back
+        `jump_length` steps `jump_n_sample - 1` times, re-noising the sample so that the repainted region
+        can come to agree with the kept one. The scheduler is built from this model's betas and predicts
+        from epsilon only. It costs about (1 + 2 (jump_n_sample - 1) / jump_length) times `inpaint`'s UNet calls.
+
+        Args: as `inpaint` (always from pure noise, t' = 1), with RePaint's jump_length and jump_n_sample.
+        Returns:
+            (B, C, H, W) float in [0, 1] on the input's device and dtype.
+        """
+        from diffusers import RePaintScheduler
+        from diffusers.utils.torch_utils import randn_tensor
+
+        validate_images(images)
+        validate_masks(masks, images)
+        cfg = self.scheduler.config
+        if cfg.get("prediction_type", "epsilon") != "epsilon":
+            raise ValueError(f"repaint needs an epsilon-prediction model; this scheduler says {cfg.get('prediction_type')!r}")
+        for name, v in (("jump_length", jump_length), ("jump_n_sample", jump_n_sample)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        cond, _, x0, _, _, guidance_scale, generators = self._start(
+            images, prompts, 1.0, guidance_scale, num_inference_steps, generators)
+        keep = 1.0 - F.adaptive_max_pool2d(masks.to(self.device, x0.dtype), x0.shape[-2:])  # (B, 1, h, w), 1 = keep
+        sched = RePaintScheduler(num_train_timesteps=cfg["num_train_timesteps"], beta_start=cfg["beta_start"],
+                                 beta_end=cfg["beta_end"], beta_schedule=cfg["beta_schedule"],
+                                 trained_betas=cfg.get("trained_betas"), eta=0.0, clip_sample=False)
+        sched.set_timesteps(num_inference_steps, jump_length=jump_length, jump_n_sample=jump_n_sample, device=self.device)
+        use_cfg = guidance_scale != 1.0
+        emb = torch.cat([self.encode_prompts([""]).expand(x0.shape[0], -1, -1), cond]) if use_cfg else cond
+        x = randn_tensor(tuple(x0.shape), generator=generators, device=self.device, dtype=x0.dtype)
+        t_last, calls = sched.timesteps[0] + 1, 0
+        for t in sched.timesteps:
+            if t < t_last:  # a denoising step; the kept region becomes the original noised to t - 1
+                out = self._unet_call(torch.cat([x, x]) if use_cfg else x, t, emb)[:, :x0.shape[1]]
+                if use_cfg:
+                    out_u, out_c = out.chunk(2)
+                    out = out_u + guidance_scale * (out_c - out_u)
+                x = sched.step(out, t, x, x0, keep, generator=generators).prev_sample
+                calls += 1
+            else:  # a jump back: re-noise by one step
+                x = sched.undo_step(x, t_last, generator=generators)
+            t_last = t
+        self.last_steps_run = calls
+        return self._to_images(x).to(images.device, images.dtype)
+
+    @torch.no_grad()
     def generate(self, prompts: Sequence[str], height: int | None = None, width: int | None = None, *,
                  guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
                  num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
@@ -955,6 +1015,28 @@ class UNetCorrector:
         x = self._denoise(x, self.scheduler.timesteps, cond, guidance_scale, generators)
         self.last_steps_run = len(self.scheduler.timesteps)
         return self._to_images(x)
+
+
+class RePaintInpainter:
+    """`InpaintCorrector`'s `inpaint` interface over `UNetCorrector.repaint` (RePaint), so an experiment can
+    swap the inpainting method without knowing it. RePaint always starts from pure noise: t' must be 1.
+
+    Args:
+        corrector: a UNetCorrector; jump_length, jump_n_sample: RePaint's resampling schedule.
+    """
+
+    def __init__(self, corrector: "UNetCorrector", jump_length: int = 3, jump_n_sample: int = 3):
+        self.corrector, self.jump_length, self.jump_n_sample = corrector, jump_length, jump_n_sample
+
+    def inpaint(self, images: torch.Tensor, masks: torch.Tensor, prompts: Sequence[str], *, strength: float = 1.0,
+                guidance_scale: float = DEFAULT_GUIDANCE_SCALE, num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
+                generators: Sequence[torch.Generator] | None = None) -> torch.Tensor:
+        """As `UNetCorrector.inpaint`, by RePaint; `strength` must be 1.0."""
+        if strength != 1.0:
+            raise ValueError(f"RePaint repaints from pure noise: strength must be 1.0, got {strength!r}")
+        return self.corrector.repaint(images, masks, prompts, guidance_scale=guidance_scale,
+                                      num_inference_steps=num_inference_steps, jump_length=self.jump_length,
+                                      jump_n_sample=self.jump_n_sample, generators=generators)
 
 
 class UNetVideoCorrector(UNetCorrector):

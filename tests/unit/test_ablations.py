@@ -9,7 +9,7 @@ import tiny_diffusers as td
 from acdc_lib import experiment as E
 from acdc_lib.experiment import ablations as A
 from acdc_lib.memory import RuleMemory, Vocabulary
-from acdc_lib.sdedit import PipelineCorrector, UNetCorrector
+from acdc_lib.sdedit import PipelineCorrector, RePaintInpainter, UNetCorrector
 from acdc_lib.types import DriftScorer, LoopConfig, MemoryOutput
 from dummies import DummyMemory
 from test_experiment import FakeEvaluator, FakeTruth, MarkingCorrector, VisibleARM, reference, stories
@@ -328,6 +328,27 @@ def test_unet_inpaint_in_latent_space_is_the_vae_round_trip_outside_the_mask():
     torch.testing.assert_close(z[:, ~cells], x0[:, ~cells], atol=1e-6, rtol=0)
     assert (z[:, cells] - x0[:, cells]).abs().mean() > 0.1
     assert not torch.allclose(out, roundtrip, atol=1e-3)
+
+
+def test_repaint_keeps_the_kept_region_and_resamples_the_masked_one(corrector):
+    x = frames(2)
+    masks = torch.zeros(2, 1, 16, 16)
+    masks[0, :, 4:8, 4:12] = 1
+    masks[1, :, 10:16, 0:6] = 1
+    inp = RePaintInpainter(corrector, jump_length=2, jump_n_sample=2)
+    out = inp.inpaint(x, masks, PROMPTS[:2], strength=1.0, guidance_scale=7.5, num_inference_steps=10,
+                      generators=gens(1, 2))
+    keep = (masks == 0).expand_as(out)
+    torch.testing.assert_close(out[keep], x[keep], atol=1e-5, rtol=0)  # pixel space: the original at t = 0
+    assert (out - x)[~keep].abs().mean() > 0.05
+    assert corrector.last_steps_run > 10  # the jumps back add denoising steps
+    again = inp.inpaint(x, masks, PROMPTS[:2], strength=1.0, guidance_scale=7.5, num_inference_steps=10,
+                        generators=gens(1, 2))
+    assert torch.equal(out, again)
+    with pytest.raises(ValueError, match="strength must be 1.0"):
+        inp.inpaint(x, masks, PROMPTS[:2], strength=0.5, generators=gens(1, 2))
+    with pytest.raises(ValueError, match="jump_length must be a positive int"):
+        corrector.repaint(x, masks, PROMPTS[:2], jump_length=0, generators=gens(1, 2))
 
 
 @pytest.mark.parametrize("masks, match", [(torch.zeros(1, 1, 8, 8), "shape"), (torch.full((1, 1, 16, 16), 0.5), "only 0")])
