@@ -21,11 +21,15 @@ import torch
 from acdc_lib.memory import LLMMemory, NoMemory, RuleMemory
 
 ENTRY_POINT_GROUP = "acdc_lib.backends"
-KINDS = ("arm", "corrector", "evaluator", "ground_truth", "vocabulary", "video_corrector", "video_truth")
+KINDS = ("arm", "corrector", "evaluator", "ground_truth", "vocabulary", "video_corrector", "video_truth", "inpainter",
+         "detector", "physical_truth")
 """arm: the ARM protocol; corrector: Corrector (and TextToImage for the DM-only row where it can);
 evaluator: Evaluator; ground_truth: GroundTruth; vocabulary: the rule memory's `Vocabulary`;
 video_corrector: VideoCorrector (Eq. 5); video_truth: prompts and true frames of a set of videos
-(`prompts`, `frames`, `labels`, `physics`, `tokens(arm)`), where a world has them."""
+(`prompts`, `frames`, `labels`, `physics`, `tokens(arm)`), where a world has them; inpainter: an object with
+`inpaint(images, masks, prompts, ...)` (InpaintCorrector's interface); detector: `detect(images) -> masks` of
+physically wrong regions; physical_truth: first frames with a physical error and the user's masks of them
+(`kinds`, `first_frames(stories, kind)`), where a world can draw them."""
 
 _REGISTRY: dict[str, dict[str, tuple[str, Callable[..., Any]]]] = {}
 

@@ -58,5 +58,17 @@ def animatediff_corrector(model_id=None, device="cpu", dtype=None, motion_adapte
         dtype=dtype or torch.float32, motion_adapter=motion_adapter, **kwargs)
 
 
+def sd_inpainter(model_id=None, device="cpu", dtype=None, resolution=None, **kwargs):
+    """Masked repainting through a diffusers inpainting pipeline (a Stable Diffusion v1.5 inpainting checkpoint)."""
+    import torch
+
+    from acdc_lib.sdedit import InpaintCorrector
+
+    return InpaintCorrector.from_pretrained(
+        _need(model_id, "SD inpainter", "stable-diffusion-v1-5/stable-diffusion-inpainting"), device=device,
+        dtype=dtype or torch.float32, resolution=resolution, **kwargs)
+
+
 COMPONENTS = {"arm": {"emu3": emu3_arm, "janus": janus_arm}, "corrector": {"sd": sd_corrector},
+              "inpainter": {"sd": sd_inpainter},
               "evaluator": {"real": real_evaluator}, "video_corrector": {"animatediff": animatediff_corrector}}

@@ -79,6 +79,41 @@ def vocabulary(**_):
     return toy_vocabulary()
 
 
+
+def inpainter(model_id=None, device="cpu", dtype=None, method: str = "blend", jump_length: int = 3,
+              jump_n_sample: int = 3, **kwargs):
+    """The toy DM at <root>/dm as an inpainter. method "blend": UNetCorrector.inpaint, diffusers' method for
+    a UNet without mask channels (the kept region replaced by the original, noised to the level of each
+    step); "repaint": RePaint's resampling through diffusers' RePaintScheduler (RePaintInpainter)."""
+    from acdc_lib.sdedit import RePaintInpainter
+
+    _check_dtype(dtype)
+    if method not in ("blend", "repaint"):
+        raise ValueError(f"toy inpainter method {method!r} is not available; allowed: 'blend', 'repaint'")
+    dm = TM.load_dm(_root(model_id) / "dm", device=device, **kwargs)
+    return dm if method == "blend" else RePaintInpainter(dm, jump_length=jump_length, jump_n_sample=jump_n_sample)
+
+
+def detector(model_id=None, device="cpu", dtype=None, **kwargs):
+    """The physical-error detector at <root>/detector (`detect(images)` -> masks of wrong regions)."""
+    from acdc_lib.toyworld.physical import PhysicalErrorDetector
+
+    _check_dtype(dtype)
+    path = _root(model_id) / "detector"
+    if not path.is_dir():
+        raise FileNotFoundError(f"no detector at {str(path)!r}: train it with `python -m acdc_lib.toyworld.train "
+                                f"detector --out {_root(model_id)}`")
+    return PhysicalErrorDetector.from_pretrained(path, **kwargs).to(device).eval()
+
+
+def physical_truth(**_):
+    """First frames with a physical error (two suns or moons, three ears, no tail) and the user's masks."""
+    from acdc_lib.toyworld.physical import ToyPhysicalTruth
+
+    return ToyPhysicalTruth()
+
+
 COMPONENTS = {"arm": {"toy": arm}, "corrector": {"toy": corrector}, "evaluator": {"toy": evaluator},
               "ground_truth": {"toy": ground_truth}, "vocabulary": {"toy": vocabulary},
-              "video_corrector": {"toy": video_corrector}, "video_truth": {"toy": video_truth}}
+              "video_corrector": {"toy": video_corrector}, "video_truth": {"toy": video_truth},
+              "inpainter": {"toy": inpainter}, "detector": {"toy": detector}, "physical_truth": {"toy": physical_truth}}

@@ -88,6 +88,12 @@ class ToyStoryEvaluator:
         heads = self.toy.predict(_toy_size(images))
         return physically_valid({k: heads[k][None] for k in COUNT_HEADS})[0]
 
+    def physical_errors(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{"sky", "ears", "tail"}: (B,) bool, the probe does not count one sun or moon, two ears, one tail."""
+        from acdc_lib.toyworld.physical import physical_errors
+
+        return physical_errors(self.toy.predict(_toy_size(images)))
+
 
     def carried_scores(self, frames: torch.Tensor, story) -> dict[str, torch.Tensor]:
         """What only the frames carry, judged against the row's own frame 1 (the text never states it).

@@ -585,12 +585,6 @@ def measure_inheritance(stories: str, *, checkpoints: Path = M.CHECKPOINT_DIR, s
 # --------------------------------------------------------------------------------------------
 # Physical errors: does the ARM carry one into the frames it draws next?
 # --------------------------------------------------------------------------------------------
-PHYSICAL_KINDS = {"two suns or moons": "sky", "three ears": "ears", "no tail": "tail"}  # variant -> the count it breaks
-
-
-def _physical_wrong(counts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Per count, whether the probe reads it wrong: one sun or moon, two ears, one tail."""
-    return {"sky": counts["n_suns"] + counts["n_moons"] != 1, "ears": counts["n_ears"] != 2, "tail": counts["n_tails"] != 1}
 
 
 def physical_propagation(arm, evaluator: M.ToyEvaluator, stories, *, seed: int = 0, n_resamples: int = 2000) -> dict:
@@ -604,16 +598,16 @@ def physical_propagation(arm, evaluator: M.ToyEvaluator, stories, *, seed: int =
     interval over stories. Returns a JSON-ready dict; `lines` says it in words.
     """
     from acdc_lib import metrics as MT
-    from acdc_lib.toyworld.render import physically_wrong_variants
+    from acdc_lib.experiment.physical import propagation_lift
+    from acdc_lib.toyworld.physical import PHYSICAL_KINDS, physical_errors, wrong_state
 
     S = len(stories)
     firsts = {"normal": [], **{k: [] for k in PHYSICAL_KINDS}}
     for st in stories:
-        v = physically_wrong_variants(SceneState.from_dict(st.states[0]))
-        firsts["normal"].append(v["normal"])
-        firsts["two suns or moons"].append(next(s for k, s in v.items() if k.startswith("two ") and k != "two tails"))
-        firsts["three ears"].append(v["three ears"])
-        firsts["no tail"].append(v["no tail"])
+        right = SceneState.from_dict(st.states[0]).replace(n_suns=None, n_moons=None, n_ears=None, n_tails=None)
+        firsts["normal"].append(right)
+        for k in PHYSICAL_KINDS:
+            firsts[k].append(wrong_state(right, k))
     wrong = {}
     for kind, states in firsts.items():
         gens = [torch.Generator().manual_seed(seed + k) for k in range(S)]
@@ -622,7 +616,7 @@ def physical_propagation(arm, evaluator: M.ToyEvaluator, stories, *, seed: int =
             tokens.append(arm.generate([st.sentences[:j + 1] for st in stories], torch.stack(tokens, 1), gens).cpu())
         images = torch.stack([arm.decode(t).cpu() for t in tokens], 1)                     # (S, N, 3, H, W)
         pred = evaluator.predict(images.flatten(0, 1))
-        wrong[kind] = {c: w.view(S, -1).float().numpy() for c, w in _physical_wrong(pred).items()}  # (S, N) each
+        wrong[kind] = {c: w.view(S, -1).float().numpy() for c, w in physical_errors(pred).items()}  # (S, N) each
     out = {"n_stories": S, "seed": seed, "kinds": {}, "natural": {}, "lines": []}
     for kind, c in PHYSICAL_KINDS.items():
         a, b = wrong[kind][c], wrong["normal"][c]
@@ -634,17 +628,13 @@ def physical_propagation(arm, evaluator: M.ToyEvaluator, stories, *, seed: int =
                             f"[{added[1]['low']:+.3f}, {added[1]['high']:+.3f}] to the {c} error rate, at frame 3 "
                             f"{added[2]['value']:+.3f} [{added[2]['low']:+.3f}, {added[2]['high']:+.3f}]")
     for c, w in wrong["normal"].items():
-        prev, nxt = w[:, 1:-1], w[:, 2:]                                                      # frames i, i+1 for i >= 2
-
-        def lift(idx: np.ndarray, prev=prev, nxt=nxt) -> float:
-            p, n = prev[idx].ravel().astype(bool), nxt[idx].ravel()
-            return float(n[p].mean() - n[~p].mean()) if p.any() and (~p).any() else float("nan")
-        ci = MT.set_statistic_ci(S, lift, n_resamples=200, seed=seed)
-        out["natural"][c] = {"rate": float(nxt.mean()), "n_wrong_before": int(prev.sum()), "lift": asdict(ci)}
-        out["lines"].append(f"natural {c} errors: {nxt.mean():.2f} of frames 3..N; " + (
-            f"after a wrong frame the next is wrong {ci.value:+.3f} [{ci.low:+.3f}, {ci.high:+.3f}] more often than after "
-            f"a right one ({int(prev.sum())} wrong frames; stories differ, so this is not yet cause)"
-            if np.isfinite(ci.low) else f"too few wrong frames ({int(prev.sum())}) to compare"))
+        res = propagation_lift(w.astype(bool), seed=seed)
+        out["natural"][c] = res
+        ci = res["lift"]
+        out["lines"].append(f"natural {c} errors: {res['rate']:.2f} of frames 3..N; " + (
+            f"after a wrong frame the next is wrong {ci['value']:+.3f} [{ci['low']:+.3f}, {ci['high']:+.3f}] more often "
+            f"than after a right one ({res['n_wrong_before']} wrong frames; stories differ, so this is not yet cause)"
+            if np.isfinite(ci["low"]) else f"too few wrong frames ({res['n_wrong_before']}) to compare"))
     return out
 
 

@@ -34,7 +34,7 @@ from acdc_lib.toyworld.models import arm_sequences
 from acdc_lib.toyworld.world import (ACCESSORIES, ACTIONS, FACINGS, MARKINGS, MAX_COUNT, N_LAYOUTS, NAMES, PLACES,
                                      SPECIES, TIMES, X_POSITIONS, Y_RANGE, DEFAULT_Y, SceneState, explicit_caption)
 
-MODELS: tuple[str, ...] = ("evaluator", "vq", "dm", "arm", "video_arm", "motion")
+MODELS: tuple[str, ...] = ("evaluator", "vq", "dm", "arm", "video_arm", "motion", "detector")
 COUNT_FIELDS: tuple[str, ...] = ("n_suns", "n_moons", "n_ears", "n_tails")
 
 
@@ -150,6 +150,10 @@ DEFAULTS: dict[str, TrainConfig] = {
     "motion": TrainConfig(steps=3000, batch_size=4, lr=1e-3, seed=302,
                           extra={"chunk_frames": 16, "max_frames": 32, "n_clips": 2000, "p_uncond": 0.1,
                                  "ema_decay": 0.999, "snr_gamma": 5.0}),
+    # The physical-error detector: its own seed and data stream, sharing nothing with the probe that judges it.
+    # Wrong pixels weighted 4x: at 1x a pixel head alone missed most ears and tails, at 4x it flagged about
+    # half of the right frames; the frame head, trained beside it, decides whether anything is wrong.
+    "detector": TrainConfig(steps=3000, batch_size=64, lr=2e-3, seed=501, extra={"p_normal": 0.5, "pos_weight": 4.0}),
 }
 
 
@@ -743,16 +747,68 @@ def train_motion(out: Path, cfg: TrainConfig | None = None, verbose: bool = True
 
 
 # --------------------------------------------------------------------------------------------
+# Physical-error detector
+# --------------------------------------------------------------------------------------------
+def detector_batch(n: int, rng: np.random.Generator, p_normal: float = 0.5) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """n training renders: a share `p_normal` right, the rest with one physical error of any variant drawn
+    uniformly; returns images (n, 3, 32, 32), target masks (n, 1, 32, 32) (the user's masks) and each
+    frame's variant (None: right)."""
+    from acdc_lib.toyworld.physical import VARIANT_COUNT, part_masks
+    from acdc_lib.toyworld.render import physically_wrong_variants, render_states
+
+    right, wrong, chosen = [], [], []
+    for s in random_states(n, rng):
+        v = physically_wrong_variants(s)  # "two suns" by day, "two moons" at night
+        names = [k for k in v if k != "normal"]
+        c = None if rng.random() < p_normal else names[int(rng.integers(len(names)))]
+        right.append(v["normal"])
+        wrong.append(v[c] if c else v["normal"])
+        chosen.append(c)
+    masks = part_masks(wrong, right, [VARIANT_COUNT[c] if c else None for c in chosen])
+    return render_states(wrong).images, masks, chosen
+
+
+def train_detector(out: Path, cfg: TrainConfig | None = None, verbose: bool = True):
+    """Train the PhysicalErrorDetector on renders with a random physical error (a share right), the
+    user's masks as per-pixel targets and "any wrong pixel" as the frame's, degraded as decoded frames
+    are; saves out/detector."""
+    from acdc_lib.toyworld.physical import PhysicalErrorDetector
+
+    cfg = cfg or DEFAULTS["detector"]
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    model = PhysicalErrorDetector()
+    opt, sched = _optimizer(model.parameters(), cfg)
+    pos_weight = torch.tensor(float(cfg.extra.get("pos_weight", 4.0)))  # > 1 weighs the few wrong pixels up
+    losses, t0 = [], time.time()
+    for step in range(cfg.steps):
+        x, y, _ = detector_batch(cfg.batch_size, rng, p_normal=cfg.extra.get("p_normal", 0.5))
+        pixels, frame = model(degrade(x, rng))
+        loss = (F.binary_cross_entropy_with_logits(pixels, y, pos_weight=pos_weight)
+                + F.binary_cross_entropy_with_logits(frame, y.flatten(1).amax(1)))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if verbose:
+            _progress("detector", step, cfg, losses, t0)
+    model.eval().save_pretrained(out / "detector")
+    _log(out, "detector", cfg, t0, losses, params=M.count_parameters(model))
+    return model, losses
+
+
+# --------------------------------------------------------------------------------------------
 # Parallel training
 # --------------------------------------------------------------------------------------------
 # Task -> (models it trains, tasks whose checkpoints it reads). The DM and the ARMs read the VQ.
 TASKS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "vq": (("vq",), ()), "dm": (("dm",), ("vq",)), "probe": (("probe",), ()), "clip": (("clip",), ()),
     "arms": (("arm",), ("vq", "probe")),  # the probe judges the snapshots
-    "video_arm": (("video_arm",), ("vq",)), "motion": (("motion",), ("dm",)),
+    "video_arm": (("video_arm",), ("vq",)), "motion": (("motion",), ("dm",)), "detector": (("detector",), ()),
 }
 # vq -> dm -> motion is the longest chain: first
-PRIORITY: tuple[str, ...] = ("vq", "dm", "motion", "probe", "clip", "arms", "video_arm")
+PRIORITY: tuple[str, ...] = ("vq", "dm", "motion", "probe", "clip", "arms", "video_arm", "detector")
 
 
 def run_parallel(todo: Sequence[str], out: Path, jobs: int, forwarded: Sequence[str] = (),
@@ -871,6 +927,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         train_video_arm(a.out, scaled("video_arm"))
     if "motion" in todo:
         train_motion(a.out, scaled("motion"))
+    if "detector" in todo:
+        train_detector(a.out, scaled("detector"))
     print(f"trained {', '.join(todo)} in {time.time() - t_all:.0f}s -> {a.out}")
 
 
