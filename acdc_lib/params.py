@@ -438,6 +438,34 @@ NOTEBOOK_PARAMS["05_video_extension"] = {
     ("TRUTH", "PROMPTS"): together(lambda t, p: t is not None or p is not None,
                                    "TRUTH or PROMPTS: the videos need prompts"),
 }
+NOTEBOOK_PARAMS["07_physical_constraints"] = {
+    **COMMON,
+    "N_STORIES": or_none(integer(2, stories_in_test_split, "(the test split's size)")),  # intervals need two
+    "N_FRAMES": or_none(integer(3)),  # frame 1 is given; the lift compares frames i and i+1 after it
+    "DEVICE": device(),
+    "DTYPE": one_of(_dtypes),
+    "ARM": one_of(_available("arm"), "registered ARMs"),
+    "ARM_ID": or_none(path()),
+    "ARM_OPTIONS": or_none(options()),
+    "DM": one_of(_available("corrector"), "registered correctors"),
+    "DM_ID": or_none(path()),
+    "INPAINTER": one_of(_available("inpainter"), "registered inpainters"),
+    "INPAINTER_ID": or_none(path()),
+    "DETECTOR": or_none(one_of(_available("detector"), "registered detectors")),
+    "DETECTOR_ID": or_none(path()),
+    "EVALUATOR": one_of(_available("evaluator"), "registered evaluators"),
+    "EVALUATOR_ID": or_none(path()),
+    "TRUTH": one_of(_available("physical_truth"), "registered physical truths"),
+    "MEMORY": one_of(("rules", "none")),
+    "STRENGTH": STRENGTH_RULE,
+    "GUIDANCE": number(0.0),
+    "STEPS": integer(1),
+    "INPAINT_STRENGTH": STRENGTH_RULE,
+    "BATCH_SIZE": integer(1),
+    "COMPARE_STORIES": or_none(integer(0)),  # 0: no comparison of inpainting methods
+    ("STEPS", "STRENGTH"): together(_runs_a_step, "int(STEPS * STRENGTH) >= 1, so SDEdit runs at least one step"),
+    ("STEPS", "INPAINT_STRENGTH"): together(_runs_a_step, "int(STEPS * INPAINT_STRENGTH) >= 1, so inpainting runs a step"),
+}
 NOTEBOOK_PARAMS["08_figures"] = {
     **COMMON,
     "RUN_SET": path(),

@@ -569,6 +569,22 @@ def table3_claims(src: Source) -> list[Claim]:
     return out
 
 
+def figure5_claims(src: Source) -> list[Claim]:
+    """Fig. 5 and Sec. 4.2 (notebook 07): propagation of a physically wrong frame 1 and whether inpainting
+    under the user's mask stops it, with the verdicts the notebook computed."""
+    res = src.results
+    if res is None or not res.get("physical_claims"):
+        return pending_claims([src], only="07_physical_constraints")
+    out = []
+    for c in res["physical_claims"]:
+        measured = "; ".join(f"{p['name']}: {_iv(p)}" for p in c.get("parts", []))
+        if c.get("note"):
+            measured += f" ({c['note'].strip()})"
+        out.append(Claim("Fig. 5", c["claim"], c["paper"], measured.strip(), c["verdict"],
+                         _where("07", "8", "results.json physical_claims", src)))
+    return out
+
+
 def pending_claims(sources: Sequence[Source], only: str | None = None) -> list[Claim]:
     """Table 3 (video) and Fig. 5 (physical constraints): rows that say why they are not measured
     (`only`: one notebook's)."""
@@ -584,7 +600,7 @@ def pending_claims(sources: Sequence[Source], only: str | None = None) -> list[C
         if only is not None and nb != only:
             continue
         s = by.get(nb)
-        why = (f"{s.folder.name} has results, but no Table 3 claims in them" if s is not None and
+        why = (f"{s.folder.name} has results, but no {section} claims in them" if s is not None and
                s.results is not None else s.missing if s is not None else f"notebook {nb} is not in the repository yet")
         out += [Claim(section, claim, paper, "", "not testable here", why) for claim, paper in claims]
     return out
@@ -603,7 +619,7 @@ def build_claims(sources: Sequence[Source], bench: Mapping[str, Any] | None = No
         out += figure4_claims(s, seed=seed)
     out += table2_claims(none("06_ablations"))
     out += table3_claims(none("05_video_extension"))
-    out += pending_claims(sources, only="07_physical_constraints")
+    out += figure5_claims(none("07_physical_constraints"))
     out += theorem_claims(none("00_diffusion_theory"), none("06_ablations"))
     out += open_question_claims(none("06_ablations"), none("04_memory_module"), bench)
     return out

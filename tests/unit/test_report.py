@@ -223,7 +223,7 @@ def test_sources_name_what_is_missing_and_skip_the_report_itself(tmp_path):
     rs = C.find_sources(REPO_ROOT / "papermill_runs" / "toy-cpu.yaml", tmp_path)
     by = {s.notebook: s for s in rs}
     assert "08_figures" not in by
-    assert by["07_physical_constraints"].folder is None and "not in the repository" in by["07_physical_constraints"].missing
+    assert "no results in toy-cpu-07_physical_constraints-" in by["07_physical_constraints"].missing
     assert "no results in toy-cpu-05_video_extension-" in by["05_video_extension"].missing
     assert "no results in toy-cpu-03_acdc_story-" in by["03_acdc_story"].missing
     assert "python -m acdc_lib.runs papermill_runs/toy-cpu.yaml" in by["03_acdc_story"].missing
@@ -320,3 +320,23 @@ def test_table3_claims_read_notebook05s_verdicts(tmp_path):
     assert "+0.100 [" in rows[0].measured
     empty = C.table3_claims(C.Source("05_video_extension", None, None, {}, "no run"))
     assert {r.verdict for r in empty} == {"not testable here"} and len(empty) == 4
+
+
+def test_figure5_claims_read_notebook07s_verdicts(tmp_path):
+    from acdc_lib.experiment import physical as PH
+
+    rng = np.random.default_rng(2)
+    kinds = {"two moons": "sky"}
+    normal = {"sky": rng.random((80, 4)) < 0.05}
+    wrong = {"arm": {"normal": normal, "two moons": rng.random((80, 4)) < [1.0, 0.7, 0.6, 0.5]},
+             "sdedit": {"normal": normal, "two moons": rng.random((80, 4)) < [0.6, 0.5, 0.4, 0.4]},
+             "inpaint_user": {"normal": normal, "two moons": rng.random((80, 4)) < [0.0, 0.05, 0.05, 0.05]}}
+    comps = {f"inpaint_user_vs_{b}": PH.compare_conditions(wrong, kinds, b, "inpaint_user", n_resamples=300)
+             for b in ("sdedit", "arm")}
+    claims = PH.physical_claims(PH.persistence_table(wrong, kinds, n_resamples=300), comps, kinds)
+    rows = C.figure5_claims(C.Source("07_physical_constraints", tmp_path, {"physical_claims": claims}, {}))
+    assert [r.claim for r in rows] == [c["claim"] for c in claims] and {r.section for r in rows} == {"Fig. 5"}
+    assert [r.verdict for r in rows] == ["reproduced", "reproduced"]
+    assert "two moons: +0." in rows[0].measured and "notebook 07 §8" in rows[0].where
+    empty = C.figure5_claims(C.Source("07_physical_constraints", None, None, {}, "no run"))
+    assert {r.verdict for r in empty} == {"not testable here"} and len(empty) == 2
