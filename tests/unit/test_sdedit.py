@@ -272,6 +272,21 @@ def test_inpaint_rows_are_batch_independent_and_the_mask_matters(inpainter):
     assert (top - left).abs().max() > 1e-3
 
 
+def test_the_sd_inpainter_component_runs_the_inpainting_pipeline_the_physical_experiment_calls(saved):
+    from acdc_lib import components
+    from acdc_lib.experiment import physical as PH
+
+    inp = components.build("inpainter", "sd", model_id=str(saved / "sd_inpaint"))
+    assert isinstance(inp, InpaintCorrector)
+    masks = torch.zeros(2, 1, 16, 16)
+    masks[0, :, :4, :4] = 1
+    got = PH.compare_inpainters({"sd": inp}, frames(2), masks, PROMPTS[:2], lambda y: torch.zeros(len(y), dtype=torch.bool),
+                                lambda y: torch.ones(len(y)), guidance_scale=7.5, num_inference_steps=4)
+    assert set(got["sd"]) == {"wrong_after", "attributes", "change_outside", "change_outside_empty_mask", "seconds"}
+    with pytest.raises(ValueError, match="needs model_id"):
+        components.build("inpainter", "sd")
+
+
 # --------------------------------------------------------------------------------------------
 # Sizes
 # --------------------------------------------------------------------------------------------
