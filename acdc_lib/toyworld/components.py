@@ -79,7 +79,6 @@ def vocabulary(**_):
     return toy_vocabulary()
 
 
-
 def inpainter(model_id=None, device="cpu", dtype=None, method: str = "blend", jump_length: int = 3,
               jump_n_sample: int = 3, **kwargs):
     """The toy DM at <root>/dm as an inpainter. method "blend": UNetCorrector.inpaint, diffusers' method for
