@@ -442,13 +442,7 @@ NOTEBOOK_PARAMS["07_physical_constraints"] = {
     **COMMON,
     "N_STORIES": or_none(integer(2, stories_in_test_split, "(the test split's size)")),  # intervals need two
     "N_FRAMES": or_none(integer(3)),  # frame 1 is given; the lift compares frames i and i+1 after it
-    "DEVICE": device(),
-    "DTYPE": one_of(_dtypes),
-    "ARM": one_of(_available("arm"), "registered ARMs"),
-    "ARM_ID": or_none(path()),
-    "ARM_OPTIONS": or_none(options()),
-    "DM": one_of(_available("corrector"), "registered correctors"),
-    "DM_ID": or_none(path()),
+    **{k: NOTEBOOK_PARAMS["03_acdc_story"][k] for k in ("DEVICE", "DTYPE", "ARM", "ARM_ID", "ARM_OPTIONS", "DM", "DM_ID")},
     "INPAINTER": one_of(_available("inpainter"), "registered inpainters"),
     "INPAINTER_ID": or_none(path()),
     "DETECTOR": or_none(one_of(_available("detector"), "registered detectors")),

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -552,37 +552,32 @@ def additions(sources: Sequence[Source]) -> list[str]:
 # --------------------------------------------------------------------------------------------
 # Claims that need notebooks this repository does not run yet
 # --------------------------------------------------------------------------------------------
-def table3_claims(src: Source) -> list[Claim]:
-    """Table 3 and Fig. 6 (notebook 05): the paired differences and verdicts the notebook computed."""
+def _notebook_claims(src: Source, nb: str, key: str, section: Callable[[str], str]) -> list[Claim]:
+    """The claims a notebook computed with their verdicts (results.json `key`, each with parts, note,
+    paper and verdict), or the pending rows when its run has none; `section(claim)` names each row's."""
     res = src.results
-    if res is None or not res.get("table3_claims"):
-        return pending_claims([src], only="05_video_extension")
+    if res is None or not res.get(key):
+        return pending_claims([src], only=nb)
     out = []
-    for c in res["table3_claims"]:
+    for c in res[key]:
         measured = "; ".join(f"{p['name']}: {_iv(p)}" for p in c.get("parts", []))
         if c.get("note"):
             measured += f" ({c['note'].strip()})"
-        section = "Fig. 6" if "after the corrected chunk" in c["claim"] else (
-            "Sec. 3.3" if c["claim"].startswith("t'") else "Table 3")
-        out.append(Claim(section, c["claim"], c["paper"], measured, c["verdict"],
-                         _where("05", "8", "results.json table3_claims", src)))
+        out.append(Claim(section(c["claim"]), c["claim"], c["paper"], measured.strip(), c["verdict"],
+                         _where(nb[:2], "8", f"results.json {key}", src)))
     return out
+
+
+def table3_claims(src: Source) -> list[Claim]:
+    """Table 3 and Fig. 6 (notebook 05): the paired differences and verdicts the notebook computed."""
+    return _notebook_claims(src, "05_video_extension", "table3_claims", lambda claim: (
+        "Fig. 6" if "after the corrected chunk" in claim else "Sec. 3.3" if claim.startswith("t'") else "Table 3"))
 
 
 def figure5_claims(src: Source) -> list[Claim]:
     """Fig. 5 and Sec. 4.2 (notebook 07): propagation of a physically wrong frame 1 and whether inpainting
     under the user's mask stops it, with the verdicts the notebook computed."""
-    res = src.results
-    if res is None or not res.get("physical_claims"):
-        return pending_claims([src], only="07_physical_constraints")
-    out = []
-    for c in res["physical_claims"]:
-        measured = "; ".join(f"{p['name']}: {_iv(p)}" for p in c.get("parts", []))
-        if c.get("note"):
-            measured += f" ({c['note'].strip()})"
-        out.append(Claim("Fig. 5", c["claim"], c["paper"], measured.strip(), c["verdict"],
-                         _where("07", "8", "results.json physical_claims", src)))
-    return out
+    return _notebook_claims(src, "07_physical_constraints", "physical_claims", lambda claim: "Fig. 5")
 
 
 def pending_claims(sources: Sequence[Source], only: str | None = None) -> list[Claim]:
