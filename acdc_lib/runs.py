@@ -14,12 +14,26 @@ Each executed notebook gets `papermill_runs/out/<set>-<notebook>-<params hash>/`
 the notebook's last cell through `record_results`). A run whose results.json exists for the same
 parameters is skipped, so a killed batch resumes where it stopped; `--force` reruns.
 
-    python -m acdc_lib.runs papermill_runs/toy-cpu.yaml [--only 00_diffusion_theory] [--force]
+Two more entry keys let notebooks share work and run side by side:
+
+      - notebook: notebooks/06_ablations.ipynb
+        parameters: {RUN_DIR: "{out}/toy-cpu-story-rows"}   # "{out}": the output root (--out-root)
+        after: [03_acdc_story]       # starts once these earlier notebooks are done; "all": every one
+
+With `--jobs N`, N notebooks run at once, each in its own process, started in the set's order as soon
+as the notebooks named in their `after` are done. On a CPU machine, N notebooks of one torch thread
+each finish sooner than one after another on N threads, since the toy models' kernels are too small to
+keep several threads busy. If a notebook fails, the ones running are let finish (their results are
+kept), no other is started, and the failure is raised.
+
+    python -m acdc_lib.runs papermill_runs/toy-cpu.yaml [--only 00_diffusion_theory] [--force] [--jobs 2]
 """
 from __future__ import annotations
 
 import argparse
+import concurrent.futures as cf
 import hashlib
+import multiprocessing
 import json
 import sys
 import time
@@ -34,7 +48,8 @@ from .params import NOTEBOOK_PARAMS, check_params, notebook_defaults, notebook_p
 
 OUT_ROOT = REPO_ROOT / "papermill_runs" / "out"
 ALLOWED_SET_KEYS = {"name", "description", "defaults", "notebooks"}
-ALLOWED_ENTRY_KEYS = {"notebook", "parameters", "timeout_s"}
+ALLOWED_ENTRY_KEYS = {"notebook", "parameters", "timeout_s", "after"}
+OUT_PLACEHOLDER = "{out}"
 
 
 @dataclass
@@ -42,6 +57,7 @@ class NotebookRun:
     notebook: Path
     parameters: dict[str, Any]
     timeout_s: int | None = None
+    after: tuple[str, ...] = ()  # stems of earlier notebooks of the set that must be done first
 
     @property
     def stem(self) -> str:
@@ -88,11 +104,40 @@ def load_run_set(path: str | Path) -> RunSet:
             raise ValueError(f"{path}: notebooks[{k}] has unknown keys {sorted(unknown)}; allowed: {sorted(ALLOWED_ENTRY_KEYS)}")
         params = {**defaults, **(entry.get("parameters") or {})}
         nb = Path(entry["notebook"])
-        run = NotebookRun(nb if nb.is_absolute() else REPO_ROOT / nb, params, entry.get("timeout_s"))
+        nb = nb if nb.is_absolute() else REPO_ROOT / nb
+        after = _after(path, k, nb.stem, entry.get("after"), [r.stem for r in runs])
+        run = NotebookRun(nb, params, entry.get("timeout_s"), after)
         if run.notebook.is_file():  # a notebook a later issue adds cannot be checked yet (execute skips it)
             check_run_parameters(path, run)
         runs.append(run)
     return RunSet(name=data.get("name", path.stem), runs=runs, description=data.get("description", ""), defaults=defaults)
+
+
+def _after(path: Path, k: int, stem: str, value: Any, earlier: list[str]) -> tuple[str, ...]:
+    """The stems an entry's `after` names: "all" (every earlier notebook), or a list of stems or prefixes
+    (such as 03) each matching at least one earlier notebook. Only earlier ones, so no cycle can form."""
+    if value is None:
+        return ()
+    if value == "all":
+        return tuple(earlier)
+    if isinstance(value, str) or not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        # YAML reads an unquoted 03 as the number 3, which would match notebook 3x: numbers are refused
+        raise ValueError(f"{path}: notebooks[{k}] ({stem}): 'after' must be \"all\" or a list of notebook stems "
+                         f"or quoted prefixes (such as \"03\"), got {value!r}")
+    stems = []
+    for v in value:
+        match = [e for e in earlier if e == v or e.startswith(v)]
+        if not match:
+            raise ValueError(f"{path}: notebooks[{k}] ({stem}): 'after' names {v!r}, which matches no notebook "
+                             f"before it; the notebooks before it: {earlier}")
+        stems += match
+    return tuple(dict.fromkeys(stems))
+
+
+def resolve_parameters(params: dict[str, Any], out_root: Path) -> dict[str, Any]:
+    """`params` with "{out}" in every str value replaced by the output root (a folder that notebooks of
+    one set share, wherever --out-root puts the runs)."""
+    return {k: v.replace(OUT_PLACEHOLDER, str(out_root)) if isinstance(v, str) else v for k, v in params.items()}
 
 
 def check_run_parameters(set_path: str | Path, run: NotebookRun) -> None:
@@ -147,39 +192,101 @@ def record_results(out_dir: str | Path | None, results: dict[str, Any], name: st
     return atomic_write_json(Path(out_dir) / name, nan_as_null(results))
 
 
-def execute(run_set: RunSet, only: list[str] | None = None, force: bool = False, out_root: Path = OUT_ROOT,
-            kernel_name: str = "python3", fig_dir: str | None = "figures") -> list[dict[str, Any]]:
-    """Execute every notebook of the set that exists; returns one summary row per notebook."""
+def _execute_one(notebook: str, out_dir: str, params: dict[str, Any], kernel_name: str,
+                 timeout_s: int | None) -> float:
+    """Execute one notebook into out_dir with papermill (in this process); returns its seconds."""
     import papermill as pm
 
-    rows = []
+    nb, d = Path(notebook), Path(out_dir)
+    t0 = time.perf_counter()
+    pm.execute_notebook(str(nb), str(d / nb.name), parameters=params, cwd=str(nb.parent), kernel_name=kernel_name,
+                        language="python", execution_timeout=timeout_s, progress_bar=False)
+    dt = time.perf_counter() - t0
+    if not (d / "results.json").is_file():
+        raise RuntimeError(f"{nb.stem} ran but wrote no results.json in {d}: its last cell must call record_results(OUT_DIR, ...)")
+    print(f"[runs] {nb.stem}: done in {dt:.0f} s", flush=True)
+    return dt
+
+
+def execute(run_set: RunSet, only: list[str] | None = None, force: bool = False, out_root: Path = OUT_ROOT,
+            kernel_name: str = "python3", fig_dir: str | None = "figures", jobs: int = 1) -> list[dict[str, Any]]:
+    """Execute every notebook of the set that exists, `jobs` at once; returns one summary row per notebook
+    (in the set's order).
+
+    A notebook waits for the notebooks its `after` names among those this call runs; one that is not
+    run here (left out by `only`, absent, or with results present) is not waited for.
+    """
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be a positive int (notebooks run at once), got {jobs!r}")
+    out_root = Path(out_root)
+    rows: list[dict[str, Any]] = []
+    todo: list[tuple[int, NotebookRun, Path, dict[str, Any]]] = []
     for run in run_set.runs:
         if only and run.stem not in only and not any(run.stem.startswith(o) for o in only):
             continue
         row: dict[str, Any] = {"notebook": run.stem, "parameters": run.parameters}
+        rows.append(row)
         if not run.notebook.is_file():
             # The set may name notebooks that later issues add; say so rather than fail.
             print(f"[runs] {run.stem}: notebook not present yet, skipped")
-            rows.append({**row, "status": "absent"})
+            row["status"] = "absent"
             continue
         d = run_dir(run_set.name, run, out_root)
-        params = {**run.parameters, "OUT_DIR": str(d), "FIG_DIR": fig_dir}
+        params = {**resolve_parameters(run.parameters, out_root), "OUT_DIR": str(d), "FIG_DIR": fig_dir}
         if (d / "results.json").is_file() and not force:
             print(f"[runs] {run.stem}: results present in {_shown(d)}, skipped (use --force to rerun)")
-            rows.append({**row, "status": "cached", "out_dir": str(d)})
+            row.update(status="cached", out_dir=str(d))
             continue
+        todo.append((len(rows) - 1, run, d, params))
+
+    def start(run: NotebookRun, d: Path, params: dict[str, Any]) -> tuple:
         d.mkdir(parents=True, exist_ok=True)
         atomic_write_json(d / "params.json", {"set": run_set.name, "notebook": _shown(run.notebook), "parameters": params})
-        t0 = time.perf_counter()
         print(f"[runs] {run.stem}: running -> {_shown(d)}", flush=True)
-        pm.execute_notebook(str(run.notebook), str(d / run.notebook.name), parameters=params,
-                            cwd=str(run.notebook.parent), kernel_name=kernel_name, language="python",
-                            execution_timeout=run.timeout_s, progress_bar=False)
-        dt = time.perf_counter() - t0
-        if not (d / "results.json").is_file():
-            raise RuntimeError(f"{run.stem} ran but wrote no results.json in {d}: its last cell must call record_results(OUT_DIR, ...)")
-        print(f"[runs] {run.stem}: done in {dt:.0f} s")
-        rows.append({**row, "status": "ran", "seconds": round(dt, 1), "out_dir": str(d)})
+        return str(run.notebook), str(d), params, kernel_name, run.timeout_s
+
+    if jobs == 1:  # in this process, in the set's order (every `after` names an earlier notebook)
+        for i, run, d, params in todo:
+            dt = _execute_one(*start(run, d, params))
+            rows[i].update(status="ran", seconds=round(dt, 1), out_dir=str(d))
+        return rows
+
+    waiting = list(todo)
+    to_run = {run.stem for _, run, _, _ in todo}
+    done: set[str] = set()
+    failed: dict[str, BaseException] = {}
+    running: dict[cf.Future, tuple[int, NotebookRun, Path]] = {}
+    # Each notebook in a fresh process: a kernel client per process, and nothing of one run leaks into another.
+    with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                                max_tasks_per_child=1) as pool:
+        while waiting or running:
+            while not failed and len(running) < jobs:
+                ready = next((t for t in waiting if all(a in done or a not in to_run for a in t[1].after)), None)
+                if ready is None:
+                    break
+                waiting.remove(ready)
+                i, run, d, params = ready
+                running[pool.submit(_execute_one, *start(run, d, params))] = (i, run, d)
+            if not running:
+                break
+            finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+            for fut in finished:
+                i, run, d = running.pop(fut)
+                try:
+                    dt = fut.result()
+                except Exception as e:  # let the others finish, then raise
+                    print(f"[runs] {run.stem}: failed ({type(e).__name__}); no further notebook is started", flush=True)
+                    failed[run.stem] = e
+                    rows[i].update(status="failed", out_dir=str(d))
+                    continue
+                done.add(run.stem)
+                rows[i].update(status="ran", seconds=round(dt, 1), out_dir=str(d))
+    for i, run, d, _ in waiting:
+        rows[i].update(status="not started")
+    if failed:
+        first = next(iter(failed.values()))
+        raise RuntimeError(f"notebooks failed: {sorted(failed)}; not started: {[t[1].stem for t in waiting]}; the "
+                           f"results of the others are kept (rerun to resume). First failure: {first}") from first
     return rows
 
 
@@ -189,17 +296,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="*", help="notebook stems (or prefixes such as 00) to run")
     ap.add_argument("--force", action="store_true", help="rerun notebooks whose results exist")
     ap.add_argument("--out-root", default=str(OUT_ROOT))
+    ap.add_argument("--jobs", type=int, default=1, help="notebooks run at once, each in its own process (default 1)")
     args = ap.parse_args(argv)
+    if args.jobs < 1:
+        ap.error(f"--jobs must be at least 1, got {args.jobs}")
     rs = load_run_set(args.run_set)
     t0 = time.perf_counter()
-    rows = execute(rs, only=args.only, force=args.force, out_root=Path(args.out_root))
+    rows = execute(rs, only=args.only, force=args.force, out_root=Path(args.out_root), jobs=args.jobs)
     total = time.perf_counter() - t0
     lines = [f"# Run set `{rs.name}`", "", rs.description, "", "| notebook | status | seconds | folder |", "|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['notebook']} | {r['status']} | {r.get('seconds', '')} | {Path(r['out_dir']).name if 'out_dir' in r else ''} |")
-    lines += ["", f"total: {total:.0f} s"]
+    lines += ["", f"total: {total:.0f} s ({args.jobs} notebook{'s' if args.jobs > 1 else ''} at once)"]
     atomic_write_text(Path(args.out_root) / f"{rs.name}-summary.md", "\n".join(lines) + "\n")
-    atomic_write_json(Path(args.out_root) / f"{rs.name}-summary.json", {"set": rs.name, "rows": rows, "seconds": round(total, 1)})
+    atomic_write_json(Path(args.out_root) / f"{rs.name}-summary.json", {"set": rs.name, "rows": rows, "seconds": round(total, 1),
+                                                                          "jobs": args.jobs})
     print("\n".join(lines))
     if not any(r["status"] in ("ran", "cached") for r in rows):
         print("[runs] warning: no notebook of this set exists yet", file=sys.stderr)

@@ -83,3 +83,65 @@ def test_strip_keeps_numbered_outputs_only_on_check_cells():
     assert plain.outputs == [] and plain.execution_count is None
     # nbval compares check cells: they keep their text output and an execution count.
     assert [o["output_type"] for o in check.outputs] == ["stream"] and check.execution_count == 1
+
+
+def _step_notebook(path: Path, body: str) -> Path:
+    """A notebook with parameters SHARED and FAIL whose body runs between them and record_results."""
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell("SEED = 0\nOUT_DIR = None\nFIG_DIR = None\nSHARED = None\nFAIL = False")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell("from pathlib import Path\nfrom acdc_lib.runs import record_results\n" + body)]
+    nbformat.write(nb, path)
+    return path
+
+
+def test_after_must_name_earlier_notebooks(tmp_path):
+    body = "name: a\nnotebooks:\n  - {notebook: 00_x.ipynb}\n  - {notebook: 01_y.ipynb, after: %s}\n"
+    assert runs.load_run_set(_write_set(tmp_path, body % "['00']")).runs[1].after == ("00_x",)
+    assert runs.load_run_set(_write_set(tmp_path, body % "all")).runs[1].after == ("00_x",)
+    with pytest.raises(ValueError, match=r"'after' names '02', which matches no notebook before it.*\['00_x'\]"):
+        runs.load_run_set(_write_set(tmp_path, body % "['02']"))
+    for bad in ("00_x", "[00]"):  # a bare stem; an unquoted number (YAML reads 00 as 0)
+        with pytest.raises(ValueError, match=r"notebooks\[1\] \(01_y\): 'after' must be \"all\" or a list"):
+            runs.load_run_set(_write_set(tmp_path, body % bad))
+    # a later notebook cannot be waited for (no cycle can form)
+    with pytest.raises(ValueError, match="matches no notebook before it"):
+        runs.load_run_set(_write_set(tmp_path, "name: a\nnotebooks:\n  - {notebook: 00_x.ipynb, after: ['01']}\n"
+                                                 "  - {notebook: 01_y.ipynb}\n"))
+    with pytest.raises(ValueError, match="jobs must be a positive int"):
+        runs.execute(runs.load_run_set(_write_set(tmp_path, body % "all")), out_root=tmp_path, jobs=0)
+
+
+def test_parallel_runs_wait_for_after_and_share_the_out_placeholder(tmp_path):
+    # 00 writes a file that 02 reads from a folder under "{out}"; 01 waits for nothing. With two jobs,
+    # 01 runs beside 00, and 02 would fail (no file) if it started before 00 ended.
+    write = _step_notebook(tmp_path / "00_write.ipynb", "import time\ntime.sleep(2)\nPath(SHARED).mkdir(parents=True)\n"
+                           "(Path(SHARED) / 'rows.txt').write_text('six')\nrecord_results(OUT_DIR, {'wrote': SHARED})")
+    other = _step_notebook(tmp_path / "01_other.ipynb", "record_results(OUT_DIR, {'x': 1})")
+    read = _step_notebook(tmp_path / "02_read.ipynb", "record_results(OUT_DIR, {'read': (Path(SHARED) / 'rows.txt').read_text()})")
+    rs = runs.load_run_set(_write_set(tmp_path, f"name: p\ndefaults: {{SHARED: '{{out}}/shared'}}\nnotebooks:\n"
+                                      f"  - {{notebook: {write}}}\n  - {{notebook: {other}}}\n"
+                                      f"  - {{notebook: {read}, after: [00_write]}}\n"))
+    out = tmp_path / "out"
+    rows = runs.execute(rs, out_root=out, fig_dir=None, jobs=2)
+    assert [r["status"] for r in rows] == ["ran", "ran", "ran"]
+    res = [json.loads((Path(r["out_dir"]) / "results.json").read_text()) for r in rows]
+    assert res[0] == {"wrote": str(out / "shared")} and res[2] == {"read": "six"}
+    # the placeholder is resolved for the notebook, and the folder's hash is the set's own text
+    assert rows[0]["parameters"]["SHARED"] == "{out}/shared"
+    assert Path(rows[0]["out_dir"]).name == f"p-00_write-{runs.params_hash({'SHARED': '{out}/shared'})}"
+
+
+def test_a_failed_parallel_run_keeps_the_others_and_starts_no_dependent(tmp_path):
+    bad = _step_notebook(tmp_path / "00_bad.ipynb", "if FAIL:\n    raise RuntimeError('broken on purpose')\n"
+                         "record_results(OUT_DIR, {})")
+    good = _step_notebook(tmp_path / "01_good.ipynb", "import time\ntime.sleep(3)\nrecord_results(OUT_DIR, {'ok': 1})")
+    after = _step_notebook(tmp_path / "02_after.ipynb", "record_results(OUT_DIR, {})")
+    rs = runs.load_run_set(_write_set(tmp_path, f"name: f\nnotebooks:\n  - {{notebook: {bad}, parameters: {{FAIL: true}}}}\n"
+                                      f"  - {{notebook: {good}}}\n  - {{notebook: {after}, after: all}}\n"))
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match=r"notebooks failed: \['00_bad'\]; not started: \['02_after'\]"):
+        runs.execute(rs, out_root=out, fig_dir=None, jobs=2)
+    # the notebook running beside the failed one finished and kept its results; a rerun resumes
+    assert json.loads((runs.run_dir("f", rs.runs[1], out) / "results.json").read_text()) == {"ok": 1}
+    assert not (runs.run_dir("f", rs.runs[2], out) / "results.json").exists()
