@@ -33,8 +33,9 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import hashlib
-import multiprocessing
 import json
+import multiprocessing
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -301,6 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs < 1:
         ap.error(f"--jobs must be at least 1, got {args.jobs}")
     rs = load_run_set(args.run_set)
+    if args.jobs > 1 and not os.environ.get("OMP_NUM_THREADS"):
+        print(f"[runs] warning: {args.jobs} notebooks at once, each with torch's default threads (one per core), "
+              f"compete for the cores; set OMP_NUM_THREADS (make reproduce sets REPRO_THREADS=1)", file=sys.stderr)
     t0 = time.perf_counter()
     rows = execute(rs, only=args.only, force=args.force, out_root=Path(args.out_root), jobs=args.jobs)
     total = time.perf_counter() - t0
