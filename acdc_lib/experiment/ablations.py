@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from acdc_lib import metrics as M
-from acdc_lib.experiment.rows import ROWS, ExperimentConfig, run_experiment
+from acdc_lib.experiment.rows import GENERATION_FIELDS, ROWS, ExperimentConfig, run_experiment
 from acdc_lib.experiment.scoring import ResultsTable, summarise
 from acdc_lib.loop import run_stories, story_generators
 from acdc_lib.memory import Vocabulary
@@ -79,20 +79,30 @@ def _check_variants(variants: Mapping[str, Variant]) -> None:
 
 def run_variants(stories: Sequence[Story], out_root: str | Path, variants: Mapping[str, Variant], *, arm,
                  corrector=None, memory: Memory | None = None, config: ExperimentConfig | None = None,
-                 device: str | torch.device = "cpu", progress: bool = True) -> dict[str, Path]:
+                 device: str | torch.device = "cpu", progress: bool = True,
+                 known: Mapping[str | Path, ExperimentConfig] | None = None) -> dict[str, Path]:
     """Run every variant into out_root/<name> with `run_experiment` (resumable; other settings refused).
 
     Stories keep their seeds (story k: story_seed(config.base_seed, k)) in every variant, so the
     variants share the ARM's first frame and differ only by what their settings change.
+
+    known: folders that already hold runs of these same stories with `memory`, each with the settings
+    it was run with (e.g. a t' sweep's). A variant without a memory of its own whose row such a folder
+    holds at equal settings (generation settings and batch size) uses that folder: its frames would be
+    the same bytes, so they are not made again (the folder is resumed, so a missing story is computed).
     Returns {name: folder}.
     """
     _check_variants(variants)
     config = config or ExperimentConfig()
     dirs = {}
     for name, v in variants.items():
-        d = Path(out_root) / name
+        cfg = v.config(config)
+        same = [Path(d) for d, c in (known or {}).items()
+                if v.memory is None and v.row in c.rows and c.batch_size == cfg.batch_size
+                and all(getattr(c, k) == getattr(cfg, k) for k in GENERATION_FIELDS)]
+        d = same[0] if same else Path(out_root) / name
         run_experiment(stories, d, arm=arm, corrector=corrector, memory=v.memory if v.memory is not None else memory,
-                       config=v.config(config), device=device, progress=progress)
+                       config=cfg, device=device, progress=progress)
         dirs[name] = d
     return dirs
 

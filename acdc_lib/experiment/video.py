@@ -119,7 +119,8 @@ def generate_row(name: str, prompts: Sequence[str], arm, video_corrector, exp: V
                  first_tokens: torch.Tensor | None = None, true_tokens: torch.Tensor | None = None,
                  arm_chunk: torch.Tensor | None = None, indices: Sequence[int] | None = None) -> dict[str, Any]:
     """One row's videos: {"frames": (B, N, C, H, W) final frames, "tokens": (B, N, n) the ARM's tokens (None
-    for the oracle), "seconds": wall time}.
+    for the oracle), "arm_frames": (B, N, C, H, W) the ARM's frames before any correction (None for the
+    oracle), "seconds": wall time}.
 
     first_tokens: (B, 1, n) true first-frame tokens (rows that start from it); true_tokens: (B, N, n)
     true tokens of every frame (the oracle). arm_chunk: (B, L, n) the ARM row's first L tokens: rows that
@@ -137,7 +138,7 @@ def generate_row(name: str, prompts: Sequence[str], arm, video_corrector, exp: V
             raise ValueError(f"row {name!r} needs true_tokens (B, N, n), the true frames' tokens")
         frames = torch.cat([oracle_videos(arm, prompts[i:i + exp.batch_size], true_tokens[i:i + exp.batch_size],
                                           seeds[i:i + exp.batch_size]) for i in range(0, B, exp.batch_size)])
-        return {"frames": frames, "tokens": None, "seconds": time.perf_counter() - t0}
+        return {"frames": frames, "tokens": None, "arm_frames": None, "seconds": time.perf_counter() - t0}
     if row.start == "true_first" and first_tokens is None:
         raise ValueError(f"row {name!r} starts from the true first frame: pass first_tokens (B, 1, n)")
     prefix = first_tokens if row.start == "true_first" else (
@@ -147,7 +148,7 @@ def generate_row(name: str, prompts: Sequence[str], arm, video_corrector, exp: V
                          f"got shape {tuple(arm_chunk.shape)}")
     config = LoopConfig(strength=row.strength or exp.strength, guidance_scale=exp.guidance_scale,
                         num_inference_steps=exp.num_inference_steps)
-    frames, tokens = [], []
+    frames, tokens, arm_frames = [], [], []
     for i in range(0, B, exp.batch_size):
         res = run_video(list(prompts[i:i + exp.batch_size]), arm, video_corrector if row.correct_chunks != "none" else None,
                         num_frames=exp.num_frames, chunk_length=exp.chunk_length, correct_chunks=row.correct_chunks,
@@ -155,7 +156,31 @@ def generate_row(name: str, prompts: Sequence[str], arm, video_corrector, exp: V
                         prefix_tokens=prefix[i:i + exp.batch_size] if prefix is not None else None)
         frames.append(torch.stack([v.final_frames for v in res.videos]))
         tokens.append(torch.stack([v.arm_tokens for v in res.videos]))
-    return {"frames": torch.cat(frames), "tokens": torch.cat(tokens), "seconds": time.perf_counter() - t0}
+        arm_frames.append(torch.stack([v.arm_frames for v in res.videos]))
+    return {"frames": torch.cat(frames), "tokens": torch.cat(tokens), "arm_frames": torch.cat(arm_frames),
+            "seconds": time.perf_counter() - t0}
+
+
+def first_chunk_from_every_chunk(first: str, every: str, exp: VideoExperiment, out: Mapping[str, Any] | None) -> dict | None:
+    """Row `first` (the first chunk corrected) read off row `every` (every chunk corrected), when exact.
+
+    With N <= 2L both rows take the same steps until the second chunk is complete: the same first chunk
+    (the ARM row's), its correction from the same stream at the same t', and the ARM's draws after it
+    from the same context and the same restarted stream. Only then does `every` correct the second
+    chunk, and no frame comes after it. So `first`'s frames are `every`'s first L final frames followed
+    by its ARM frames, and its tokens are `every`'s: the row costs nothing to make.
+
+    Returns {"frames", "tokens", "arm_frames", "seconds": 0.0, "from": every}, or None where it is not
+    exact (another t', N > 2L, rows of another kind) or `out` (`generate_row`'s of `every`) is None.
+    """
+    a, b = _row(first), _row(every)
+    same = (a.correct_chunks, b.correct_chunks, a.start, b.start, a.oracle, b.oracle) == \
+        ("first", "all", "prompt", "prompt", False, False) and (a.strength or exp.strength) == (b.strength or exp.strength)
+    if out is None or not same or exp.num_frames > 2 * exp.chunk_length or out.get("arm_frames") is None:
+        return None
+    L = exp.chunk_length
+    frames = torch.cat([out["frames"][:, :L], out["arm_frames"][:, L:]], 1)
+    return {"frames": frames, "tokens": out["tokens"], "arm_frames": out["arm_frames"], "seconds": 0.0, "from": every}
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
 """Ablation tools (acdc_lib.experiment.ablations) and the corrector's drift score, on tiny models built here."""
+import dataclasses
 import json
 
 import numpy as np
@@ -355,3 +356,28 @@ def test_repaint_keeps_the_kept_region_and_resamples_the_masked_one(corrector):
 def test_unet_inpaint_refuses_bad_masks(corrector, masks, match):
     with pytest.raises(ValueError, match=match):
         corrector.inpaint(frames(1), masks, PROMPTS[:1], generators=gens(1))
+
+
+def test_variants_at_a_known_folders_settings_read_it(tmp_path):
+    sts = stories(3)
+    sweep = E.strength_sweep(sts, tmp_path / "sweep", [0.3, 0.5], arm=VisibleARM(), corrector=MarkingCorrector(),
+                             memory=DummyMemory(), config=config(), progress=False)
+    known = {d: dataclasses.replace(config(), rows=("acdc_rules",), strength=t) for t, d in sweep.items()}
+    variants = {"same": A.Variant("acdc_rules", "at t'=0.5 itself", {"strength": 0.5}),
+                "other_cfg": A.Variant("acdc_rules", "CFG 3", {"strength": 0.5, "guidance_scale": 3.0}),
+                "own_memory": A.Variant("acdc_rules", "its own memory", {"strength": 0.5}, memory=DummyMemory()),
+                "other_row": A.Variant("acdc2_rules", "ACDC #2", {"strength": 0.5})}
+    dirs = A.run_variants(sts, tmp_path / "variants", variants, arm=VisibleARM(), corrector=MarkingCorrector(),
+                          memory=DummyMemory(), config=config(), progress=False, known=known)
+    assert dirs["same"] == sweep[0.5]
+    assert not (tmp_path / "variants" / "same").exists()
+    # other settings, a memory of its own, or a row the folder does not hold: run in their own folders
+    assert [dirs[n] for n in ("other_cfg", "own_memory", "other_row")] == \
+        [tmp_path / "variants" / n for n in ("other_cfg", "own_memory", "other_row")]
+    # another batch size may round differently, so it is run too
+    other = A.run_variants(sts, tmp_path / "b1", {"same": variants["same"]}, arm=VisibleARM(), corrector=MarkingCorrector(),
+                           memory=DummyMemory(), config=dataclasses.replace(config(), batch_size=1), progress=False,
+                           known=known)
+    assert other["same"] == tmp_path / "b1" / "same"
+    t = A.summarise_variants(dirs, variants, sts, FakeEvaluator(), config(), ground_truth=FakeTruth())
+    assert t.per_story["same"]["char_acc"] == t.per_story["own_memory"]["char_acc"]

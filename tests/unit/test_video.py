@@ -319,3 +319,22 @@ def test_correction_rows_start_from_the_arm_rows_first_chunk():
     assert torch.equal(reused["frames"][:, :2], fresh["frames"][:, :2])
     with pytest.raises(ValueError, match="arm_chunk must hold the first L=2 tokens"):
         V.generate_row("acdc_first", truth.prompts, arm, vc, exp, arm_chunk=plain["tokens"][:, :1])
+
+
+def test_first_chunk_row_read_off_every_chunk_row_equals_running_it():
+    from acdc_lib.components import build
+
+    truth = C.ToyClipTruth.from_split(2, n_frames=4)
+    arm = build("arm", "toy", subfolder="video_arm")
+    vc = build("video_corrector", "toy")
+    exp = V.VideoExperiment(num_frames=4, chunk_length=2, num_inference_steps=4)
+    chunk = V.generate_row("arm", truth.prompts, arm, None, exp)["tokens"][:, :2]
+    every = V.generate_row("acdc_all", truth.prompts, arm, vc, exp, arm_chunk=chunk)
+    first = V.generate_row("acdc_first", truth.prompts, arm, vc, exp, arm_chunk=chunk)
+    read = V.first_chunk_from_every_chunk("acdc_first", "acdc_all", exp, every)
+    assert torch.equal(read["frames"], first["frames"]) and torch.equal(read["tokens"], first["tokens"])
+    assert not torch.equal(every["frames"][:, 2:], first["frames"][:, 2:])  # the second chunk is corrected in one only
+    # not exact, so not read off: another t', a third chunk, or nothing run
+    assert V.first_chunk_from_every_chunk("acdc_first_t04", "acdc_all", exp, every) is None
+    assert V.first_chunk_from_every_chunk("acdc_first", "acdc_all", V.VideoExperiment(num_frames=6, chunk_length=2), every) is None
+    assert V.first_chunk_from_every_chunk("acdc_first", "acdc_all", exp, None) is None
