@@ -219,7 +219,8 @@ def execute(run_set: RunSet, only: list[str] | None = None, force: bool = False,
     """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be a positive int (notebooks run at once), got {jobs!r}")
-    out_root = Path(out_root)
+    # absolute: notebooks run in their own folder, so a relative OUT_DIR or "{out}" would land there
+    out_root = Path(os.path.abspath(out_root))
     rows: list[dict[str, Any]] = []
     todo: list[tuple[int, NotebookRun, Path, dict[str, Any]]] = []
     for run in run_set.runs:

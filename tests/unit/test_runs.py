@@ -145,3 +145,15 @@ def test_a_failed_parallel_run_keeps_the_others_and_starts_no_dependent(tmp_path
     # the notebook running beside the failed one finished and kept its results; a rerun resumes
     assert json.loads((runs.run_dir("f", rs.runs[1], out) / "results.json").read_text()) == {"ok": 1}
     assert not (runs.run_dir("f", rs.runs[2], out) / "results.json").exists()
+
+
+def test_a_relative_out_root_is_taken_from_where_the_run_starts(tmp_path, monkeypatch):
+    # the notebook runs in its own folder; its OUT_DIR and "{out}" must still name the caller's folder
+    (tmp_path / "nbs").mkdir()
+    nb = _step_notebook(tmp_path / "nbs" / "00_rel.ipynb", "record_results(OUT_DIR, {'shared': SHARED})")
+    rs = runs.load_run_set(_write_set(tmp_path, f"name: r\nnotebooks:\n  - {{notebook: {nb}, parameters: {{SHARED: '{{out}}/s'}}}}\n"))
+    monkeypatch.chdir(tmp_path)
+    rows = runs.execute(rs, out_root=Path("rel_out"), fig_dir=None)
+    d = tmp_path / "rel_out" / f"r-00_rel-{runs.params_hash({'SHARED': '{out}/s'})}"
+    assert Path(rows[0]["out_dir"]) == d
+    assert json.loads((d / "results.json").read_text()) == {"shared": str(tmp_path / "rel_out" / "s")}
