@@ -95,6 +95,13 @@ def _step_notebook(path: Path, body: str) -> Path:
     return path
 
 
+def _step_set(tmp_path: Path, name: str, steps: list[tuple[str, str, str]], defaults: str = "{}") -> "runs.RunSet":
+    """A set of step notebooks: per step its stem, its body and the extra keys of its entry (YAML flow text)."""
+    entries = "".join(f"  - {{notebook: {_step_notebook(tmp_path / (stem + '.ipynb'), body)}{extra}}}\n"
+                      for stem, body, extra in steps)
+    return runs.load_run_set(_write_set(tmp_path, f"name: {name}\ndefaults: {defaults}\nnotebooks:\n{entries}"))
+
+
 def test_after_must_name_earlier_notebooks(tmp_path):
     body = "name: a\nnotebooks:\n  - {notebook: 00_x.ipynb}\n  - {notebook: 01_y.ipynb, after: %s}\n"
     assert runs.load_run_set(_write_set(tmp_path, body % "['00']")).runs[1].after == ("00_x",)
@@ -115,13 +122,12 @@ def test_after_must_name_earlier_notebooks(tmp_path):
 def test_parallel_runs_wait_for_after_and_share_the_out_placeholder(tmp_path):
     # 00 writes a file that 02 reads from a folder under "{out}"; 01 waits for nothing. With two jobs,
     # 01 runs beside 00, and 02 would fail (no file) if it started before 00 ended.
-    write = _step_notebook(tmp_path / "00_write.ipynb", "import time\ntime.sleep(2)\nPath(SHARED).mkdir(parents=True)\n"
-                           "(Path(SHARED) / 'rows.txt').write_text('six')\nrecord_results(OUT_DIR, {'wrote': SHARED})")
-    other = _step_notebook(tmp_path / "01_other.ipynb", "record_results(OUT_DIR, {'x': 1})")
-    read = _step_notebook(tmp_path / "02_read.ipynb", "record_results(OUT_DIR, {'read': (Path(SHARED) / 'rows.txt').read_text()})")
-    rs = runs.load_run_set(_write_set(tmp_path, f"name: p\ndefaults: {{SHARED: '{{out}}/shared'}}\nnotebooks:\n"
-                                      f"  - {{notebook: {write}}}\n  - {{notebook: {other}}}\n"
-                                      f"  - {{notebook: {read}, after: [00_write]}}\n"))
+    rs = _step_set(tmp_path, "p", [
+        ("00_write", "import time\ntime.sleep(2)\nPath(SHARED).mkdir(parents=True)\n"
+                     "(Path(SHARED) / 'rows.txt').write_text('six')\nrecord_results(OUT_DIR, {'wrote': SHARED})", ""),
+        ("01_other", "record_results(OUT_DIR, {'x': 1})", ""),
+        ("02_read", "record_results(OUT_DIR, {'read': (Path(SHARED) / 'rows.txt').read_text()})", ", after: [00_write]")],
+        defaults="{SHARED: '{out}/shared'}")
     out = tmp_path / "out"
     rows = runs.execute(rs, out_root=out, fig_dir=None, jobs=2)
     assert [r["status"] for r in rows] == ["ran", "ran", "ran"]
@@ -133,12 +139,10 @@ def test_parallel_runs_wait_for_after_and_share_the_out_placeholder(tmp_path):
 
 
 def test_a_failed_parallel_run_keeps_the_others_and_starts_no_dependent(tmp_path):
-    bad = _step_notebook(tmp_path / "00_bad.ipynb", "if FAIL:\n    raise RuntimeError('broken on purpose')\n"
-                         "record_results(OUT_DIR, {})")
-    good = _step_notebook(tmp_path / "01_good.ipynb", "import time\ntime.sleep(3)\nrecord_results(OUT_DIR, {'ok': 1})")
-    after = _step_notebook(tmp_path / "02_after.ipynb", "record_results(OUT_DIR, {})")
-    rs = runs.load_run_set(_write_set(tmp_path, f"name: f\nnotebooks:\n  - {{notebook: {bad}, parameters: {{FAIL: true}}}}\n"
-                                      f"  - {{notebook: {good}}}\n  - {{notebook: {after}, after: all}}\n"))
+    rs = _step_set(tmp_path, "f", [
+        ("00_bad", "if FAIL:\n    raise RuntimeError('broken on purpose')\nrecord_results(OUT_DIR, {})", ", parameters: {FAIL: true}"),
+        ("01_good", "import time\ntime.sleep(3)\nrecord_results(OUT_DIR, {'ok': 1})", ""),
+        ("02_after", "record_results(OUT_DIR, {})", ", after: all")])
     out = tmp_path / "out"
     with pytest.raises(RuntimeError, match=r"notebooks failed: \['00_bad'\]; not started: \['02_after'\]"):
         runs.execute(rs, out_root=out, fig_dir=None, jobs=2)
@@ -150,8 +154,8 @@ def test_a_failed_parallel_run_keeps_the_others_and_starts_no_dependent(tmp_path
 def test_a_relative_out_root_is_taken_from_where_the_run_starts(tmp_path, monkeypatch):
     # the notebook runs in its own folder; its OUT_DIR and "{out}" must still name the caller's folder
     (tmp_path / "nbs").mkdir()
-    nb = _step_notebook(tmp_path / "nbs" / "00_rel.ipynb", "record_results(OUT_DIR, {'shared': SHARED})")
-    rs = runs.load_run_set(_write_set(tmp_path, f"name: r\nnotebooks:\n  - {{notebook: {nb}, parameters: {{SHARED: '{{out}}/s'}}}}\n"))
+    rs = _step_set(tmp_path / "nbs", "r", [("00_rel", "record_results(OUT_DIR, {'shared': SHARED})",
+                                            ", parameters: {SHARED: '{out}/s'}")])
     monkeypatch.chdir(tmp_path)
     rows = runs.execute(rs, out_root=Path("rel_out"), fig_dir=None)
     d = tmp_path / "rel_out" / f"r-00_rel-{runs.params_hash({'SHARED': '{out}/s'})}"
