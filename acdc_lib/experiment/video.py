@@ -172,6 +172,8 @@ def first_chunk_from_every_chunk(first: str, every: str, exp: VideoExperiment, o
 
     Returns {"frames", "tokens", "arm_frames", "seconds": 0.0, "from": every}, or None where it is not
     exact (another t', N > 2L, rows of another kind) or `out` (`generate_row`'s of `every`) is None.
+    `out` must come from the same `arm_chunk` (or none) that `first` would be generated with: given a
+    first chunk, the ARM's stream restarts after it, so the draws after it depend on that choice.
     """
     a, b = _row(first), _row(every)
     same = (a.correct_chunks, b.correct_chunks, a.start, b.start, a.oracle, b.oracle) == \
