@@ -14,6 +14,11 @@ Each executed notebook gets `papermill_runs/out/<set>-<notebook>-<params hash>/`
 the notebook's last cell through `record_results`). A run whose results.json exists for the same
 parameters is skipped, so a killed batch resumes where it stopped; `--force` reruns.
 
+Figures go to the set's own folder: `figures: <folder>` in the set (relative to the repository), else
+`figures/<set>/`; the toy reproduction names `figures`, the committed figures. A notebook that runs with
+its smoke settings (SMOKE true, from the set or its own default) writes to `figures/smoke/<set>/` instead
+(git-ignored), so no smoke run touches a committed file. `--fig-dir` overrides the set's folder.
+
 Two more entry keys let notebooks share work and run side by side:
 
       - notebook: notebooks/06_ablations.ipynb
@@ -26,7 +31,7 @@ each finish sooner than one after another on N threads, since the toy models' ke
 keep several threads busy. If a notebook fails, the ones running are let finish (their results are
 kept), no other is started, and the failure is raised.
 
-    python -m acdc_lib.runs papermill_runs/toy-cpu.yaml [--only 00_diffusion_theory] [--force] [--jobs 2]
+    python -m acdc_lib.runs papermill_runs/toy-cpu.yaml [--only 00_diffusion_theory] [--force] [--jobs 2] [--fig-dir DIR]
 """
 from __future__ import annotations
 
@@ -44,11 +49,11 @@ from typing import Any
 
 import yaml
 
-from .io import REPO_ROOT, atomic_write_json, atomic_write_text, nan_as_null
+from .io import FIGURES_DIR, REPO_ROOT, SMOKE_FIGURES_DIR, atomic_write_json, atomic_write_text, nan_as_null
 from .params import NOTEBOOK_PARAMS, check_params, notebook_defaults, notebook_parameters
 
 OUT_ROOT = REPO_ROOT / "papermill_runs" / "out"
-ALLOWED_SET_KEYS = {"name", "description", "defaults", "notebooks"}
+ALLOWED_SET_KEYS = {"name", "description", "defaults", "notebooks", "figures"}
 ALLOWED_ENTRY_KEYS = {"notebook", "parameters", "timeout_s", "after"}
 OUT_PLACEHOLDER = "{out}"
 
@@ -71,6 +76,7 @@ class RunSet:
     runs: list[NotebookRun]
     description: str = ""
     defaults: dict[str, Any] = field(default_factory=dict)
+    figures: str | None = None  # the set's figure folder, relative to the repository (None: figures/<name>)
 
 
 def params_hash(params: dict[str, Any]) -> str:
@@ -108,10 +114,14 @@ def load_run_set(path: str | Path) -> RunSet:
         nb = nb if nb.is_absolute() else REPO_ROOT / nb
         after = _after(path, k, nb.stem, entry.get("after"), [r.stem for r in runs])
         run = NotebookRun(nb, params, entry.get("timeout_s"), after)
-        if run.notebook.is_file():  # a notebook a later issue adds cannot be checked yet (execute skips it)
+        if run.notebook.is_file():  # a notebook not in the repository yet cannot be checked (execute skips it)
             check_run_parameters(path, run)
         runs.append(run)
-    return RunSet(name=data.get("name", path.stem), runs=runs, description=data.get("description", ""), defaults=defaults)
+    figures = data.get("figures")
+    if figures is not None and (not isinstance(figures, str) or not figures.strip()):
+        raise ValueError(f"{path}: 'figures' must be a folder path (relative to the repository), got {figures!r}")
+    return RunSet(name=data.get("name", path.stem), runs=runs, description=data.get("description", ""), defaults=defaults,
+                  figures=figures)
 
 
 def _after(path: Path, k: int, stem: str, value: Any, earlier: list[str]) -> tuple[str, ...]:
@@ -178,6 +188,40 @@ def _shown(p: Path) -> str:
         return str(p)
 
 
+def runs_smoke(run: NotebookRun) -> bool:
+    """Whether the notebook runs with its smoke settings: SMOKE from the set, else the notebook's default
+    (a notebook without SMOKE has no smoke settings)."""
+    defaults = notebook_defaults(run.notebook) if run.notebook.is_file() else {}
+    return bool({**defaults, **run.parameters}.get("SMOKE", False))
+
+
+def _inside(p: Path, folder: Path) -> bool:
+    return p == folder or folder in p.parents
+
+
+def figure_folder(run_set: RunSet, run: NotebookRun, fig_dir: str | Path | None = None) -> Path:
+    """The folder a notebook of the set writes its figures to (absolute).
+
+    Args:
+        run_set: the set; its `figures` key names its folder (default figures/<set name>/).
+        run: one of its notebooks; with smoke settings it writes to figures/smoke/<set name>/ instead.
+        fig_dir: a folder that replaces the set's (relative: to the working directory, as --out-root).
+    Raises:
+        ValueError when a smoke run's `fig_dir` lies among the committed figures (figures/ outside
+        figures/smoke/): smoke figures would overwrite the reproduction's.
+    """
+    smoke = runs_smoke(run)
+    if fig_dir is None:
+        d = SMOKE_FIGURES_DIR / run_set.name if smoke else REPO_ROOT / (run_set.figures or f"figures/{run_set.name}")
+    else:
+        d = Path(fig_dir)
+    d = Path(os.path.abspath(d))
+    if smoke and _inside(d, FIGURES_DIR) and not _inside(d, SMOKE_FIGURES_DIR):
+        raise ValueError(f"{run.stem} runs with SMOKE on, so its figures may not go to {_shown(d)}, among the committed "
+                         f"figures; allowed: a folder under {_shown(SMOKE_FIGURES_DIR)}/ or outside {_shown(FIGURES_DIR)}/")
+    return d
+
+
 def run_dir(set_name: str, run: NotebookRun, out_root: Path = OUT_ROOT) -> Path:
     return out_root / f"{set_name}-{run.stem}-{params_hash(run.parameters)}"
 
@@ -210,9 +254,9 @@ def _execute_one(notebook: str, out_dir: str, params: dict[str, Any], kernel_nam
 
 
 def execute(run_set: RunSet, only: list[str] | None = None, force: bool = False, out_root: Path = OUT_ROOT,
-            kernel_name: str = "python3", fig_dir: str | None = "figures", jobs: int = 1) -> list[dict[str, Any]]:
+            kernel_name: str = "python3", fig_dir: str | Path | None = None, jobs: int = 1) -> list[dict[str, Any]]:
     """Execute every notebook of the set that exists, `jobs` at once; returns one summary row per notebook
-    (in the set's order).
+    (in the set's order). Each writes its figures where `figure_folder` says (`fig_dir` overrides the set's folder).
 
     A notebook waits for the notebooks its `after` names among those this call runs; one that is not
     run here (left out by `only`, absent, or with results present) is not waited for.
@@ -229,12 +273,13 @@ def execute(run_set: RunSet, only: list[str] | None = None, force: bool = False,
         row: dict[str, Any] = {"notebook": run.stem, "parameters": run.parameters}
         rows.append(row)
         if not run.notebook.is_file():
-            # The set may name notebooks that later issues add; say so rather than fail.
+            # The set may name notebooks the repository does not have yet; say so rather than fail.
             print(f"[runs] {run.stem}: notebook not present yet, skipped")
             row["status"] = "absent"
             continue
         d = run_dir(run_set.name, run, out_root)
-        params = {**resolve_parameters(run.parameters, out_root), "OUT_DIR": str(d), "FIG_DIR": fig_dir}
+        params = {**resolve_parameters(run.parameters, out_root), "OUT_DIR": str(d),
+                  "FIG_DIR": str(figure_folder(run_set, run, fig_dir))}
         if (d / "results.json").is_file() and not force:
             print(f"[runs] {run.stem}: results present in {_shown(d)}, skipped (use --force to rerun)")
             row.update(status="cached", out_dir=str(d))
@@ -298,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="*", help="notebook stems (or prefixes such as 00) to run")
     ap.add_argument("--force", action="store_true", help="rerun notebooks whose results exist")
     ap.add_argument("--out-root", default=str(OUT_ROOT))
+    ap.add_argument("--fig-dir", default=None, help="folder for the figures, instead of the set's own (its 'figures' "
+                    "key, else figures/<set>/; smoke runs: figures/smoke/<set>/)")
     ap.add_argument("--jobs", type=int, default=1, help="notebooks run at once, each in its own process (default 1)")
     args = ap.parse_args(argv)
     if args.jobs < 1:
@@ -307,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[runs] warning: {args.jobs} notebooks at once, each with torch's default threads (one per core), "
               f"compete for the cores; set OMP_NUM_THREADS (make reproduce sets REPRO_THREADS=1)", file=sys.stderr)
     t0 = time.perf_counter()
-    rows = execute(rs, only=args.only, force=args.force, out_root=Path(args.out_root), jobs=args.jobs)
+    rows = execute(rs, only=args.only, force=args.force, out_root=Path(args.out_root), jobs=args.jobs,
+                   fig_dir=args.fig_dir)
     total = time.perf_counter() - t0
     lines = [f"# Run set `{rs.name}`", "", rs.description, "", "| notebook | status | seconds | folder |", "|---|---|---|---|"]
     for r in rows:
