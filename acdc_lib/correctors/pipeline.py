@@ -23,10 +23,11 @@ __all__ = ["PipelineCorrector"]
 
 
 class _PipelineWrapper:
-    """Shared by the pipeline correctors: DDIM scheduler, eta = 0, resolution handling, loading.
+    """Shared by the pipeline correctors: DDIM scheduler, eta = 0, no safety checker, resolution handling, loading.
 
     Args:
-        pipe: the diffusers pipeline; its scheduler is replaced by a DDIMScheduler built from its config.
+        pipe: the diffusers pipeline; its scheduler is replaced by a DDIMScheduler built from its config,
+            and its safety checker, if it has one, is removed.
         resolution: (H, W) (int: square) the model runs at, e.g. 512 for SD v1.5; None runs at the
             input's size rounded up to `size_multiple`. Inputs are resized there and back.
         eta: DDIM's eta; 0 (deterministic DDIM) is the paper's sampler.
@@ -35,11 +36,19 @@ class _PipelineWrapper:
 
     _auto_class_name = "AutoPipelineForImage2Image"
     _example = " (a Stable Diffusion v1.5 checkpoint on a GPU node)"
+    # Stable Diffusion's image pipelines carry a safety checker; AnimateDiff's has none.
+    _has_safety_checker = True
 
     def __init__(self, pipe, *, resolution: int | tuple[int, int] | None = None, eta: float = 0.0,
                  progress_bar: bool = False):
         # The paper samples with DDIM; eta = 0 makes the reverse process deterministic given x_t'.
         pipe.scheduler = _ddim_from(pipe.scheduler)
+        # Stable Diffusion's safety checker replaces every frame it flags with a black one, which ACDC would
+        # re-encode into the ARM's context and score as if a model had drawn it: no pipeline here keeps it.
+        if getattr(pipe, "safety_checker", None) is not None:
+            pipe.register_modules(safety_checker=None)
+        if "requires_safety_checker" in getattr(pipe, "config", {}):
+            pipe.register_to_config(requires_safety_checker=False)
         if hasattr(pipe, "set_progress_bar_config"):
             pipe.set_progress_bar_config(disable=not progress_bar)
         self.pipe = pipe
@@ -51,7 +60,7 @@ class _PipelineWrapper:
 
     @classmethod
     def from_pipeline(cls, pipe, **kwargs):
-        """Wrap an already built pipeline (its scheduler is replaced by a DDIMScheduler)."""
+        """Wrap an already built pipeline (its scheduler is replaced by a DDIMScheduler, its safety checker removed)."""
         return cls(pipe, **kwargs)
 
     @classmethod
@@ -72,11 +81,13 @@ class _PipelineWrapper:
             dtype: its torch dtype (float16 on GPU nodes, float32 on CPU).
             resolution: run the model at this (H, W) (int: square); None keeps the input size.
             **kwargs: `eta` and `progress_bar` go to the constructor, the rest to diffusers'
-                from_pretrained (e.g. `safety_checker=None`, `variant="fp16"`).
+                from_pretrained (e.g. `variant="fp16"`). The safety checker is never loaded.
         Raises:
             ModelNotAvailableError when the model cannot be found, saying what to pass.
         """
         own = {key: kwargs.pop(key) for key in ("eta", "progress_bar") if key in kwargs}
+        if cls._has_safety_checker:  # not even loaded (SD v1.5's checker is a CLIP ViT-L, 1.2 GB)
+            kwargs.update(safety_checker=None, requires_safety_checker=False)
         pipe = _load_or_explain(cls._auto_class().from_pretrained, model_id_or_path,
                                 f"a diffusers {cls._auto_class_name} pipeline", "model_id_or_path",
                                 cls._example, dtype=dtype, **kwargs)
@@ -194,7 +205,8 @@ class PipelineCorrector(_PipelineWrapper):
         if getattr(self, "_t2i", None) is None:
             from diffusers import AutoPipelineForText2Image
 
-            self._t2i = AutoPipelineForText2Image.from_pipe(self.pipe)
+            self._t2i = AutoPipelineForText2Image.from_pipe(self.pipe, safety_checker=None,
+                                                            requires_safety_checker=False)
             self._t2i.set_progress_bar_config(disable=True)
         # Follow the corrector's scheduler (DDIM, eta 0), also when someone swapped it after the first call.
         self._t2i.scheduler = self.pipe.scheduler

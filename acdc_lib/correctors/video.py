@@ -27,6 +27,7 @@ class VideoPipelineCorrector(_PipelineWrapper):
     is noised to t' and denoised jointly by a motion-aware UNet."""
 
     _auto_class_name = "AnimateDiffVideoToVideoPipeline"
+    _has_safety_checker = False
     _example = (" (a saved AnimateDiff pipeline, or a Stable Diffusion v1.5 checkpoint together with "
                 "`motion_adapter`)")
 
