@@ -314,7 +314,32 @@ def fid(real_images: torch.Tensor, fake_images: torch.Tensor, feature_module: nn
     for x, real in ((real_images, True), (fake_images, False)):
         for i in range(0, x.shape[0], batch_size):
             metric.update(x[i:i + batch_size].to(device), real=real)
-    return float(metric.compute())
+    return fid_value(float(metric.compute()))
+
+
+# FID is a squared distance: a value this far below 0 is the matrix square root's rounding, not a distance
+FID_ROUNDING = 1e-6
+
+
+def fid_value(value: float, tolerance: float = FID_ROUNDING) -> float:
+    """A computed FID with the matrix square root's rounding below 0 read as 0 (identical sets give 0, not -0.000).
+
+    A value below -tolerance is not rounding: it is returned unchanged, for the caller to see.
+    """
+    return 0.0 if -tolerance <= value <= 0.0 else float(value)
+
+
+def fid_rank_deficient(n_frames: int, n_features: int) -> bool:
+    """Whether `n_frames` images give a rank-deficient covariance of `n_features`-dim features.
+
+    A sample covariance of n points has rank at most n - 1, so it is full rank only when n > F. FID on a
+    rank-deficient covariance depends on the matrix square root of a singular matrix: its value is not a
+    distance between the two distributions, and a comparison of such values says nothing.
+    """
+    for name, v in (("n_frames", n_frames), ("n_features", n_features)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    return n_frames <= n_features
 
 
 def fid_with_ci(real_features: torch.Tensor, fake_features: torch.Tensor, n_resamples: int = 200,
@@ -334,7 +359,7 @@ def fid_with_ci(real_features: torch.Tensor, fake_features: torch.Tensor, n_resa
         raise ValueError(f"real_features and fake_features must both be (S, N, F), got "
                          f"{tuple(real_features.shape)} and {tuple(fake_features.shape)}")
     S, N, Fdim = real_features.shape
-    if S * N <= Fdim:
+    if fid_rank_deficient(S * N, Fdim):
         warnings.warn(f"FID on {S * N} frames with {Fdim}-dim features: the covariances are rank-deficient",
                       stacklevel=2)
     metric = _fid_metric(FeatureModule(nn.Identity(), Fdim))
@@ -343,7 +368,7 @@ def fid_with_ci(real_features: torch.Tensor, fake_features: torch.Tensor, n_resa
         metric.reset()
         metric.update(real_features[idx].reshape(-1, Fdim), real=True)
         metric.update(fake_features[idx].reshape(-1, Fdim), real=False)
-        return float(metric.compute())
+        return fid_value(float(metric.compute()))
 
     return set_statistic_ci(S, fn, confidence=confidence, n_resamples=n_resamples, seed=seed)
 

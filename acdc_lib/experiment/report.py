@@ -54,7 +54,8 @@ def _change(old: float, new: float, sign: int) -> dict[str, Any]:
             "better": (new - old) * sign > 0}
 
 
-def compare_with_paper(ours: ResultsTable, paper: Mapping | None = None) -> list[dict[str, Any]]:
+def compare_with_paper(ours: ResultsTable, paper: Mapping | None = None,
+                       comparisons: Mapping[str, tuple] | None = None) -> list[dict[str, Any]]:
     """Direction and relative size ((new - old) / |old|) of each change, ours beside the paper's.
 
     All changes use the old value as denominator; the paper's printed FID percentages divide by the
@@ -63,12 +64,13 @@ def compare_with_paper(ours: ResultsTable, paper: Mapping | None = None) -> list
     Args:
         ours: `summarise`'s table; comparisons whose rows, and metrics it did not measure, are left out.
         paper: {"Table 1": PAPER_TABLE1, "Table 2": PAPER_TABLE2} by default.
+        comparisons: {name: (old row, new row, [(table, paper old, paper new)])}, COMPARISONS by default.
     Returns:
         one dict per (comparison, metric, paper source): paper_*, ours_* and same_direction.
     """
     paper = paper or {"Table 1": PAPER_TABLE1, "Table 2": PAPER_TABLE2}
     out = []
-    for comp, (r_old, r_new, sources) in COMPARISONS.items():
+    for comp, (r_old, r_new, sources) in (comparisons or COMPARISONS).items():
         if r_old not in ours.rows or r_new not in ours.rows:
             continue
         for metric, (col1, col2, sign) in METRIC_MAP.items():
@@ -178,7 +180,8 @@ def _verdict(paper_better: set, ours_better: bool | None, significant: bool) -> 
     return "opposite, significant" if significant else "opposite, not significant"
 
 
-def reproduction_verdicts(comparison: Sequence[Mapping[str, Any]], table: ResultsTable) -> list[dict[str, Any]]:
+def reproduction_verdicts(comparison: Sequence[Mapping[str, Any]], table: ResultsTable,
+                          comparisons: Mapping[str, tuple] | None = None) -> list[dict[str, Any]]:
     """One verdict per (comparison, metric) of `compare_with_paper`'s rows: does the toy world show the paper's change?
 
     The paper's claim is the direction its sources agree on ("paper mixed" when they do not).
@@ -192,7 +195,7 @@ def reproduction_verdicts(comparison: Sequence[Mapping[str, Any]], table: Result
         groups.setdefault((r["comparison"], r["metric"]), []).append(r)
     out = []
     for (comp, metric), rs in groups.items():
-        r0, (old, new, _) = rs[0], COMPARISONS[comp]
+        r0, (old, new, _) = rs[0], (comparisons or COMPARISONS)[comp]
         if "ours_ci_excludes_0" in r0:
             significant, test = bool(r0["ours_ci_excludes_0"]), "paired per-story 95% interval"
         else:

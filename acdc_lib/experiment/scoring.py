@@ -215,7 +215,10 @@ def summarise(out_dir: str | Path, stories: Sequence[Story], evaluator: Evaluato
         per_story[row] = {m: torch.as_tensor(v).double().tolist() for m, v in values.items()}
         per_frame[row] = {c: v.long().tolist() for c, v in frame_values.items()}  # 0/1 per story and frame
     labels = {"reference": getattr(ground_truth, "label", "Ground truth"), **{r: ROWS[r].label for r in config.rows}}
-    return ResultsTable(rows, curves, labels, S, N, asdict(config), per_story, per_frame, skipped)
+    # what FID was computed on: a reader of the table needs the feature size to tell a rank-deficient FID
+    fid_on = {} if real_feats is None else {"fid_features": {"evaluator": evaluator.name,
+                                                         "dim": int(real_feats.shape[-1])}}
+    return ResultsTable(rows, curves, labels, S, N, {**asdict(config), **fid_on}, per_story, per_frame, skipped)
 
 
 def _nanmean_rows(m: torch.Tensor) -> torch.Tensor:

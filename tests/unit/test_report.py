@@ -187,16 +187,19 @@ def test_figure4_claims_follow_the_per_frame_values(tmp_path):
     got = {c.claim: c for c in C.figure4_claims(src, n_resamples=500)}
     assert [c.section for c in got.values()] == ["Fig. 4 (ARM toy)"] * 4
     assert got["the ARM alone degrades along the story"].verdict == "reproduced"
-    assert got["ACDC keeps the later frames consistent"].verdict == "reproduced"
-    assert got["without memory ACDC matches in early frames but falls behind later"].verdict == "reproduced"
+    better = got[f"ACDC ({C.RULE_MEMORY}) has better later frames than its ARM"]
+    assert better.verdict == "reproduced"
+    assert "not a stop to error build-up" in better.measured  # the ARM alone does not compound here
+    assert got[f"without memory ACDC matches in early frames but falls behind later (against the {C.RULE_MEMORY})"
+               ].verdict == "reproduced"
     c = got["the ARM's errors compound from its own frames"]
-    assert c.verdict == "same direction, not significant" or c.verdict.startswith("opposite")
+    assert c.verdict == "not informative here"  # the oracle equals the ARM on every story: a [0, 0] interval
     assert c.measured.startswith("+0.000 [+0.000, +0.000]")
     # the reverse story: the ARM improves along it, so the first claim is the opposite
     src = _source(tmp_path, _table({"arm": falls[:, ::-1].copy()}), stem="03_rev")
     got = {c.claim: c for c in C.figure4_claims(src, n_resamples=500)}
     assert got["the ARM alone degrades along the story"].verdict == "opposite"
-    assert got["ACDC keeps the later frames consistent"].verdict == "not testable here"
+    assert got[f"ACDC ({C.RULE_MEMORY}) has better later frames than its ARM"].verdict == "not testable here"
 
 
 def test_table1_claims_rederive_the_verdicts_from_per_story_values(tmp_path):
@@ -210,13 +213,18 @@ def test_table1_claims_rederive_the_verdicts_from_per_story_values(tmp_path):
     per_story = {r: {m: np.asarray(v).tolist() for m, v in d.items()} for r, d in per_story.items()}
     t = _table({r: np.ones((S, 6)) for r in per_story}, per_story)
     got = {c.claim: c for c in C.table1_claims(_source(tmp_path, t, ARM="toy"))}
-    assert got["ACDC improves its ARM: frame_consistency"].verdict == "reproduced"
+    improves = got[f"ACDC ({C.RULE_MEMORY}) improves its ARM: frame consistency"]
+    assert improves.verdict == "reproduced"
     d = np.subtract(per_story["acdc_rules"]["frame_consistency"], per_story["arm"]["frame_consistency"])
-    assert got["ACDC improves its ARM: frame_consistency"].measured.startswith(f"{d.mean():+.3f} [")
-    assert got["the memory module helps ACDC: frame_consistency"].verdict == "reproduced"
-    assert got["the ARM beats the DM alone: clip_score"].verdict == "mixed"  # the paper's two ARMs disagree
-    assert "Table 1: Show-o -> Show-o + ACDC (ours)" in got["ACDC improves its ARM: frame_consistency"].paper
-    assert all(c.section == "Table 1 (ARM toy)" for c in got.values())
+    assert improves.measured.startswith(f"{t.labels['acdc_rules']} - {t.labels['arm']}: {d.mean():+.3f} [")
+    assert "Table 1: Show-o 0.8211 -> Show-o + ACDC (ours) 0.9062 (printed gain 10.4%" in improves.paper
+    assert got[f"the memory helps ACDC #6 ({C.RULE_MEMORY}): frame consistency"].verdict == "reproduced"
+    assert got[f"the memory helps ACDC #6 ({C.RULE_MEMORY}): frame consistency"].section == "Table 2 (ARM toy)"
+    # the paper makes no claim on the ARM against SD v1.5 on CLIP (its two ARMs go either way): no row
+    assert not any(c.startswith("the ARM alone") and "CLIP" in c for c in got)
+    assert got["the ARM alone is more consistent than the DM alone: frame consistency"].verdict == "reproduced"
+    assert got["ACDC improves its ARM: ImageReward"].verdict == "not testable here"
+    assert {c.section for c in got.values()} == {"Table 1 (ARM toy)", "Table 2 (ARM toy)"}
 
 
 def test_sources_name_what_is_missing_and_skip_the_report_itself(tmp_path):
@@ -314,12 +322,16 @@ def test_table3_claims_read_notebook05s_verdicts(tmp_path):
     claims = V.table3_claims({"arm": arm, "acdc_first": acdc}, chunk_length=3)
     src = C.Source("05_video_extension", tmp_path, {"table3_claims": claims}, {})
     rows = C.table3_claims(src)
-    assert [r.claim for r in rows] == [c["claim"] for c in claims]
+    split = [c["claim"] for c in claims]
+    split[2:3] = ["ACDC raises imaging quality", "ACDC raises aesthetic quality, most of all"]
+    assert [r.claim for r in rows] == split
     assert rows[0].verdict == "reproduced" and rows[0].section == "Table 3"
+    # aesthetic quality was not measured: its own row says so, not folded into the sharpness proxy's verdict
+    assert rows[2].verdict == "reproduced" and rows[3].verdict == "not testable here" and "LAION" in rows[3].measured
     assert next(r for r in rows if r.section == "Fig. 6").claim == "frames after the corrected chunk stay aligned"
     assert "+0.100 [" in rows[0].measured
     empty = C.table3_claims(C.Source("05_video_extension", None, None, {}, "no run"))
-    assert {r.verdict for r in empty} == {"not testable here"} and len(empty) == 4
+    assert {r.verdict for r in empty} == {"not testable here"} and len(empty) == 5
 
 
 def test_figure5_claims_read_notebook07s_verdicts(tmp_path):
@@ -337,6 +349,6 @@ def test_figure5_claims_read_notebook07s_verdicts(tmp_path):
     rows = C.figure5_claims(C.Source("07_physical_constraints", tmp_path, {"physical_claims": claims}, {}))
     assert [r.claim for r in rows] == [c["claim"] for c in claims] and {r.section for r in rows} == {"Fig. 5"}
     assert [r.verdict for r in rows] == ["reproduced", "reproduced"]
-    assert "two moons: +0." in rows[0].measured and "notebook 07 §8" in rows[0].where
+    assert "two moons: +0." in rows[0].measured and "notebooks/07_physical_constraints.ipynb §8" in rows[0].where
     empty = C.figure5_claims(C.Source("07_physical_constraints", None, None, {}, "no run"))
     assert {r.verdict for r in empty} == {"not testable here"} and len(empty) == 2
