@@ -307,23 +307,33 @@ def corrupt_prompt(prompt: str, kind: str, vocabulary: Vocabulary, rng: np.rando
     return prompt[:m.start()] + new + prompt[m.end():]
 
 
+MEMORY_ERRORS = ("wrong", "unresolved")
+
+
 class CorruptedMemory:
-    """Wraps a memory: each refined prompt is made wrong with probability `rate` (one of its species,
-    place or time, the kind drawn uniformly among those the prompt names).
+    """Wraps a memory: each refined prompt is in error with probability `rate`.
+
+    mode "wrong": one of its species, place or time is swapped for another value (the kind drawn uniformly
+    among those the prompt names): Theorem 3's wrong condition. mode "unresolved": the prompt is left as the
+    story's own sentence, what no memory gives (every field the memory would have resolved is missing), so rate
+    0 is the wrapped memory and rate 1 no memory at all: the rates between measure the curve from one to the other.
 
     Deterministic: story s's draws come from numpy's SeedSequence([seed, crc of its sentences]), so a
     story gets the same corruption in every run and in any batch. `last_changes` lists, for the last
-    `refine` call, the kind changed per prompt (None: left as it was).
+    `refine` call, the kind changed per prompt ("unresolved" in that mode; None: left as it was).
     """
 
-    def __init__(self, memory: Memory, vocabulary: Vocabulary, rate: float, seed: int = 0):
+    def __init__(self, memory: Memory, vocabulary: Vocabulary, rate: float, seed: int = 0, mode: str = "wrong"):
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate <= 1.0:
-            raise ValueError(f"rate must be a number in [0, 1] (the share of prompts made wrong), got {rate!r}")
+            raise ValueError(f"rate must be a number in [0, 1] (the share of prompts in error), got {rate!r}")
+        if mode not in MEMORY_ERRORS:
+            raise ValueError(f"mode must be one of {MEMORY_ERRORS}, got {mode!r}")
         self.memory, self.vocabulary, self.rate, self.seed = memory, vocabulary, float(rate), int(seed)
+        self.mode = mode
         self.last_changes: list[str | None] = []
 
     def __repr__(self) -> str:
-        return f"CorruptedMemory({self.memory!r}, rate={self.rate:g}, seed={self.seed})"
+        return f"CorruptedMemory({self.memory!r}, rate={self.rate:g}, seed={self.seed}, mode={self.mode!r})"
 
     def refine(self, sentences: Sequence[str]) -> MemoryOutput:
         import zlib
@@ -332,15 +342,21 @@ class CorruptedMemory:
         key = zlib.crc32("\n".join(sentences).encode("utf-8"))
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, key]))
         prompts, changes = [], []
-        for p in out.prompts:
+        for p, sentence in zip(out.prompts, sentences):
             hit = rng.random() < self.rate
+            if self.mode == "unresolved":
+                new = sentence if hit and p != sentence else None
+                prompts.append(new if new is not None else p)
+                changes.append("unresolved" if new is not None else None)
+                continue
             kinds = [k for k in CORRUPTIBLE if corrupt_prompt(p, k, self.vocabulary, np.random.default_rng(0))]
             kind = kinds[int(rng.integers(len(kinds)))] if kinds else None
             new = corrupt_prompt(p, kind, self.vocabulary, rng) if hit and kind else None
             prompts.append(new if new is not None else p)
             changes.append(kind if new is not None else None)
         self.last_changes = changes
-        return replace(out, prompts=prompts, source=f"{out.source}+corrupted({self.rate:g})")
+        tag = "corrupted" if self.mode == "wrong" else "unresolved"
+        return replace(out, prompts=prompts, source=f"{out.source}+{tag}({self.rate:g})")
 
 
 # --------------------------------------------------------------------------------------------
