@@ -20,7 +20,7 @@ Janus-Pro ARMs, a Stable Diffusion corrector) are chosen the same way.
         --device cuda --dtype float16 --out runs/real
 
 Output, per story, in <out>/<story_id>/: frame_01_arm.png, frame_01_corrected.png (only for corrected
-frames), ..., contact_sheet.png (the ARM's frames above the corrected ones) and story.json (sentences,
+frames), ... (with --scale N also frame_01_arm_xN.png ..., N times larger, nearest neighbour), contact_sheet.png (the ARM's frames above the corrected ones) and story.json (sentences,
 prompts, memory source, seeds, every setting, package versions). Every file is written atomically and
 story.json last, so it marks the story done: a rerun skips stories whose story.json holds the same
 sentences and settings, and a killed run resumes where it stopped. A story done with other settings is
@@ -41,6 +41,7 @@ import math
 import os
 import re
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -50,7 +51,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from tqdm.auto import tqdm
 
-from acdc_lib import envcheck
+from acdc_lib import components, envcheck
 from acdc_lib.components import DTYPES, MEMORIES, available, build, build_memory, parse_options
 from acdc_lib.defaults import PAPER_GUIDANCE_SCALE, PAPER_NUM_INFERENCE_STEPS, PAPER_STRENGTH
 from acdc_lib.io import atomic_write_bytes, atomic_write_json, leftover_target
@@ -71,7 +72,7 @@ SHEET_MIN_CELL = 128  # a contact-sheet frame is upscaled (nearest) until its lo
 SHEET_PAD, SHEET_TITLE_H, SHEET_LABEL_W = 6, 22, 96  # contact-sheet gaps, title row height, row-label column
 VERSION_PACKAGES = ("acdc_lib", "torch", "numpy", "pillow", "diffusers", "transformers", "openai")
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-_FRAME_FILE = re.compile(r"frame_\d+_(arm|corrected)\.png")
+_FRAME_FILE = re.compile(r"frame_\d+_(arm|corrected)(_x\d+)?\.png")
 
 
 class GenerateError(ValueError):
@@ -141,9 +142,37 @@ def _device(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{text!r} is not a torch device; e.g. cpu, cuda, cuda:1, mps") from None
 
 
+def _scale(text: str) -> int:
+    value = _number(text, int, "an int >= 2")
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"{value} is not allowed; use an int >= 2 (times the frames' side)")
+    return value
+
+
+def _vocabulary(name: str) -> Any:
+    """A registered vocabulary (words, no model: cheap to build)."""
+    return components.build("vocabulary", name)
+
+
+def vocabulary_help() -> str:
+    """The words of every registered vocabulary, for --help: what a story for those models may say."""
+    lines = []
+    for name in available("vocabulary"):
+        v = _vocabulary(name)
+        closed = v.model_words is not None
+        head = f"vocabulary {name!r} (--vocabulary {name}): " + (
+            f"the {name} models read only these words, and the grammar's small words (a, the, then, ...); a story "
+            "with other words is still drawn, with a warning per sentence naming them (real models take any text):"
+            if closed else "the words the rule memory resolves:")
+        lines += [textwrap.fill(head, 100), *(textwrap.fill(line, 100, initial_indent="  ", subsequent_indent="    ")
+                                              for line in v.describe())]
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser; ARM, corrector and vocabulary choices are the registered components."""
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__, epilog=vocabulary_help(),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("sentences", nargs="*", metavar="SENTENCE",
                    help="one story given on the command line, one sentence per frame")
     src = p.add_argument_group("input (a story file, or sentences)")
@@ -191,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dtype", default="float32", choices=tuple(DTYPES), help="model dtype (default: float32)")
     out = p.add_argument_group("output")
     out.add_argument("--out", required=True, metavar="DIR", help="output folder; one subfolder per story")
+    out.add_argument("--scale", type=_scale, metavar="N",
+                     help="also write every frame N times larger (nearest neighbour) beside it, as "
+                          "frame_01_arm_xN.png ...: a 32 x 32 toy frame is too small to look at")
     out.add_argument("--force", action="store_true",
                      help="recompute stories this folder holds with other settings or sentences")
     return p
@@ -380,13 +412,35 @@ def contact_sheet(arm_images: Sequence[torch.Tensor], corrected: Sequence[torch.
     return sheet
 
 
+def scaled_name(name: str, scale: int) -> str:
+    """frame_01_arm.png -> frame_01_arm_x4.png: the file of a frame upscaled `scale` times."""
+    return f"{name[:-len('.png')]}_x{scale}.png"
+
+
+def upscale(img: Image.Image, scale: int) -> Image.Image:
+    """`img` `scale` times larger, each pixel a scale x scale block (nearest neighbour: no blur)."""
+    return img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+
+
+def write_scaled(story_dir: Path, names: Sequence[str], scale: int) -> list[str]:
+    """Write the upscaled copy of every frame file `names` of story_dir that lacks one; returns the copies' names."""
+    out = []
+    for name in names:
+        target = story_dir / scaled_name(name, scale)
+        if not target.is_file():
+            with Image.open(story_dir / name) as img:
+                atomic_write_bytes(target, _png(upscale(img.copy(), scale)))
+        out.append(target.name)
+    return out
+
+
 def frame_name(index: int, n_frames: int, kind: str) -> str:
     """File name of 0-based frame `index`: frame_01_arm.png ... (at least two digits, numbered from 01)."""
     return f"frame_{index + 1:0{max(2, len(str(n_frames)))}d}_{kind}.png"
 
 
 def write_story(story_dir: Path, story: Story, index: int, result: StoryResult, settings: dict[str, Any],
-                versions: dict[str, str]) -> dict[str, Any]:
+                versions: dict[str, str], scale: int | None = None) -> dict[str, Any]:
     """Write one finished story: frames, contact sheet, then story.json (last: it marks the story done).
 
     Args:
@@ -396,6 +450,7 @@ def write_story(story_dir: Path, story: Story, index: int, result: StoryResult, 
         result: the loop's result for it.
         settings: `run_settings` of this run.
         versions: package versions to record.
+        scale: also write each frame this many times larger (`scaled_name`), or None.
     Returns:
         the story.json record.
     """
@@ -415,6 +470,10 @@ def write_story(story_dir: Path, story: Story, index: int, result: StoryResult, 
             files.append(corr_name)
         frames.append({"frame": f.index + 1, "sentence": f.text, "corrected": f.corrected, "prompt": f.prompt,
                        "steps_run": f.steps_run, "arm_image": arm_name, "corrected_image": corr_name})
+    if scale is not None:
+        for name in files:
+            (story_dir / scaled_name(name, scale)).unlink(missing_ok=True)  # an earlier run's copy
+        files += write_scaled(story_dir, list(files), scale)
     sheet = contact_sheet([f.arm_image for f in result.frames], [f.corrected_image for f in result.frames])
     atomic_write_bytes(story_dir / SHEET_FILE, _png(sheet))
     files.append(SHEET_FILE)
@@ -468,6 +527,31 @@ def _corrects_any(policy: str | int) -> bool:
     return policy == "all" or (isinstance(policy, int) and policy > 0)
 
 
+def unknown_word_warnings(stories: Sequence[Story], args: argparse.Namespace) -> list[str]:
+    """One warning per sentence that uses words the chosen models never saw.
+
+    The words are those of the vocabularies registered by the backends of the ARM and (when frames are
+    corrected) the corrector, where such a vocabulary says its models read a closed set of words (the toy
+    world's); models that take any text (real ones) are not checked.
+    """
+    backends = {available("arm")[args.arm]}
+    if _corrects_any(args.correct):
+        backends.add(available("corrector")[args.dm])
+    if not stories:
+        return []
+    vocabularies = [_vocabulary(name) for name, module in available("vocabulary").items() if module in backends]
+    vocabularies = [v for v in vocabularies if v.model_words is not None]
+    out = []
+    for story in stories:
+        for k, sentence in enumerate(story.sentences, start=1):
+            unknown = list(dict.fromkeys(w for v in vocabularies for w in v.unknown_words(sentence)))
+            if unknown:
+                out.append(f"story {story.story_id} sentence {k} ({sentence!r}): the models never saw "
+                           f"{', '.join(repr(w) for w in unknown)}; they read them as unknown and draw from the "
+                           "other words (the words they know: --help)")
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # Main
 # --------------------------------------------------------------------------------------------
@@ -518,6 +602,15 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
         raise GenerateError(f"{out} already holds {len(clashes)} of these stories made with other settings or "
                             f"sentences: {'; '.join(clashes[:3])}{more}. Use a fresh --out, or --force to "
                             "overwrite them")
+    for line in unknown_word_warnings([s for _, s in todo], args):
+        print(f"{PROG}: warning: {line}", file=sys.stderr)
+    if args.scale is not None:  # stories done earlier get their upscaled frames too
+        pending = {s.story_id for _, s in todo}
+        for _, s in indexed:
+            if s.story_id not in pending:
+                record = json.loads((out / s.story_id / STORY_FILE).read_text(encoding="utf-8"))
+                write_scaled(out / s.story_id, [f for f in record["files"] if _FRAME_FILE.fullmatch(f)
+                                                and _FRAME_FILE.fullmatch(f).group(2) is None], args.scale)
     done = 0
     if todo:
         dtype = DTYPES[args.dtype]
@@ -536,11 +629,15 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
                 result = run_stories([s for _, s in batch], arm, corrector, memory, config,
                                      seeds=[story_seed(args.seed, k) for k, _ in batch], device=args.device)
                 for (k, s), res in zip(batch, result.stories):
-                    write_story(out / s.story_id, s, k, res, settings, versions)
+                    write_story(out / s.story_id, s, k, res, settings, versions, scale=args.scale)
                     done += 1
                     bar.update(1)
     return {"done": done, "skipped": skipped, "stories": len(indexed), "seconds": time.perf_counter() - t0,
-            "out": out}
+            "out": out, "ids": [s.story_id for _, s in indexed]}
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun[:-1]}ies" if noun.endswith("y") else f"{n} {noun}s"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -562,8 +659,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     finally:
         torch.set_num_threads(threads)  # main() may run inside a caller's process: leave its setting as found
-    print(f"files: {summary['out'].resolve()}/<story_id>/ (frames, {SHEET_FILE}, {STORY_FILE})")
-    print(f"{summary['done']} stories done, {summary['skipped']} skipped (already done), "
+    root, ids = summary["out"].resolve(), summary["ids"]
+    shown = ids if len(ids) <= 3 else ids[:2]
+    print(f"files (frames, {SHEET_FILE}, {STORY_FILE}): " + ", ".join(f"{root / i}/" for i in shown)
+          + (f" and {len(ids) - 2} more story folders in {root}/" if len(ids) > 3 else ""))
+    print(f"{_count(summary['done'], 'story')} done, {summary['skipped']} skipped (already done), "
           f"{summary['stories']} selected, in {summary['seconds']:.1f} s")
     return 0
 

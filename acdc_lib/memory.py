@@ -27,10 +27,12 @@ text encoder.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
+import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Collection, Iterable, Sequence
 
 import numpy as np
 
@@ -81,6 +83,8 @@ class Vocabulary:
         time_phrases: time -> its phrase in a caption ("at night").
         actions: action -> its verb forms (any form found in a sentence names the action).
         caption: (name, species, action, place, time) -> the fully explicit caption.
+        model_words: for a world whose models read a closed vocabulary, a function returning every
+            (lower-case) word they were trained on, called when first needed; None: the models take any text.
     """
 
     names: dict[str, str]
@@ -91,6 +95,33 @@ class Vocabulary:
     time_phrases: dict[str, str]
     actions: dict[str, tuple[str, ...]]
     caption: Callable[[str, str, str, str, str], str]
+    model_words: Callable[[], Collection[str]] | None = None
+
+    def unknown_words(self, sentence: str) -> list[str]:
+        """The words of `sentence` (lower-cased, in order, once each) that the world's models never saw;
+        [] when the models take any text (`model_words` None)."""
+        if self.model_words is None:
+            return []
+        known = self.model_words()
+        return list(dict.fromkeys(w for w in re.findall(r"[^\W_]+", sentence.lower()) if w not in known))
+
+    def describe(self) -> list[str]:
+        """One line per kind of word: names (with pronouns), species, places, times (with the words that
+        signal them) and actions (with their verb forms), for a user writing stories."""
+        pron = {"male": "he", "female": "she"}
+        known = self.model_words() if self.model_words is not None else None
+        if known is not None:  # only the phrases the models read (the resolver knows a few more)
+            times = {t: [w for w in ws if all(x in known for x in re.findall(r"[^\W_]+", w.lower()))]
+                     for t, ws in self.times.items()}
+        else:
+            times = self.times
+        return [
+            "names: " + ", ".join(f"{n} ({pron.get(g, g)})" for n, g in self.names.items()),
+            "species: " + ", ".join(self.species),
+            "places: " + ", ".join(self.places),
+            "times: " + "; ".join(f"{t} ({', '.join(w)})" for t, w in times.items()),
+            "actions: " + "; ".join(f"{a} ({', '.join(f for f in forms if f != a)})" for a, forms in self.actions.items()),
+        ]
 
 
 def _word_re(words: Iterable[str], ignore_case: bool = True) -> re.Pattern:
@@ -119,6 +150,15 @@ class _Context:
     place: str | None = None
     time: str | None = None
     action: str | None = None
+    characters: list[str] = field(default_factory=list)  # every name the story has mentioned, in order
+
+
+class UnresolvedReferenceWarning(UserWarning):
+    """A sentence refers to characters the rule memory cannot tell apart ("They jumped." after two were
+    named); its prompt keeps the sentence's own words instead of naming one of them."""
+
+
+PLURAL_RE = re.compile(r"\b(they|their|them)\b", re.IGNORECASE)
 
 
 def _require_vocabulary(vocabulary: Any, who: str) -> Vocabulary:
@@ -166,13 +206,16 @@ class RuleMemory:
     def read(self, sentence: str) -> dict[str, Any]:
         """What one sentence says on its own: name, species, place, time, action (None if absent)."""
         found: dict[str, Any] = {"name": None, "species": None, "place": None, "time": None, "action": None}
-        m = self._name_re.search(sentence)
-        if m:
-            found["name"] = next(n for n in self.vocab.names if n.lower() == m.group(1).lower())
+        names = [next(n for n in self.vocab.names if n.lower() == m.group(1).lower())
+                 for m in self._name_re.finditer(sentence)]
+        found["names"] = list(dict.fromkeys(names))
+        if names:
+            found["name"] = names[0]
         else:
             m = self._appositive_re.match(sentence)
             if m and m.group(1).lower() not in FILLER_WORDS:
                 found["name"] = m.group(1)
+                found["names"] = [m.group(1)]
         m = self._species_re.search(sentence)
         if m:
             found["species"] = m.group(1).lower()
@@ -244,12 +287,27 @@ class RuleMemory:
         return text[:m.start()] + (" " if m.lastgroup == "poss" and m.group(0)[:1].isspace() else "") + repl + text[m.end():]
 
     def refine(self, sentences: Sequence[str]) -> MemoryOutput:
-        """Causally resolve every sentence (y^i from u^{1:i} only)."""
+        """Causally resolve every sentence (y^i from u^{1:i} only).
+
+        A plural reference ("they", "their", "them") after two or more characters were named is not
+        resolved: which of them it means is not in the words, so the sentence keeps its subject (the
+        place and time are still made explicit) and an `UnresolvedReferenceWarning` names it.
+        """
         sentences = _check_sentences(sentences)
         ctx = _Context()
         prompts = []
-        for s in sentences:
+        for i, s in enumerate(sentences, start=1):
             found = self.read(s)
+            ctx.characters += [n for n in found["names"] if n not in ctx.characters]
+            if not found["names"] and len(ctx.characters) >= 2 and PLURAL_RE.search(s):
+                warnings.warn(f"sentence {i} ({s!r}): {PLURAL_RE.search(s).group(1)!r} may mean any of "
+                              f"{', '.join(ctx.characters)}; the rule memory cannot tell which, so the prompt keeps "
+                              "the sentence's own subject", UnresolvedReferenceWarning, stacklevel=2)
+                for key in ("place", "time"):
+                    if found[key] is not None:
+                        setattr(ctx, key, found[key])
+                prompts.append(self._rewrite(s, found, dataclasses.replace(ctx, name=None, species=None)))
+                continue
             # What a sentence states replaces what the story had (a new place, a new time ...).
             for key in ("name", "species", "place", "time", "action"):
                 if found[key] is not None:

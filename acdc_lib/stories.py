@@ -1,6 +1,7 @@
 """Story files: one validated JSONL format, and the referential extension.
 
-File format (schema "acdc-stories", version 1), one JSON object per line, UTF-8, no blank lines:
+File format (schema "acdc-stories", version 1), one JSON object per line, UTF-8, no blank line between
+records (blank lines at the end are ignored):
 
     line 1   {"schema": "acdc-stories", "version": 1, "kind": "grammar", "n_sentences": 6, "count": 1000}
     line 2+  {"story_id": "g1-000000", "sentences": [6 strings], "source": "grammar",
@@ -186,8 +187,8 @@ def read_stories(
     if raw.startswith(b"\xef\xbb\xbf"):
         raise fail(1, "starts with a UTF-8 byte-order mark; write the file as plain UTF-8")
     lines = raw.split(b"\n")
-    if lines[-1] == b"":  # the final newline
-        lines = lines[:-1]
+    while lines and not lines[-1].strip():  # the final newline, and blank lines after the last record
+        lines.pop()
     header: dict[str, Any] | None = None
     stories: list[Story] = []
     first_line: dict[str, int] = {}

@@ -5,9 +5,20 @@
 """
 from __future__ import annotations
 
+import functools
+
 from acdc_lib.memory import Vocabulary
 from acdc_lib.toyworld import world as W
 from acdc_lib.types import Story
+
+
+@functools.lru_cache(maxsize=1)
+def model_words() -> frozenset[str]:
+    """Every word the toy models' tokenizer knows (`acdc_lib.toyworld.text.vocabulary`, which their
+    training builds the tokenizer from); any other word reaches them as <unk>."""
+    from acdc_lib.toyworld.text import vocabulary
+
+    return frozenset(vocabulary())
 
 
 def toy_vocabulary() -> Vocabulary:
@@ -36,6 +47,7 @@ def toy_vocabulary() -> Vocabulary:
         time_phrases=dict(W.TIME_PHRASES),
         actions={a: tuple(dict.fromkeys((v.base, v.present, v.past, v.ing))) for a, v in W.VERBS.items()},
         caption=caption,
+        model_words=model_words,
     )
 
 

@@ -177,7 +177,7 @@ def test_killed_run_resumes_to_the_same_bytes(batch1, story_file, tmp_path):
     assert len(list(out.glob("*/story.json"))) == 1  # killed before the second story finished
     rc, stdout, err = _main(args)
     assert rc == 0, err
-    assert "1 stories done, 1 skipped" in stdout
+    assert "1 story done, 1 skipped" in stdout
     assert _files(out) == _files(batch1)
 
 
