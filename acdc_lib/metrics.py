@@ -1,4 +1,4 @@
-"""Story metrics (issue 7): frame consistency, CLIPScore, FID, StoryGPT-V's attribute scores, physical validity.
+"""Story metrics: frame consistency, CLIPScore, FID, StoryGPT-V's attribute scores, physical validity.
 
 Pure functions over tensors; every model is passed in (never loaded here), so the toy evaluator
 (a tiny CLIPModel + attribute probe) and the real CLIP / Inception models on a GPU node plug into

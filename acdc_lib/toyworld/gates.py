@@ -1,4 +1,4 @@
-"""The gates of the toy world's models (issue 5), measured on held-out test stories.
+"""The gates of the toy world's models, measured on held-out test stories.
 
 - Evaluator: probe accuracy on clean renders >= 98% for species and for place; CLIP retrieval (the
   right explicit caption among 100) >= 80% top-1.
@@ -146,7 +146,7 @@ def vq_gate(vq, evaluator: M.ToyEvaluator, images: torch.Tensor, states) -> tupl
     ratio = float(np.mean(list(a1.values())) / np.mean(list(a0.values())))
     mse = float((rec - images).pow(2).mean())
     detail = {"accuracy_originals": a0, "accuracy_reconstructions": a1, "mse": mse, "n_frames": len(states),
-              # not part of the gate (issue 5's rule), but what the ARM can copy at best
+              # not part of the gate (measured on the stated attributes only), but what the ARM can copy at best
               "frame_only_originals": accuracy(p0, truth, FRAME_ONLY),
               "frame_only_reconstructions": accuracy(p1, truth, FRAME_ONLY),
               "codes_used": int(torch.unique(M.vq_encode(vq, images[:2048])).numel())}

@@ -1,4 +1,4 @@
-"""Toy-world models (issue 5): tokenizer, ARM protocol and sampling, DM through UNetCorrector, training steps,
+"""Toy-world models: tokenizer, ARM protocol and sampling, DM through UNetCorrector, training steps,
 and the shipped checkpoints loaded with from_pretrained."""
 from __future__ import annotations
 
