@@ -99,8 +99,10 @@ def _fid_table(n_stories: int, dim: int) -> ResultsTable:
     S = n_stories
     rng = np.random.default_rng(0)
     base = rng.random(S)
-    per_story = {"dm_only": {"frame_consistency": (base - 0.3).tolist()}, "arm": {"frame_consistency": base.tolist()},
-                 "acdc_rules": {"frame_consistency": (base + 0.1).tolist()}}
+    noise = lambda: 0.01 * rng.standard_normal(S)  # noqa: E731
+    per_story = {"dm_only": {"frame_consistency": (base - 0.3 + noise()).tolist()},
+                 "arm": {"frame_consistency": base.tolist()},
+                 "acdc_rules": {"frame_consistency": (base + 0.1 + noise()).tolist()}}
     fids = {"dm_only": M.Interval(0.40, 0.35, 0.45), "arm": M.Interval(0.05, 0.04, 0.06),
             "acdc_rules": M.Interval(0.02, 0.015, 0.025)}
     rows = {r: {"frame_consistency": M.Interval(float(np.mean(v["frame_consistency"])), 0, 1), "fid": fids[r]}
