@@ -42,10 +42,12 @@ check-cpu-only: env
 REPRO_JOBS ?= 2
 REPRO_THREADS ?= 1
 # CPU kernels are also chosen by instruction set, and AVX2 and AVX512 kernels (torch's own, oneDNN's and
-# MKL's) round differently, so the figures are byte-reproducible only between machines with the same
-# capability (each notebook prints it). REPRO_ISA=avx2 pins all three to AVX2, which any x86-64 machine of
-# the last decade has; it is off by default because it makes the toy UNet about 40% slower on AVX512 CPUs.
-REPRO_ISA ?=
+# MKL's) round differently, so figures are byte-reproducible only between runs with the same kernels (each
+# notebook's setup line prints them). REPRO_ISA=avx2, the default, pins all three to AVX2, which any x86-64
+# machine of the last decade has, so the committed figures are meant to come from such a run and to come back
+# byte for byte anywhere. It costs speed on AVX512 CPUs (the toy UNet about 40% slower); `REPRO_ISA=` unpins
+# it, and the setup lines then say that the figures may differ in the last digits.
+REPRO_ISA ?= avx2
 ISA_ENV := $(if $(REPRO_ISA),ATEN_CPU_CAPABILITY=$(REPRO_ISA) ONEDNN_MAX_CPU_ISA=$(shell echo $(REPRO_ISA) | tr a-z A-Z) MKL_CBWR=$(shell echo $(REPRO_ISA) | tr a-z A-Z),)
 reproduce: env
 	OMP_NUM_THREADS=$(REPRO_THREADS) $(ISA_ENV) $(BIN)/python -m acdc_lib.runs $(RUNSET) --jobs $(REPRO_JOBS)

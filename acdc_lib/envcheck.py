@@ -37,10 +37,27 @@ def describe(seed: int | None = None, device: str | None = None) -> str:
     parts.append(f"seed {seed}" if seed is not None else "seed -")
     parts.append(f"device {device or 'cpu'}")
     parts.append(f"threads {torch.get_num_threads()}")
-    # CPU kernels are chosen by instruction set (AVX2, AVX512 ...), and they round differently: the same
-    # seed gives the same bytes only on the same capability (make reproduce REPRO_ISA=avx2 pins it)
-    parts.append(f"cpu kernels {torch.backends.cpu.get_cpu_capability()}")
+    parts.append(cpu_kernels())
     return " | ".join(parts)
+
+
+def cpu_kernels() -> str:
+    """The CPU kernels' instruction set, and whether it is pinned.
+
+    Kernels are chosen by instruction set (AVX2, AVX512 ...) and round differently, so the same seed gives
+    the same bytes only with the same kernels: `make reproduce` pins them to AVX2 (ATEN_CPU_CAPABILITY,
+    with oneDNN's and MKL's). Unpinned, the line says the figures may differ in the last digits.
+    """
+    import os
+
+    import torch
+
+    isa = torch.backends.cpu.get_cpu_capability()
+    pinned = os.environ.get("ATEN_CPU_CAPABILITY")
+    if pinned:
+        return f"cpu kernels {isa} (pinned: ATEN_CPU_CAPABILITY={pinned})"
+    return (f"cpu kernels {isa} (not pinned: figures may differ from the committed ones in the last digits; "
+            "make reproduce pins avx2)")
 
 
 def main(argv: list[str] | None = None) -> int:
