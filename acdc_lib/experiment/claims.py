@@ -553,6 +553,12 @@ def open_question_claims(s06: Source, s04: Source, bench: Mapping[str, Any] | No
                          "resolver with no memory (shown) and takes any OpenAI-compatible model by name"))
     else:
         out.append(_missing("Open question 1", q1, 'App. D: "we used gpt-4o-mini for our experiments but found open-sourced models" such as "gemma-9b-it (Team et al., 2024) also produced similar results"', s04, "04"))
+    out.append(Claim("App. D", "one LLM query per story, refining every prompt causally, is as good as one query per frame",
+                     'App. D: "one could query the LLM one time with all the story prompts, and ask it to causally '
+                     'refine it. As we did not observe much difference in the quality"', "", "not testable here",
+                     "no LLM could be reached from the machines that ran it; the rule memory writes the same prompts "
+                     "either way by construction, so it cannot test the choice (notebook 04 runs the LLM memory, one "
+                     "query per story, when a key or a server is given)"))
     q2 = "How often should the correction run?"
     res6 = s06.results
     tests = (res6 or {}).get("adaptive_vs_fixed") or []
