@@ -18,6 +18,19 @@ model's own size in [0, 1]; `encode` accepts frames of any size and resizes them
 (antialiased) to the model's size first, so a corrector that works at another resolution can hand
 its frames straight back. Pixels enter both VQ encoders as 2x - 1 (mean = std = 0.5, the published
 image processors' normalisation) and leave the decoders in [-1, 1], mapped back with (x + 1) / 2.
+
+A context window, as the toy ARM's: with `context_frames=K` frame i sees the last K - 1 frames and the
+sentences of the frames kept (u^{i-K+1..i}), so a story longer than the model's positions runs; by
+default K is as many whole frames as fit the positions (each frame with `TEXT_POSITIONS` for its
+sentence). A frame size that leaves no room for one earlier frame is refused when the ARM is built:
+neither model could then condition on anything but the text.
+
+Precision follows the authors: the language model in bfloat16 on CUDA (BAAI's Emu3 example and
+DeepSeek's Janus scripts), float32 elsewhere; every VQ stays in float32 whatever the LM's dtype, so
+codebook distances and decoded pixels are not computed in half precision.
+
+Neither Emu3-Gen nor Janus-Pro was trained on several images in one sequence: a story's context of
+earlier frames is outside what either saw in training (see the README's component table).
 """
 from __future__ import annotations
 
@@ -31,21 +44,32 @@ import torch.nn.functional as F
 from acdc_lib.loop import draw_rows
 from acdc_lib.sdedit import _load_or_explain, validate_images
 
-__all__ = ["Emu3ARM", "JanusARM", "EMU3_NEGATIVE_PROMPT", "JANUS_PRO_PROMPT_TEMPLATE"]
+__all__ = ["Emu3ARM", "JanusARM", "EMU3_NEGATIVE_PROMPT", "EMU3_POSITIVE_PROMPT", "EMU3_PROMPT_TEMPLATE",
+           "JANUS_PRO_PROMPT_TEMPLATE", "TEXT_POSITIONS"]
 
 # BAAI's Emu3-Gen example (github.com/baaivision/Emu3, image_generation.py): this negative prompt,
 # classifier_free_guidance = 3.0 and top_k = 2048 with do_sample (temperature 1.0).
 EMU3_NEGATIVE_PROMPT = ("lowres, bad anatomy, bad hands, text, error, missing fingers, extra digit, fewer digits, "
                         "cropped, worst quality, low quality, normal quality, jpeg artifacts, signature, watermark, "
                         "username, blurry.")
+# The same example appends this to every prompt (`prompt += POSITIVE_PROMPT`); we append it to every sentence.
+EMU3_POSITIVE_PROMPT = " masterpiece, film grained, best quality."
+EMU3_PROMPT_TEMPLATE = "{}" + EMU3_POSITIVE_PROMPT
 EMU3_IMAGE_AREA = 720 * 720  # Emu3Processor's default generation area (ratio 1:1)
 # DeepSeek's Janus-Pro example (github.com/deepseek-ai/Janus, generation_inference.py): the SFT chat
 # format "<|User|>: ...\n\n<|Assistant|>:" + <begin_of_image>, cfg_weight = 5, temperature = 1, no top-k.
+# Between turns its conversation template (janus/utils/conversation.py, SeparatorStyle.DeepSeek: sep "\n\n",
+# sep2 "<｜end▁of▁sentence｜>") ends every finished assistant turn with the end-of-sentence token.
 JANUS_PRO_PROMPT_TEMPLATE = "<|User|>: {}\n\n<|Assistant|>:"
+# Positions set aside per frame for its sentence when the default window is chosen (a story sentence with
+# Emu3's suffix or Janus-Pro's chat format is 20-50 tokens).
+TEXT_POSITIONS = 64
 
 
 def _default_dtype(device: torch.device) -> torch.dtype:
-    return torch.float16 if device.type == "cuda" else torch.float32
+    # Both authors run their LMs in bfloat16 on GPUs (BAAI's Emu3 image_generation.py: torch_dtype=torch.bfloat16;
+    # DeepSeek's generation_inference.py: vl_gpt.to(torch.bfloat16)).
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
 def _check_guidance(value, name: str) -> float:
@@ -64,8 +88,9 @@ class _TransformersARM:
     """Shared by Emu3ARM and JanusARM: settings, input checks, context layout, the sampling loop.
 
     Subclasses set `codebook_size`, `tokens_per_frame`, `image_size`, `_max_positions` (and
-    `_extra_positions`) and implement `_render` (one context row), `_pad_value`, `_forward` (one
-    cached step), `_next_inputs`, `_encode_pixels` and `_decode_codes`.
+    `_extra_positions`), call `_set_window` at the end of their constructor, and implement `_render`
+    (one context row), `_frame_positions`, `_pad_value`, `_forward` (one cached step), `_next_inputs`,
+    `_vq`, `_encode_pixels` and `_decode_codes`.
     """
 
     codebook_size: int
@@ -73,6 +98,7 @@ class _TransformersARM:
     image_size: tuple[int, int]
     _max_positions: int
     _extra_positions = 0  # positions a frame takes beyond its n codes (Emu3: end-of-line tokens)
+    _fixed_positions = 1  # positions of a row that are no frame and no sentence (<bos>; Emu3: + negative prompt)
 
     def __init__(self, model, tokenizer, *, temperature: float, top_k: int | None, guidance_scale: float,
                  first_frame_guidance_scale: float | None, first_frame_top_k: int | None, prompt_template: str,
@@ -91,8 +117,41 @@ class _TransformersARM:
         self.prompt_template = prompt_template
         self.device = torch.device(device)
         self.dtype = dtype or _default_dtype(self.device)
-        self.model = model.to(self.device, self.dtype).eval()
+        self.model = model.to(self.device).eval()
+        # the LM and its heads in `dtype`, every VQ in float32 (BAAI's example keeps its vision tokenizer in
+        # float32); each part is cast on its own, so the VQ's weights never pass through half precision
+        vq = self._vq()
+        for outer in self.model.children():
+            for part in (outer.children() if vq in list(outer.children()) else [outer]):
+                part.to(dtype=torch.float32 if part is vq else self.dtype)
         self.tokenizer = tokenizer
+
+    def _set_window(self, context_frames: int | None) -> None:
+        """Check that a frame leaves room for one earlier frame and set K (`context_frames`)."""
+        frame = self._frame_positions()
+        most = (self._max_positions - self._fixed_positions) // frame  # frames that fit without text
+        if most < 2:
+            raise ValueError(f"a frame of {self.image_size[0]}x{self.image_size[1]} pixels takes {frame} positions: "
+                             f"the model's {self._max_positions} positions leave no room for one earlier frame, so "
+                             f"the ARM could not continue a story; {self._size_hint()}")
+        if context_frames is None:
+            context_frames = max(2, (self._max_positions - self._fixed_positions) // (frame + TEXT_POSITIONS))
+        elif isinstance(context_frames, bool) or not isinstance(context_frames, numbers.Integral) \
+                or not 1 <= context_frames <= most:
+            raise ValueError(f"context_frames must be None (as many frames as fit) or an int in [1, {most}] (the "
+                             f"frames of {frame} positions that the model's {self._max_positions} hold), got "
+                             f"{context_frames!r}")
+        self.context_frames = int(context_frames)
+
+    def _size_hint(self) -> str:
+        return "use a model with more positions"
+
+    def _frame_positions(self) -> int:
+        """Positions one frame takes in the context (its codes and markers)."""
+        raise NotImplementedError
+
+    def _vq(self) -> torch.nn.Module:
+        raise NotImplementedError
 
     # ---- loading ------------------------------------------------------------------------
     @classmethod
@@ -101,7 +160,9 @@ class _TransformersARM:
 
         device = torch.device(device)
         dtype = dtype or _default_dtype(device)
-        model = _load_or_explain(model_cls.from_pretrained, model_id, what, "model_id", example, dtype=dtype,
+        # in the checkpoint's own dtype: the constructor casts the LM to `dtype` and the VQ to float32, so a VQ
+        # stored in float32 is never rounded through a half-precision load
+        model = _load_or_explain(model_cls.from_pretrained, model_id, what, "model_id", example, dtype="auto",
                                  trust_remote_code=False)
         tokenizer = _load_or_explain(AutoTokenizer.from_pretrained, model_id, f"the tokenizer of {what}", "model_id",
                                      example, trust_remote_code=False)
@@ -175,7 +236,8 @@ class _TransformersARM:
 
         Args:
             texts: per story, the sentences u^1..u^i (or one prompt used for every frame).
-            prev_tokens: (B, i-1, n) codes of the frames in context; (B, 0, n) at the first frame.
+            prev_tokens: (B, i-1, n) codes of the frames so far; (B, 0, n) at the first frame. Only the last
+                K - 1 (K = `context_frames`) and their sentences enter the context.
             generators: B torch.Generators on the model's device; row b uses generators[b] only.
         Returns:
             (B, n) long codes in [0, codebook_size).
@@ -186,6 +248,10 @@ class _TransformersARM:
         guidance = self.first_frame_guidance_scale if first and self.first_frame_guidance_scale is not None \
             else self.guidance_scale
         top_k = self.first_frame_top_k if first and self.first_frame_top_k is not None else self.top_k
+        keep = self.context_frames - 1  # earlier frames in the window
+        if prev_tokens.shape[1] > keep:
+            texts = [list(s)[len(s) - keep - 1:] if len(s) > 1 else list(s) for s in texts]
+            prev_tokens = prev_tokens[:, prev_tokens.shape[1] - keep:]
         prev = prev_tokens.to(self.device)
         segments = [self._segments(list(s), prev[b]) for b, s in enumerate(texts)]
         rows = [self._render(s, cond=True) for s in segments]
@@ -195,7 +261,8 @@ class _TransformersARM:
         need = inputs.shape[1] + self.tokens_per_frame + self._extra_positions
         if need > self._max_positions:
             raise ValueError(f"a context of {prev.shape[1]} frames plus the new one needs {need} positions, more than "
-                             f"the model's {self._max_positions}; use fewer frames or a smaller image_size")
+                             f"the model's {self._max_positions}; pass a smaller context_frames (now "
+                             f"{self.context_frames}), shorter sentences or a smaller image_size")
         return self._sample(inputs, mask, list(generators), guidance, top_k)
 
     def _sample(self, inputs, mask, generators, guidance: float, top_k: int | None) -> torch.LongTensor:
@@ -215,20 +282,25 @@ class _TransformersARM:
             pos = pos[:, -1:] + torch.arange(1, t + 1, device=self.device)     # (R, t)
         return out
 
-    def _pick(self, logits: torch.Tensor, guidance: float, top_k: int | None,
-              generators: Sequence[torch.Generator]) -> torch.LongTensor:
-        """(R, V) logits -> (B,) codes: CFG on the doubled batch, temperature, top-k, one draw per row."""
-        B = len(generators)
+    def _scores(self, logits: torch.Tensor, guidance: float, top_k: int | None, batch: int) -> torch.Tensor:
+        """(R, V) logits -> (B, V) float32 scores the codes are drawn from: CFG on the doubled batch, temperature,
+        top-k (-inf outside)."""
         logits = logits.float()
-        if logits.shape[0] == 2 * B:  # rows [0, B) conditional, [B, 2B) unconditional
-            cond, uncond = logits[:B], logits[B:]
+        if logits.shape[0] == 2 * batch:  # rows [0, B) conditional, [B, 2B) unconditional
+            cond, uncond = logits[:batch], logits[batch:]
             logits = uncond + guidance * (cond - uncond)                        # (B, V)
         logits = logits / self.temperature
         if top_k is not None and top_k < logits.shape[-1]:
             kth = logits.topk(top_k, dim=-1).values[:, -1:]                     # (B, 1)
             logits = logits.masked_fill(logits < kth, float("-inf"))
+        return logits
+
+    def _pick(self, logits: torch.Tensor, guidance: float, top_k: int | None,
+              generators: Sequence[torch.Generator]) -> torch.LongTensor:
+        """(R, V) logits -> (B,) codes: `_scores`, then one draw per row from its own generator."""
+        scores = self._scores(logits, guidance, top_k, len(generators))         # (B, V)
         u = torch.stack([torch.rand((), generator=g, device=g.device) for g in generators])
-        return draw_rows(logits.softmax(-1), u.to(logits.device))
+        return draw_rows(scores.softmax(-1), u.to(scores.device))
 
     # ---- D and E -------------------------------------------------------------------------
     @torch.no_grad()
@@ -251,7 +323,7 @@ class _TransformersARM:
         if tuple(x.shape[-2:]) != self.image_size:
             x = F.interpolate(x, size=self.image_size, mode="bilinear", align_corners=False,
                               antialias=True).clamp(0.0, 1.0)                   # (B, 3, *image_size)
-        return self._encode_pixels((x * 2 - 1).to(self.dtype))                  # (B, n)
+        return self._encode_pixels(x * 2 - 1)                                    # (B, n); the VQ is float32
 
 
 class Emu3ARM(_TransformersARM):
@@ -270,16 +342,20 @@ class Emu3ARM(_TransformersARM):
         tokenizer: its tokenizer (text of the sentences and of the "h*w" size).
         image_size: (H, W) pixels (int: square) of a frame, multiples of the VQ's spatial factor
             (8 for Emu3); n = (H / 8) * (W / 8). None: the processor's default area 720 x 720 at 1:1
-            (config.image_area when set), i.e. 90 x 90 = 8100 tokens per frame; Emu3's 9216 positions
-            then hold one frame only, so stories need a smaller size (e.g. 256: 1056 positions a frame).
+            (config.image_area when set), i.e. 90 x 90 = 8100 tokens per frame; Emu3-Gen's 9216 positions
+            then hold one frame only, which is refused: stories need a smaller size. 512 (4,169 positions a
+            frame, two frames in context) is the smallest that Emu3's image processor does not upscale
+            (its smart_resize brings anything under 512 x 512 up), so the largest sensible for a story.
         temperature: softmax temperature (> 0).
         top_k: keep the k most likely visual tokens (None: all).
         guidance_scale: classifier-free guidance (>= 1; 1 runs no unconditional rows).
         first_frame_guidance_scale, first_frame_top_k: the same for the first frame (None: as the rest).
         negative_prompt: the unconditional rows' text.
-        prompt_template: how a sentence is written into the context ("{}" = as is).
+        prompt_template: how a sentence is written into the context; default BAAI's: the sentence and
+            " masterpiece, film grained, best quality." ("{}" = as is).
+        context_frames: K, the frames the model sees (the new one included); None: as many as fit.
         device: where the model runs.
-        dtype: model dtype; None -> float16 on CUDA, float32 elsewhere.
+        dtype: the language model's dtype; None -> bfloat16 on CUDA, float32 elsewhere (the VQ: float32).
     """
 
     _boi, _eoi, _wrapper, _eof = "<|image start|>", "<|image end|>", "<|image token|>", "<|extra_201|>"
@@ -287,8 +363,9 @@ class Emu3ARM(_TransformersARM):
     def __init__(self, model, tokenizer, *, image_size: int | tuple[int, int] | None = None,
                  temperature: float = 1.0, top_k: int | None = 2048, guidance_scale: float = 3.0,
                  first_frame_guidance_scale: float | None = None, first_frame_top_k: int | None = None,
-                 negative_prompt: str = EMU3_NEGATIVE_PROMPT, prompt_template: str = "{}",
-                 device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
+                 negative_prompt: str = EMU3_NEGATIVE_PROMPT, prompt_template: str = EMU3_PROMPT_TEMPLATE,
+                 context_frames: int | None = None, device: str | torch.device = "cpu",
+                 dtype: torch.dtype | None = None):
         super().__init__(model, tokenizer, temperature=temperature, top_k=top_k, guidance_scale=guidance_scale,
                          first_frame_guidance_scale=first_frame_guidance_scale, first_frame_top_k=first_frame_top_k,
                          prompt_template=prompt_template, device=device, dtype=dtype)
@@ -328,6 +405,22 @@ class Emu3ARM(_TransformersARM):
         h, w = self.grid
         self._header = torch.tensor([self._ids[self._boi], *self._text_ids(f"{h}*{w}"), self._ids[self._wrapper]],
                                     device=self.device)  # <|image start|> h*w <|image token|>
+        self._fixed_positions = 1 + len(self._text_ids(negative_prompt))  # <bos> + the unconditional rows' text
+        self._set_window(context_frames)
+
+    def _frame_positions(self) -> int:
+        h, w = self.grid
+        return len(self._header) + h * (w + 1) + 2  # header, rows closed by end-of-line, eof, eoi
+
+    def _size_hint(self) -> str:
+        room = (self._max_positions - self._fixed_positions) // 2 - len(self._header) - 2  # one frame's rows
+        g = 1  # the largest square grid of g rows of g codes + end-of-line that two frames hold
+        while (g + 1) * (g + 2) <= room:
+            g += 1
+        return f"pass a smaller image_size (at most {g * self.spatial_factor} for square frames)"
+
+    def _vq(self) -> torch.nn.Module:
+        return self.model.model.vqmodel
 
     @classmethod
     def from_pretrained(cls, model_id, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
@@ -405,9 +498,13 @@ class JanusARM(_TransformersARM):
     The context is a sequence of embeddings: text through the LM's token embeddings, frames through
     `prepare_embeddings_for_image_generation` (the generation VQ's codes, as Janus feeds back its own
     samples), each frame wrapped in <begin_of_image> ... <end_of_image>. Logits come from the
-    `generation_head` on the last hidden state. The unconditional rows of CFG replace every text
-    token by <pad> and keep <bos>, the image markers and the earlier frames (Janus blanks the prompt
-    this way), so guidance pushes toward the text.
+    `generation_head` on the last hidden state. As DeepSeek's conversation template ends every finished
+    assistant turn with <｜end▁of▁sentence｜>, a frame followed by the next sentence is closed with it.
+    The unconditional rows of CFG replace every text token by <pad> and keep <bos>, the image markers,
+    the separators and the earlier frames (Janus blanks the prompt this way), so guidance pushes toward
+    the text.
+
+    Frames are re-encoded with DeepSeek's nearest-code rule (L2-normalised vectors, see `_encode_pixels`).
 
     Args:
         model: a JanusForConditionalGeneration; a frame is vq num_patches^2 codes (24 x 24 = 576 at
@@ -418,14 +515,16 @@ class JanusARM(_TransformersARM):
         guidance_scale: classifier-free guidance (>= 1; 1 runs no unconditional rows).
         first_frame_guidance_scale, first_frame_top_k: the same for the first frame (None: as the rest).
         prompt_template: how a sentence is written into the context; default Janus-Pro's chat format.
+        context_frames: K, the frames the model sees (the new one included); None: as many as fit.
         device: where the model runs.
-        dtype: model dtype; None -> float16 on CUDA, float32 elsewhere.
+        dtype: the language model's dtype; None -> bfloat16 on CUDA, float32 elsewhere (the VQ: float32).
     """
 
     def __init__(self, model, tokenizer, *, temperature: float = 1.0, top_k: int | None = None,
                  guidance_scale: float = 5.0, first_frame_guidance_scale: float | None = None,
                  first_frame_top_k: int | None = None, prompt_template: str = JANUS_PRO_PROMPT_TEMPLATE,
-                 device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
+                 context_frames: int | None = None, device: str | torch.device = "cpu",
+                 dtype: torch.dtype | None = None):
         super().__init__(model, tokenizer, temperature=temperature, top_k=top_k, guidance_scale=guidance_scale,
                          first_frame_guidance_scale=first_frame_guidance_scale, first_frame_top_k=first_frame_top_k,
                          prompt_template=prompt_template, device=device, dtype=dtype)
@@ -445,6 +544,14 @@ class JanusARM(_TransformersARM):
         text = model.config.text_config
         self._bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else text.bos_token_id
         self._pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else text.pad_token_id
+        self._eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else text.eos_token_id
+        self._set_window(context_frames)
+
+    def _frame_positions(self) -> int:
+        return self.tokens_per_frame + 3  # <begin_of_image>, the codes, <end_of_image>, <｜end▁of▁sentence｜>
+
+    def _vq(self) -> torch.nn.Module:
+        return self.model.model.vqmodel
 
     @classmethod
     def from_pretrained(cls, model_id, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
@@ -469,8 +576,11 @@ class JanusARM(_TransformersARM):
     def _render(self, segments, cond: bool) -> torch.Tensor:
         """One context row as (L, D) input embeddings; unconditional rows have <pad> for every text token."""
         parts = [self._ids([self._bos])]
+        after_frame = False
         for kind, value in segments:
             if kind == "text":
+                if after_frame:  # the assistant turn that drew the frame is over (DeepSeek's sep2)
+                    parts.append(self._ids([self._eos]))
                 ids = self.tokenizer(self.prompt_template.format(value), add_special_tokens=False).input_ids
                 parts.append(self._ids(ids if cond else [self._pad] * len(ids)))
             elif kind == "frame":
@@ -478,6 +588,7 @@ class JanusARM(_TransformersARM):
                 parts += [self._ids([self._boi]), codes, self._ids([self._eoi])]
             elif kind == "open":
                 parts.append(self._ids([self._boi]))
+            after_frame = kind == "frame"
         return torch.cat(parts)                                                 # (L, D)
 
     def _pad_value(self):
@@ -492,7 +603,16 @@ class JanusARM(_TransformersARM):
         return self.model.prepare_embeddings_for_image_generation(codes.repeat(copies)[:, None])  # (R, 1, D)
 
     def _encode_pixels(self, px: torch.Tensor) -> torch.LongTensor:
-        return self.model.model.vqmodel.encode(px).image_tokens.view(px.shape[0], -1).long()  # (B, n)
+        # DeepSeek's VectorQuantizer (janus/models/vq_model.py), with l2_norm=True as Janus-Pro's VQ is configured,
+        # L2-normalises the encoder's vectors and the codebook before the nearest-code lookup, and decodes from
+        # the normalised codebook. transformers' JanusVQVAE.encode looks up un-normalised vectors (while its
+        # decoder normalises), which picks other codes for many vectors; so the lookup is done here as the
+        # authors do, on the library's encoder.
+        vq = self.model.model.vqmodel
+        z = vq.quant_conv(vq.encoder(px))                                      # (B, D, h, w)
+        z = F.normalize(z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]), dim=-1)  # (B*h*w, D)
+        book = F.normalize(vq.quantize.embedding.weight, dim=-1)                # (V, D)
+        return (z @ book.T).argmax(-1).view(px.shape[0], -1)                    # (B, n): max cosine = min distance
 
     def _decode_codes(self, tokens: torch.LongTensor) -> torch.Tensor:
         return self.model.model.vqmodel.decode(tokens)                          # (B, 3, H, W)

@@ -58,6 +58,16 @@ def experiment_rows(memory: str, ground_truth: bool) -> tuple[str, ...]:
     return tuple(rows + (["arm_true_ctx"] if ground_truth else []))
 
 
+def build_arm(name: str, model_id: str | None = None, options: dict | None = None, *, device: str = "cpu",
+              dtype: str | torch.dtype | None = "float32") -> Any:
+    """The ARM `name` with its builder's keyword `options`; an "dtype" among them (a name or a torch dtype) sets
+    the ARM's dtype in place of `dtype`, so an ARM can run in bfloat16 (as Emu3's and Janus-Pro's authors run
+    them) beside a corrector in float16."""
+    kw = dict(options or {})
+    arm_dtype = parse_dtype(kw.pop("dtype")) if "dtype" in kw else parse_dtype(dtype)
+    return components.build("arm", name, model_id=model_id, device=device, dtype=arm_dtype, **kw)
+
+
 def build_parts(*, arm: str = "toy", arm_id: str | None = None, arm_options: dict | None = None, dm: str = "toy", dm_id: str | None = None,
                 dm_resolution: int | None = None, evaluator: str | None = "toy", evaluator_id: str | None = None,
                 evaluator_options: dict | None = None,
@@ -68,7 +78,9 @@ def build_parts(*, arm: str = "toy", arm_id: str | None = None, arm_options: dic
     Args:
         arm, arm_id: ARM name (`components.available("arm")`) and its model id or folder (None: the
             backend's default, e.g. the shipped toy checkpoints); arm_options: more keyword options of
-            its builder (sampling settings, Emu3's `image_size`).
+            its builder (sampling settings, `context_frames`, Emu3's `image_size`); its "dtype" (a name
+            or a torch dtype) sets the ARM's dtype alone, as the authors run their ARMs in bfloat16
+            beside a float16 Stable Diffusion; without it the ARM takes `dtype`.
         dm, dm_id, dm_resolution: the corrector (and DM-only row's text-to-image model), its id or folder,
             and the side it runs at (e.g. 512 for SD v1.5; None: the input's size).
         evaluator, evaluator_id: the scoring models and their id (the real evaluator's CLIP); None: none
@@ -82,9 +94,10 @@ def build_parts(*, arm: str = "toy", arm_id: str | None = None, arm_options: dic
     """
     torch_dtype = parse_dtype(dtype)
     kw = dict(device=device, dtype=torch_dtype)
+    arm_dtype = parse_dtype((arm_options or {}).get("dtype", torch_dtype))
     built_memory = build_memory(memory, vocabulary=vocabulary, **llm) if memory != "none" else None
     parts = Parts(
-        arm=components.build("arm", arm, model_id=arm_id, **kw, **(arm_options or {})),
+        arm=build_arm(arm, arm_id, arm_options, device=device, dtype=torch_dtype),
         corrector=components.build("corrector", dm, model_id=dm_id, **kw,
                                    **({"resolution": dm_resolution} if dm_resolution else {})),
         evaluator=(components.build("evaluator", evaluator, model_id=evaluator_id, device=device,
@@ -94,9 +107,10 @@ def build_parts(*, arm: str = "toy", arm_id: str | None = None, arm_options: dic
         memory=built_memory, rows=experiment_rows(memory, ground_truth is not None),
         names={"arm": arm, "arm_id": arm_id, "arm_options": arm_options, "dm": dm, "dm_id": dm_id, "dm_resolution": dm_resolution,
                "evaluator": evaluator, "evaluator_id": evaluator_id, "ground_truth": ground_truth,
-               "memory": memory, "device": str(device), "dtype": str(torch_dtype).removeprefix("torch.")})
+               "memory": memory, "device": str(device), "dtype": str(torch_dtype).removeprefix("torch."),
+               "arm_dtype": str(arm_dtype).removeprefix("torch.")})
     return parts
 
 
-__all__ = ["DTYPES", "MEMORIES", "MEMORY_ROWS", "Parts", "build_memory", "build_parts", "experiment_rows",
+__all__ = ["DTYPES", "MEMORIES", "MEMORY_ROWS", "Parts", "build_arm", "build_memory", "build_parts", "experiment_rows",
            "parse_dtype"]

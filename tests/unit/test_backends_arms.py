@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from acdc_lib.backends import components
-from acdc_lib.backends.arms import Emu3ARM, JanusARM
+from acdc_lib.backends.arms import EMU3_POSITIVE_PROMPT, Emu3ARM, JanusARM
 from acdc_lib.loop import run_stories, run_video
 from acdc_lib.memory import NoMemory
 from acdc_lib.sdedit import ModelNotAvailableError, PipelineCorrector
@@ -147,8 +147,8 @@ def test_emu3_context_is_laid_out_as_emu3_writes_images(models):
         bpe = model.model.vocabulary_mapping.convert_img2bpe(c.view(4, 4)).flatten().tolist()  # (4 * 5,)
         return header + bpe + [vocab["<|extra_201|>"], vocab["<|image end|>"]]
 
-    def text(s):
-        return tok(s, add_special_tokens=False).input_ids
+    def text(s):  # BAAI's example appends its positive prompt to every prompt
+        return tok(s + EMU3_POSITIVE_PROMPT, add_special_tokens=False).input_ids
 
     want = [tok.bos_token_id] + text("a cat.") + image(codes[0, 0]) + text("it runs.") + image(codes[0, 1]) \
         + text("it sleeps.") + header
@@ -157,9 +157,9 @@ def test_emu3_context_is_laid_out_as_emu3_writes_images(models):
     video = arm.context_ids([["a cat runs."]], codes)[0]
     assert video == [tok.bos_token_id] + text("a cat runs.") + image(codes[0, 0]) + image(codes[0, 1]) + header
     # A context longer than the model's positions (1024 here) is refused before any forward pass.
-    big = make_arm(models, "emu3", image_size=64)  # 16 x 16 codes a frame, 16 x 17 + 6 positions
+    big = make_arm(models, "emu3", image_size=64, context_frames=2)  # 16 x 16 codes a frame, 16 x 17 + 9 positions
     with pytest.raises(ValueError, match="positions"):
-        big.generate([["a"] * 5], torch.zeros(1, 4, 256, dtype=torch.long), gens(0))
+        big.generate([["a" * 600] * 5], torch.zeros(1, 4, 256, dtype=torch.long), gens(0))
 
 
 @pytest.mark.parametrize("kind", KINDS)
