@@ -119,7 +119,9 @@ def continue_stories(texts: Sequence[Sequence[str]], first_images: torch.Tensor,
     prompts = [list(p) for p in (prompts if prompts is not None else texts)]
     if len(prompts) != B or any(len(p) != N for p in prompts):
         raise ValueError(f"prompts must give one prompt per sentence of each of the {B} stories")
-    gens = [story_generators(story_seed(config.base_seed, first_index + b)) for b in range(B)]
+    # on the ARM's device, as run_stories makes them: a CUDA ARM refuses CPU generators
+    device = getattr(arm, "device", "cpu")
+    gens = [story_generators(story_seed(config.base_seed, first_index + b), device) for b in range(B)]
     arm_gens, corr_gens = [g[0] for g in gens], [g[1] for g in gens]
     kw = dict(guidance_scale=config.guidance_scale, num_inference_steps=config.num_inference_steps)
     contexts, shown, inpainted = [], [], []

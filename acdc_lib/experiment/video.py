@@ -94,6 +94,11 @@ class VideoExperiment:
             raise ValueError(f"chunk_length {self.chunk_length} exceeds num_frames {self.num_frames}")
 
 
+def _arm_device(arm) -> torch.device:
+    """Where the ARM samples, so its generators live there (the real ARMs refuse generators elsewhere)."""
+    return torch.device(getattr(arm, "device", "cpu"))
+
+
 def _row(name: str) -> VideoRow:
     if name not in VIDEO_ROWS:
         raise ValueError(f"unknown video row {name!r}; rows: {list(VIDEO_ROWS)}")
@@ -107,7 +112,7 @@ def oracle_videos(arm, prompts: Sequence[str], true_tokens: torch.Tensor, seeds:
     from acdc_lib.loop import story_generators
 
     B, N = true_tokens.shape[:2]
-    gens = [story_generators(s)[0] for s in seeds]
+    gens = [story_generators(s, _arm_device(arm))[0] for s in seeds]  # a CUDA ARM refuses CPU generators
     texts = [[p] for p in prompts]
     frames = [arm.decode(true_tokens[:, 0])]
     for j in range(1, N):
@@ -152,7 +157,7 @@ def generate_row(name: str, prompts: Sequence[str], arm, video_corrector, exp: V
     for i in range(0, B, exp.batch_size):
         res = run_video(list(prompts[i:i + exp.batch_size]), arm, video_corrector if row.correct_chunks != "none" else None,
                         num_frames=exp.num_frames, chunk_length=exp.chunk_length, correct_chunks=row.correct_chunks,
-                        config=config, seeds=seeds[i:i + exp.batch_size],
+                        config=config, seeds=seeds[i:i + exp.batch_size], device=_arm_device(arm),
                         prefix_tokens=prefix[i:i + exp.batch_size] if prefix is not None else None)
         frames.append(torch.stack([v.final_frames for v in res.videos]))
         tokens.append(torch.stack([v.arm_tokens for v in res.videos]))
@@ -398,7 +403,7 @@ def long_video_profile(arm, prompt: str, num_frames: int = 100, seed: int = 0, p
     while done < num_frames:
         n = min(seg, num_frames - done)
         res = run_video([prompt], arm, None, num_frames=done + n, chunk_length=1, correct_chunks="none",
-                        seeds=[seed], prefix_tokens=prefix)
+                        seeds=[seed], prefix_tokens=prefix, device=_arm_device(arm))
         secs += res.frame_seconds[done:]
         prefix = res.videos[0].context_tokens[None]
         done += n
