@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numbers
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Iterator, Sequence
@@ -21,9 +22,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from acdc_lib.sdedit import steps_for_strength
-from acdc_lib.types import (ARM, STAGES, Corrector, CorrectPolicy, DriftScorer, FrameResult, LoopConfig, LoopOutput,
-                            Memory, MemoryOutput, Story, StoryResult, VideoCorrector)
+from acdc_lib.correctors.schedule import steps_for_strength
+from acdc_lib.types import (ARM, STAGES, Corrector, CorrectPolicy, DriftScorer, FrameFault, FrameResult, LoopConfig,
+                            LoopOutput, Memory, MemoryOutput, Story, StoryResult, VideoCorrector)
 
 
 # --------------------------------------------------------------------------------------------
@@ -179,7 +180,7 @@ def _check_tokens(tokens, batch: int, n: int | None, who: str) -> int:
     return tokens.shape[1]
 
 
-def _check_images(images, shape: tuple | None, ndim: int, batch: int, who: str) -> None:
+def _check_images(images, shape: tuple | None, ndim: int, batch: int, who: str, values: bool = True) -> None:
     if not isinstance(images, torch.Tensor) or not images.dtype.is_floating_point:
         what = images.dtype if isinstance(images, torch.Tensor) else type(images).__name__
         raise ValueError(f"{who} must return a float tensor in [0, 1], got {what}")
@@ -187,8 +188,67 @@ def _check_images(images, shape: tuple | None, ndim: int, batch: int, who: str) 
     if images.ndim != ndim or images.shape[0] != batch or (shape is not None and tuple(images.shape) != tuple(shape)):
         want = tuple(shape) if shape is not None else f"{dims} with B={batch}"
         raise ValueError(f"{who} returned shape {tuple(images.shape)}; expected {want}")
+    if not values:  # the caller checks the values frame by frame (`frame_faults`, `_check_range`)
+        return
     lo, hi = images.min().item(), images.max().item()
     if not (0.0 <= lo and hi <= 1.0):  # also catches NaN
+        raise ValueError(f"{who} returned values in [{lo:.4g}, {hi:.4g}]; images must lie in [0, 1]")
+
+
+# A frame whose pixels spread less than this (population std over every pixel and channel, images in
+# [0, 1]) is taken to be constant: a black frame from a safety filter, a grey one from a collapsed
+# decoder. 0.01 is 2.5 grey levels of an 8-bit image, under what any drawing shows and above float noise;
+# the toy world's frames spread at least 0.118 (6,000 rendered frames of the test split), 0.118 decoded by
+# the toy ARM and 0.128 corrected by the toy DM (96 frames each of 16 test stories, with the shipped
+# models), so no frame of it comes near. A frame under 8x8 pixels is no picture (the unit tests' stand-in
+# ARMs write their tokens into 2x2 frames, where a few random values may well be alike): only NaN and Inf
+# are looked for there.
+MIN_FRAME_STD = 0.01
+MIN_PICTURE_PIXELS = 64
+ON_BAD_FRAME = ("stop", "uncorrected")
+
+
+class BadFrameWarning(UserWarning):
+    """A decoded or corrected frame went wrong (NaN, Inf or constant) and its story was stopped or went on
+    from the uncorrected frame; the story's result records which frame and why."""
+
+
+def frame_faults(images: torch.Tensor, min_std: float = MIN_FRAME_STD) -> list[str | None]:
+    """What is wrong with each frame of a batch, or None: NaN or Inf values, or (near) constant pixels.
+
+    Only reads the frames.
+
+    Args:
+        images: (B, ...) float frames in [0, 1] ((B, C, H, W) or (B, L, C, H, W)).
+        min_std: a frame of at least `MIN_PICTURE_PIXELS` pixels whose population std over all its values
+            is below this is "near constant".
+    Returns:
+        B entries: None for a good frame, else the reason with the value found ("3 NaN values",
+        "near constant: std 0.0000 < 0.01").
+    """
+    flat = images.detach().flatten(1).float()                                     # (B, P)
+    picture = images.shape[-1] * images.shape[-2] >= MIN_PICTURE_PIXELS
+    nan, inf = torch.isnan(flat).sum(1).tolist(), torch.isinf(flat).sum(1).tolist()
+    std = torch.where(torch.isfinite(flat), flat, 0.0).std(1, correction=0).tolist()
+    out: list[str | None] = []
+    for k in range(flat.shape[0]):
+        if nan[k] or inf[k]:
+            out.append(", ".join(f"{n} {what} values" for n, what in ((nan[k], "NaN"), (inf[k], "Inf")) if n))
+        elif picture and std[k] < min_std:
+            out.append(f"near constant: std {std[k]:.4f} < {min_std} (values {flat[k].min().item():.4g}"
+                       f"..{flat[k].max().item():.4g})")
+        else:
+            out.append(None)
+    return out
+
+
+def _check_range(images: torch.Tensor, rows: Sequence[int], who: str) -> None:
+    """Values of the finite frames `rows` must lie in [0, 1] (a backend that maps pixels wrongly)."""
+    if not rows:
+        return
+    sub = images if len(rows) == images.shape[0] else images[list(rows)]
+    lo, hi = sub.min().item(), sub.max().item()
+    if not (0.0 <= lo and hi <= 1.0):
         raise ValueError(f"{who} returned values in [{lo:.4g}, {hi:.4g}]; images must lie in [0, 1]")
 
 
@@ -253,6 +313,7 @@ def run_stories(
     seeds: Sequence[int] | None = None,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    on_bad_frame: str = "stop",
 ) -> LoopOutput:
     """Generate a batch of stories frame by frame with the ARM, correcting frames by SDEdit (ACDC).
 
@@ -267,6 +328,11 @@ def run_stories(
         seeds: one non-negative int per story (default 0..B-1); see `story_generators`.
         device: where the generators live and which device to synchronise for timings.
         progress: show a tqdm bar over frames.
+        on_bad_frame: what happens to a story whose corrected frame holds NaN or Inf or is (near) constant
+            (`frame_faults`): "stop" ends the story before that frame (`StoryResult.stopped` says which and
+            why), "uncorrected" goes on from the ARM's frame (`FrameResult.fault` says why). A decoded frame
+            that went wrong always stops its story. Either way a `BadFrameWarning` names the story and frame,
+            and the other stories of the batch are unaffected.
     Returns:
         LoopOutput with one StoryResult per story (every intermediate per frame) and stage timings.
     """
@@ -279,6 +345,8 @@ def run_stories(
                          f"{dict(zip([s.story_id for s in stories], lengths))} (batch stories by length)")
     B, N = len(stories), lengths[0]
     seeds = _check_seeds(seeds, B)
+    if on_bad_frame not in ON_BAD_FRAME:
+        raise ValueError(f"on_bad_frame must be one of {ON_BAD_FRAME}, got {on_bad_frame!r}")
     todo = frames_to_correct(config.correct_frames, N)
     if todo and corrector is None:
         raise ValueError(f"correct_frames={config.correct_frames!r} corrects frames {sorted(todo)} but corrector is "
@@ -312,7 +380,10 @@ def run_stories(
     contexts: list[torch.Tensor] = []  # per frame (B, n): what the ARM continues from
     frame_shape = None  # (B, C, H, W) of frame 0; later frames must match
     frames: list[list[FrameResult]] = [[] for _ in range(B)]
+    stopped: dict[int, FrameFault] = {}  # story b -> the frame that went wrong and ended it
     for i in tqdm(range(N), desc="ACDC frames", disable=not progress):
+        if len(stopped) == B:
+            break
         texts = [s.sentences[: i + 1] for s in stories]                         # B lists of i+1 sentences
         prev = _prev(contexts, B, n0, device)                                   # (B, i, n)
         with clock.stage("arm"):
@@ -320,21 +391,30 @@ def run_stories(
         n = _check_tokens(tokens, B, n, "arm.generate")
         with clock.stage("decode"):
             images = arm.decode(tokens)                                         # (B, C, H, W)  x_0^i = D(v^i)
-        _check_images(images, frame_shape, 4, B, "arm.decode")
+        _check_images(images, frame_shape, 4, B, "arm.decode", values=False)
         frame_shape = images.shape
+        # A decoded frame that went wrong ends its story: there is no frame of it to go on from. A stopped
+        # story's row still rides along in the ARM's batch (its own generator), but nothing more of it is kept.
+        for b, why in enumerate(frame_faults(images)):
+            if why is not None and b not in stopped:
+                stopped[b] = _fault(stories[b].story_id, i, "decode", why, "stopped", images[b])
+        live = [b for b in range(B) if b not in stopped]
+        _check_range(images, live, "arm.decode")
         arm_images = _keep(images)                                              # (B, C, H, W) before correction
         context, rows, scores = tokens, [], None
         if i in todo:
             frame_prompts = [p[i] for p in prompts]
-            rows = list(range(B))
-            if adaptive:  # correct only the rows whose frame drifted from its prompt (a run-time score)
+            rows = live
+            if adaptive and live:  # correct only the rows whose frame drifted from its prompt (a run-time score)
+                sub = images if len(live) == B else images[torch.tensor(live, device=images.device)]
                 with clock.stage("drift"):
-                    scores = corrector.drift_score(images, frame_prompts, strength=config.strength,
-                                                   num_inference_steps=config.num_inference_steps,
-                                                   generators=drift_gens)       # (B,)
-                scores = _check_scores(scores, B)
-                rows = [b for b in range(B) if scores[b] > config.drift_threshold]
+                    got = corrector.drift_score(sub, [frame_prompts[b] for b in live], strength=config.strength,
+                                                num_inference_steps=config.num_inference_steps,
+                                                generators=[drift_gens[b] for b in live])  # (b,)
+                scores = dict(zip(live, _check_scores(got, len(live))))
+                rows = [b for b in live if scores[b] > config.drift_threshold]
         corrected_rows: dict[int, torch.Tensor] = {}
+        skipped: dict[int, FrameFault] = {}  # rows that go on from the ARM's frame (on_bad_frame="uncorrected")
         if rows:
             sel = torch.tensor(rows, device=images.device)
             sub = images if len(rows) == B else images[sel]
@@ -343,7 +423,21 @@ def run_stories(
                                               guidance_scale=config.guidance_scale,
                                               num_inference_steps=config.num_inference_steps,
                                               generators=[corr_gens[b] for b in rows])  # (b, C, H, W)  x~_0^i
-            _check_images(corrected, sub.shape, 4, len(rows), "corrector.correct")
+            _check_images(corrected, sub.shape, 4, len(rows), "corrector.correct", values=False)
+            # A corrected frame that went wrong is never re-encoded: its story stops, or goes on uncorrected.
+            bad = frame_faults(corrected)
+            good = [k for k, why in enumerate(bad) if why is None]
+            _check_range(corrected, good, "corrector.correct")
+            action = "stopped" if on_bad_frame == "stop" else "uncorrected"
+            for k, why in enumerate(bad):
+                if why is not None:
+                    fault = _fault(stories[rows[k]].story_id, i, "correction", why, action, corrected[k])
+                    (stopped if action == "stopped" else skipped)[rows[k]] = fault
+            if len(good) < len(rows):
+                rows = [rows[k] for k in good]
+                corrected = corrected[torch.tensor(good, device=corrected.device)]
+                sel = torch.tensor(rows, device=images.device)
+        if rows:
             # v~^i = E(x~_0^i): the ARM continues from the corrected frame's tokens. The last frame
             # needs no re-encoding to continue; it is encoded anyway so context_tokens always holds
             # v~^i (what a continuation of the story would start from).
@@ -356,18 +450,33 @@ def run_stories(
             corrected_rows = {b: corrected[k] for k, b in enumerate(rows)}
         contexts.append(context)
         for b in range(B):
+            if b in stopped:  # its frames end before the one that went wrong
+                continue
             done = b in corrected_rows
             frames[b].append(FrameResult(
                 index=i, text=stories[b].sentences[i], arm_tokens=_keep(tokens[b]), arm_image=arm_images[b].clone(),
                 corrected=done, prompt=prompts[b][i] if done else None,
                 corrected_image=corrected_rows[b].clone() if done else None,
                 context_tokens=_keep(context[b]), steps_run=steps if done else 0,
-                drift_score=float(scores[b]) if scores is not None else None))
+                drift_score=float(scores[b]) if scores is not None else None, fault=skipped.get(b)))
 
     # 4. Collect per-story results.
-    results = [StoryResult(story_id=s.story_id, seed=seeds[b], frames=frames[b], memory=memory_out[b])
-               for b, s in enumerate(stories)]
+    results = [StoryResult(story_id=s.story_id, seed=seeds[b], frames=frames[b], memory=memory_out[b],
+                           stopped=stopped.get(b)) for b, s in enumerate(stories)]
     return LoopOutput(stories=results, config=config, timings=clock.timings)
+
+
+def _fault(story_id: str, i: int, stage: str, why: str, action: str, image: torch.Tensor) -> FrameFault:
+    """The record of a frame that went wrong, announced with a `BadFrameWarning`."""
+    what = "the ARM's decoded frame" if stage == "decode" else "the corrected frame"
+    if action == "uncorrected":
+        then = "the story goes on from the ARM's frame, uncorrected"
+    else:
+        then = "the story stops here (its earlier frames are kept)" + (
+            "" if stage == "decode" else "; pass on_bad_frame='uncorrected' to go on from the ARM's frame instead")
+    warnings.warn(f"story {story_id!r}, frame {i + 1}: {what} went wrong ({why}); {then}", BadFrameWarning,
+                  stacklevel=3)
+    return FrameFault(frame=i, stage=stage, reason=why, action=action, image=_keep(image))
 
 
 # --------------------------------------------------------------------------------------------

@@ -269,6 +269,34 @@ class LoopConfig:
 
 
 @dataclass
+class FrameFault:
+    """A frame that went wrong where it was made: it holds NaN or Inf, or is (near) constant.
+
+    Args:
+        frame: 0-based frame index i.
+        stage: "decode" (the ARM's frame x_0^i = D(v^i)) or "correction" (the corrector's x~_0^i).
+        reason: what is wrong, with the value measured (e.g. "12 NaN values", "near constant: std 0.0000").
+        action: "stopped" (the story ends before this frame) or "uncorrected" (the story went on from the
+            ARM's frame, as if this frame had not been corrected).
+        image: (C, H, W) the bad frame as it came out, for inspection.
+    """
+
+    frame: int
+    stage: str
+    reason: str
+    action: str
+    image: torch.Tensor | None = None
+
+    def describe(self) -> str:
+        """One line: "frame 3 (correction): 12 NaN values; stopped" (frames counted from 1)."""
+        return f"frame {self.frame + 1} ({self.stage}): {self.reason}; {self.action}"
+
+    def to_record(self) -> dict[str, Any]:
+        """The fault as JSON-ready data (without the image)."""
+        return {"frame": self.frame, "stage": self.stage, "reason": self.reason, "action": self.action}
+
+
+@dataclass
 class FrameResult:
     """Every intermediate of one frame of one story.
 
@@ -283,6 +311,8 @@ class FrameResult:
         context_tokens: (n,) tokens the ARM continued from (re-encoded corrected frame, or arm_tokens).
         steps_run: denoising steps that actually ran (int(N * t')), 0 when not corrected.
         drift_score: the corrector's drift score of the ARM frame (adaptive policy only, else None).
+        fault: why the corrected frame was not used (it went wrong and the loop went on from the ARM's
+            frame, `on_bad_frame="uncorrected"`), else None.
     """
 
     index: int
@@ -295,6 +325,7 @@ class FrameResult:
     context_tokens: torch.Tensor
     steps_run: int = 0
     drift_score: float | None = None
+    fault: FrameFault | None = None
 
     @property
     def final_image(self) -> torch.Tensor:
@@ -304,12 +335,20 @@ class FrameResult:
 
 @dataclass
 class StoryResult:
-    """One story's output: its frames, the memory's output and the seed that made them."""
+    """One story's output: its frames, the memory's output and the seed that made them.
+
+    `stopped` is the fault that ended the story early (its `frames` are then those before it), else None.
+    """
 
     story_id: str
     seed: int
     frames: list[FrameResult]
     memory: MemoryOutput | None = None
+    stopped: FrameFault | None = None
+
+    def faults(self) -> list[FrameFault]:
+        """Every frame that went wrong, in order: those the story went on past, then the one that stopped it."""
+        return [f.fault for f in self.frames if f.fault is not None] + ([self.stopped] if self.stopped else [])
 
     def final_images(self) -> torch.Tensor:
         """(N, C, H, W) the frames the story shows."""

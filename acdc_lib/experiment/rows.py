@@ -18,6 +18,10 @@ is there, so a killed run resumes, and sets aside (<name>.damaged) and recompute
 files are damaged or partial (`check_story_files` says what is wrong, a `DamagedRunFileWarning` what
 was done). With `distributed=True` each accelerate process runs its share of the stories into the
 same folder.
+
+A frame that went wrong in the loop (NaN, Inf or a constant frame, see `acdc_lib.loop.frame_faults`) is
+recorded in the story's .json under "bad_frames" (frame, stage, reason, action); a story it stopped keeps
+the frames before it in its .npz, counts as done, and is left out of the scores (`stopped_stories`).
 """
 from __future__ import annotations
 
@@ -188,13 +192,15 @@ def _inspect(row_dir: Path, story: Story, seed: int | None,
     has_rec, has_npz = rec_path.exists(), npz_path.exists()
     if not has_rec and not has_npz:
         return "missing", None
-    problems, shape = [], None
+    problems, shape, n_frames = [], None, len(story)
     if has_rec:
         rec = _read_record(rec_path)
         if isinstance(rec, str):
             problems.append(f"{rec_path.name} is {rec}")
-        elif seed is not None:
-            _refuse_other_run(rec_path, rec, story, seed)
+        else:
+            if seed is not None:
+                _refuse_other_run(rec_path, rec, story, seed)
+            n_frames = _stopped_at(rec, n_frames)
     else:  # the frames are written first: a run stopped between the two writes
         problems.append(f"{rec_path.name} is missing, so {npz_path.name} was never marked done")
     if has_npz:
@@ -203,7 +209,7 @@ def _inspect(row_dir: Path, story: Story, seed: int | None,
         except Exception as e:  # zipfile.BadZipFile, KeyError (no frames), ValueError (bad header), OSError
             problems.append(f"{npz_path.name} is not a readable frames file ({type(e).__name__}: {e})")
         else:
-            want = (len(story), *(frame_shape or ()))
+            want = (n_frames, *(frame_shape or ()))
             if dtype != np.uint8 or len(shape) != 4 or shape[:len(want)] != want:
                 problems.append(f"{npz_path.name} holds {dtype} frames of shape {shape}; this run's are uint8 "
                                 f"({', '.join(map(str, want))}{', C, H, W' if frame_shape is None else ''})")
@@ -212,13 +218,42 @@ def _inspect(row_dir: Path, story: Story, seed: int | None,
     return ("; ".join(problems), None) if problems else ("done", tuple(shape[1:]))
 
 
+def _stopped_at(rec: dict, n_frames: int) -> int:
+    """Frames a story's .npz holds: the index of the frame that stopped it (its record says), else all."""
+    stops = [f.get("frame") for f in rec.get("bad_frames") or () if isinstance(f, dict) and f.get("action") == "stopped"]
+    return stops[0] if stops and isinstance(stops[0], int) and 0 <= stops[0] < n_frames else n_frames
+
+
+def bad_frames(out_dir: str | Path, row: str, stories: Sequence[Story]) -> dict[str, list[dict]]:
+    """{story_id: the frames that went wrong, as recorded} for the stories of `row` that had any.
+
+    Each entry is {"frame" (0-based), "stage" ("decode" or "correction"), "reason", "action" ("stopped" or
+    "uncorrected")}. Reads the records of finished stories only.
+    """
+    out = {}
+    for s in stories:
+        path = Path(out_dir) / row / f"{s.story_id}.json"
+        rec = _read_record(path) if path.exists() else None
+        if isinstance(rec, dict) and rec.get("bad_frames"):
+            out[s.story_id] = list(rec["bad_frames"])
+    return out
+
+
+def stopped_stories(out_dir: str | Path, row: str, stories: Sequence[Story]) -> dict[str, dict]:
+    """{story_id: the fault that stopped it} for the stories of `row` that a frame gone wrong ended early."""
+    return {sid: next(f for f in faults if f.get("action") == "stopped")
+            for sid, faults in bad_frames(out_dir, row, stories).items()
+            if any(f.get("action") == "stopped" for f in faults)}
+
+
 def check_story_files(row_dir: str | Path, story: Story, seed: int | None = None,
                       frame_shape: tuple[int, ...] | None = None) -> str:
     """Whether a story's files in a row folder are complete: "done", "missing" (none there) or what is wrong.
 
     Reads the record (.json) whole and only the headers of the frames (.npz), so it is cheap on a large
     run; it changes nothing. Wrong is: either file absent, an empty, cut or non-record .json, an .npz
-    that is not a zip with a "frames" array, or frames that are not uint8 (N, C, H, W), N = len(story).
+    that is not a zip with a "frames" array, or frames that are not uint8 (N, C, H, W), N = len(story)
+    (or, for a story a bad frame stopped, the frames before it).
 
     Args:
         row_dir: <out_dir>/<row> as written by `run_experiment`.
@@ -297,9 +332,17 @@ def _missing(out_dir: str | Path, row: str, stories: Sequence[Story]) -> Path:
 def load_frames(out_dir: str | Path, row: str, stories: Sequence[Story]) -> torch.Tensor:
     """(S, N, C, H, W) float frames in [0, 1] of `row` as written by `run_experiment`.
 
-    Raises a ValueError naming the stories to rerun when files are missing or damaged.
+    Raises a ValueError naming the stories to rerun when files are missing or damaged, and one naming
+    the stories a frame gone wrong stopped (they hold fewer than N frames; see `stopped_stories`).
     """
     row_dir = _missing(out_dir, row, stories)
+    stopped = stopped_stories(out_dir, row, stories)
+    if stopped:
+        why = "; ".join(f"{sid}: frame {f.get('frame', -1) + 1} ({f.get('stage')}): {f.get('reason')}"
+                        for sid, f in list(stopped.items())[:5])
+        raise ValueError(f"row {row!r} in {Path(out_dir)}: {len(stopped)} of {len(stories)} stories were stopped by a "
+                         f"frame that went wrong ({why}); they hold only the frames before it. Load the other "
+                         f"stories, or rerun the row with on_bad_frame='uncorrected' to go on from the ARM's frame")
     arrays = []
     for s in stories:
         path = row_dir / f"{s.story_id}.npz"
@@ -371,31 +414,38 @@ def arm_true_context(stories: Sequence[Story], arm, reference: Callable[[Story],
 
 
 def _compute_batch(spec: RowSpec, batch: Sequence[Story], seeds: Sequence[int], parts: dict, config: ExperimentConfig,
-                   device) -> tuple[torch.Tensor, list | None, list | None]:
-    """(B, N, C, H, W) frames of one row for a batch, with the corrector prompts and memory sources (loop rows).
+                   device, on_bad_frame: str = "stop") -> tuple[list[torch.Tensor], list | None, list | None, list]:
+    """B (n, C, H, W) frame tensors of one row for a batch (n = N, or fewer for a story a bad frame stopped),
+    with the corrector prompts and memory sources (loop rows) and each story's bad frames as records.
 
     Args:
         spec: the row; batch, seeds: its stories and their seeds; parts: the components by name
-            ("arm", "corrector", "memory", "reference", "text_to_image"); config, device: as in `run_experiment`.
+            ("arm", "corrector", "memory", "reference", "text_to_image"); config, device, on_bad_frame: as in
+            `run_experiment`.
     """
+    none = [[] for _ in batch]
     if spec.kind == "dm":
-        return _dm_only(batch, parts["text_to_image"], seeds, config, device), None, None
+        return list(_dm_only(batch, parts["text_to_image"], seeds, config, device)), None, None, none
     if spec.kind == "true_context":
-        return arm_true_context(batch, parts["arm"], parts["reference"], seeds, device), None, None
+        return list(arm_true_context(batch, parts["arm"], parts["reference"], seeds, device)), None, None, none
     loop_cfg = LoopConfig(correct_frames=spec.correct_frames, strength=config.strength,
                           guidance_scale=config.guidance_scale, num_inference_steps=config.num_inference_steps,
                           use_memory=spec.use_memory, drift_threshold=config.drift_threshold)
     out = run_stories(batch, parts["arm"], parts["corrector"], parts["memory"] if spec.use_memory else None, loop_cfg,
-                      seeds=seeds, device=device)
-    return (torch.stack([r.final_images() for r in out.stories]), [[f.prompt for f in r.frames] for r in out.stories],
-            [r.memory.source if r.memory else None for r in out.stories])
+                      seeds=seeds, device=device, on_bad_frame=on_bad_frame)
+    frames = list(torch.stack([r.final_images() for r in out.stories])) if not any(r.stopped for r in out.stories) \
+        else [r.final_images() if r.frames else r.stopped.image.new_zeros((0, *r.stopped.image.shape))
+              for r in out.stories]
+    return (frames, [[f.prompt for f in r.frames] for r in out.stories],
+            [r.memory.source if r.memory else None for r in out.stories],
+            [[f.to_record() for f in r.faults()] for r in out.stories])
 
 
 def run_experiment(stories: Sequence[Story], out_dir: str | Path, *, arm=None, corrector=None, memory=None,
                    reference: Callable[[Story], torch.Tensor] | None = None,
                    config: ExperimentConfig | None = None, device: str | torch.device = "cpu",
                    progress: bool = True, text_to_image: TextToImage | None = None,
-                   distributed: bool = False) -> dict[str, list[str]]:
+                   distributed: bool = False, on_bad_frame: str = "stop") -> dict[str, list[str]]:
     """Generate every row's frames for `stories`, batched, writing each story's files as its batch ends.
 
     Stories whose files are complete are skipped (resume); files from another story list or other
@@ -416,6 +466,9 @@ def run_experiment(stories: Sequence[Story], out_dir: str | Path, *, arm=None, c
             launch with `accelerate launch`); seeds follow each story's index in `stories` and batches
             its place, so the files equal those of one process. Every process waits for the others at
             the end.
+        on_bad_frame: a story whose corrected frame went wrong (NaN, Inf, constant) is stopped ("stop": its
+            .npz keeps the frames before it) or goes on from the ARM's frame ("uncorrected"); either way its
+            .json lists the frame under "bad_frames" (see `acdc_lib.loop.run_stories`).
     Returns:
         {row: story ids computed by this call (this process's, when distributed)}.
     """
@@ -466,9 +519,10 @@ def run_experiment(stories: Sequence[Story], out_dir: str | Path, *, arm=None, c
             while queue:
                 batch = queue[0]
                 bseeds = [seeds[s.story_id] for s in batch]
-                frames, prompts, sources = _compute_batch(spec, batch, bseeds, given, config, device)
+                frames, prompts, sources, faults = _compute_batch(spec, batch, bseeds, given, config, device,
+                                                                  on_bad_frame)
                 if frame_shape is None:  # the first frames this call makes set the row's frame size
-                    frame_shape = tuple(frames.shape[2:])
+                    frame_shape = tuple(frames[0].shape[1:])
                     for s in mine:
                         if s.story_id in done_shapes and done_shapes[s.story_id] != frame_shape:
                             _set_aside(row_dir, s.story_id, f"{s.story_id}.npz holds frames of size "
@@ -481,7 +535,8 @@ def run_experiment(stories: Sequence[Story], out_dir: str | Path, *, arm=None, c
                     _atomic_npz(row_dir / f"{s.story_id}.npz", frames=_to_uint8(frames[k]))
                     atomic_write_json(row_dir / f"{s.story_id}.json", {
                         "story_id": s.story_id, "row": row, "seed": bseeds[k], "sentences": list(s.sentences),
-                        "prompts": prompts[k] if prompts else None, "memory_source": sources[k] if sources else None})
+                        "prompts": prompts[k] if prompts else None, "memory_source": sources[k] if sources else None,
+                        **({"bad_frames": faults[k]} if faults[k] else {})})
                     todo.discard(s.story_id)
                     computed[row].append(s.story_id)
                     bar.update(1)

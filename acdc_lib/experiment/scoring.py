@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from acdc_lib import metrics as M
-from acdc_lib.experiment.rows import ROWS, ExperimentConfig, _missing, _to_uint8, load_frames, sweep_label
+from acdc_lib.experiment.rows import (ROWS, ExperimentConfig, _missing, _to_uint8, bad_frames, load_frames,
+                                     stopped_stories, sweep_label)
 from acdc_lib.io import atomic_write_json, atomic_write_text, nan_as_null
 from acdc_lib.types import Evaluator, GroundTruth, Story
 
@@ -31,6 +32,8 @@ class ResultsTable:
         per_frame: {row: {curve: S lists of N 0/1 values}} behind the accuracy and validity curves,
             for paired per-frame comparisons (`frame_gaps`).
         skipped: {metric or row: why it was not measured} (no ground truth, a reader the evaluator lacks).
+        bad_frames: {row: {story_id: [frames that went wrong, as `acdc_lib.types.FrameFault.describe`
+            says them]}}; a story one of them stopped is scored in no row (`n_stories` counts the others).
     """
 
     rows: dict[str, dict[str, M.Interval]]
@@ -42,13 +45,15 @@ class ResultsTable:
     per_story: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     per_frame: dict[str, dict[str, list[list[float]]]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
+    bad_frames: dict[str, dict[str, list[str]]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON; a value undefined for a story or frame (NaN) becomes None."""
         return nan_as_null({"n_stories": self.n_stories, "n_frames": self.n_frames, "config": self.config,
                 "labels": self.labels, "rows": {r: {m: asdict(v) for m, v in d.items()} for r, d in self.rows.items()},
                 "per_story": self.per_story, "per_frame": self.per_frame, "skipped": self.skipped,
-                "curves": {r: {c: [asdict(v) for v in vs] for c, vs in d.items()} for r, d in self.curves.items()}})
+                "curves": {r: {c: [asdict(v) for v in vs] for c, vs in d.items()} for r, d in self.curves.items()},
+                **({"bad_frames": self.bad_frames} if self.bad_frames else {})})
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ResultsTable":
@@ -66,7 +71,7 @@ class ResultsTable:
                               for r, ms in (d.get("per_story") or {}).items()},
                    per_frame={r: {c: [[nan(x) for x in row] for row in rows] for c, rows in cs.items()}
                               for r, cs in (d.get("per_frame") or {}).items()},
-                   skipped=dict(d.get("skipped") or {}))
+                   skipped=dict(d.get("skipped") or {}), bad_frames=dict(d.get("bad_frames") or {}))
 
     @classmethod
     def read(cls, path: str | Path) -> "ResultsTable":
@@ -88,6 +93,11 @@ class ResultsTable:
             lines.append(f"| {self.labels.get(r, r)} | " + " | ".join(cells) + " |")
         if self.skipped:
             lines += ["", "Not measured: " + "; ".join(f"{m} ({why})" for m, why in self.skipped.items()) + "."]
+        if self.bad_frames:
+            counts = [f"{self.labels.get(r, r)}: {len(d)} ({sum(any(x.endswith('stopped') for x in v) for v in d.values())}"
+                      f" stopped)" for r, d in self.bad_frames.items() if d]
+            lines += ["", "Stories with a frame that went wrong (NaN, Inf or constant): " + "; ".join(counts)
+                      + f". Stopped stories are scored in no row; {self.n_stories} stories are scored."]
         return "\n".join(lines) + "\n"
 
     def write(self, out_dir: str | Path, stem: str = "results") -> None:
@@ -136,6 +146,18 @@ def summarise(out_dir: str | Path, stories: Sequence[Story], evaluator: Evaluato
     texts = texts or [list(s.sentences) for s in stories]
     for r in config.rows:  # fail before any scoring if a row is incomplete
         _missing(out_dir, r, stories)
+    # A story that a frame gone wrong stopped holds fewer than N frames: it is scored in no row (so rows stay
+    # paired), and the table lists every bad frame of every row.
+    faults = {r: {sid: [f"frame {f.get('frame', -1) + 1} ({f.get('stage')}): {f.get('reason')}; {f.get('action')}"
+                        for f in fs] for sid, fs in bad_frames(out_dir, r, stories).items()} for r in config.rows}
+    faults = {r: d for r, d in faults.items() if d}
+    out_of = {sid for r in config.rows for sid in stopped_stories(out_dir, r, stories)}
+    if out_of:
+        if len(out_of) == S:
+            raise ValueError(f"every one of the {S} stories was stopped by a frame that went wrong in some row "
+                             f"({faults}); nothing is left to score")
+        keep = [k for k, s in enumerate(stories) if s.story_id not in out_of]
+        stories, texts, S = [stories[k] for k in keep], [texts[k] for k in keep], len(keep)
     skipped: dict[str, str] = {}
     subject = getattr(evaluator, "embed_subject", None)
     validity = getattr(evaluator, "physically_valid", None)
@@ -218,7 +240,8 @@ def summarise(out_dir: str | Path, stories: Sequence[Story], evaluator: Evaluato
     # what FID was computed on: a reader of the table needs the feature size to tell a rank-deficient FID
     fid_on = {} if real_feats is None else {"fid_features": {"evaluator": evaluator.name,
                                                          "dim": int(real_feats.shape[-1])}}
-    return ResultsTable(rows, curves, labels, S, N, {**asdict(config), **fid_on}, per_story, per_frame, skipped)
+    return ResultsTable(rows, curves, labels, S, N, {**asdict(config), **fid_on}, per_story, per_frame, skipped,
+                        faults)
 
 
 def _nanmean_rows(m: torch.Tensor) -> torch.Tensor:
@@ -342,14 +365,15 @@ def summarise_sweep(dirs: Mapping[float, str | Path], stories: Sequence[Story], 
         name = sweep_label(s)
         t.rows, t.curves, t.per_story, t.per_frame = ({name: x["acdc_rules"]}
                                                       for x in (t.rows, t.curves, t.per_story, t.per_frame))
+        t.bad_frames = {name: t.bad_frames["acdc_rules"]} if t.bad_frames else {}
         t.labels = {name: f"ARM + ACDC, rule memory, t'={s:g}, N={config.num_inference_steps}"}
         parts.append(t)
-    merged = {k: {} for k in ("rows", "curves", "per_story", "labels", "per_frame", "skipped")}
+    merged = {k: {} for k in ("rows", "curves", "per_story", "labels", "per_frame", "skipped", "bad_frames")}
     for t in parts:
         for k in merged:
             merged[k].update(getattr(t, k))
     return ResultsTable(merged["rows"], merged["curves"], merged["labels"], len(stories), len(stories[0]),
                         {**asdict(config), "strengths": [float(s) for s in dirs]}, merged["per_story"],
-                        merged["per_frame"], merged["skipped"])
+                        merged["per_frame"], merged["skipped"], merged["bad_frames"])
 
 
