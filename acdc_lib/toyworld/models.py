@@ -405,6 +405,15 @@ class CodeSlots(nn.Module, PyTorchModelHubMixin):
     frames (what is drawn on the character stays at chance with either). The first frame of a
     context window has no previous frame (index 0, a zero vector), as in training.
 
+    Code vectors (`code_dim` > 0): an image code enters the LM as a small MLP of its frozen VQ codebook
+    vector instead of a row of the LM's own embedding table (which then serves only as the tied output
+    head), and the temporal skip reads the previous code the same way. Janus-Pro embeds generated image
+    tokens in a space of the codebook's width and lifts them with an aligner MLP; here the codebook
+    vectors themselves are that space, so from the first step codes that look alike (the same collar
+    colour, the same coat) enter alike and attention can find them, instead of the LM first learning
+    1,024 embeddings from scratch. `set_codebook` copies the vectors in (standardised per dimension);
+    they are a buffer, saved with the module and never trained.
+
     Written here because transformers' Llama has no second position table nor a per-position extra input.
 
     Args:
@@ -412,15 +421,24 @@ class CodeSlots(nn.Module, PyTorchModelHubMixin):
         tokens_per_frame: codes per frame.
         scale: the initial norm of each slot vector, about that of an initial token embedding.
         previous_codes: the codebook size for the temporal skip, or 0 for none.
+        code_dim: the VQ codebook's vector width for code-vector embeddings, or 0 for none.
+        codebook_size: the number of codes (needed with code_dim).
     """
 
     def __init__(self, hidden: int = 128, tokens_per_frame: int = TOKENS_PER_FRAME, scale: float = 0.25,
-                 previous_codes: int = 0):
+                 previous_codes: int = 0, code_dim: int = 0, codebook_size: int = 0):
         super().__init__()
         if hidden % 2:
             raise ValueError(f"hidden must be even, got {hidden!r}")
         if isinstance(previous_codes, bool) or not isinstance(previous_codes, int) or previous_codes < 0:
             raise ValueError(f"previous_codes must be an int >= 0 (0: no temporal skip), got {previous_codes!r}")
+        for name, v in (("code_dim", code_dim), ("codebook_size", codebook_size)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {v!r}")
+        if code_dim and not codebook_size:
+            raise ValueError(f"code vectors (code_dim={code_dim}) need codebook_size > 0, got {codebook_size!r}")
+        if code_dim and previous_codes and previous_codes != codebook_size:
+            raise ValueError(f"previous_codes ({previous_codes}) must equal codebook_size ({codebook_size})")
         self.embed = nn.Embedding(tokens_per_frame + 2, hidden, padding_idx=0)
         pos = torch.arange(tokens_per_frame + 2, dtype=torch.float32)[:, None]
         freq = torch.exp(-torch.arange(0, hidden, 2, dtype=torch.float32) / hidden * math.log(1000.0))
@@ -428,19 +446,54 @@ class CodeSlots(nn.Module, PyTorchModelHubMixin):
         table[0] = 0.0
         with torch.no_grad():
             self.embed.weight.copy_(table)
-        self.previous = None
-        if previous_codes:
+        self.previous = self.code_in = self.previous_in = None
+        if code_dim:
+            self.register_buffer("codebook", torch.zeros(codebook_size, code_dim))
+            self.code_in = self._vector_mlp(code_dim, hidden, scale)
+            if previous_codes:
+                self.previous_in = self._vector_mlp(code_dim, hidden, scale)
+        elif previous_codes:
             self.previous = nn.Embedding(previous_codes + 1, hidden, padding_idx=0)
             with torch.no_grad():
                 self.previous.weight.normal_(0.0, scale / math.sqrt(hidden))
                 self.previous.weight[0] = 0.0
 
+    @staticmethod
+    def _vector_mlp(code_dim: int, hidden: int, scale: float) -> nn.Sequential:
+        mlp = nn.Sequential(nn.Linear(code_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden))
+        with torch.no_grad():  # outputs start at about an initial token embedding's norm
+            mlp[2].weight.mul_(scale)
+            mlp[2].bias.zero_()
+        return mlp
+
+    @property
+    def has_skip(self) -> bool:
+        """Whether the module adds the previous frame's code (the temporal skip)."""
+        return self.previous is not None or self.previous_in is not None
+
+    @torch.no_grad()
+    def set_codebook(self, vectors: torch.Tensor) -> None:
+        """Copy the VQ codebook (codebook_size, code_dim) in, standardised per dimension."""
+        if self.code_in is None:
+            raise ValueError("this CodeSlots was built without code vectors (code_dim=0)")
+        if vectors.shape != self.codebook.shape:
+            raise ValueError(f"codebook must be {tuple(self.codebook.shape)}, got {tuple(vectors.shape)}")
+        v = vectors.detach().float()
+        self.codebook.copy_((v - v.mean(0)) / v.std(0).clamp(min=1e-6))
+
+    def code_embeddings(self, codes: torch.LongTensor) -> torch.Tensor:
+        """(...,) codes in [0, codebook_size) -> (..., hidden) input embeddings from their code vectors."""
+        return self.code_in(self.codebook[codes])
+
     def forward(self, slots: torch.LongTensor, previous: torch.LongTensor | None = None) -> torch.Tensor:
         """Slot embeddings, plus the previous frame's code embeddings where `previous` (code + 1, or 0
         for none) is given and the module has a temporal skip."""
         out = self.embed(slots)
-        if self.previous is not None and previous is not None:
+        if previous is not None and self.previous is not None:
             out = out + self.previous(previous)
+        elif previous is not None and self.previous_in is not None:
+            vec = self.previous_in(self.codebook[(previous - 1).clamp(min=0)])
+            out = out + torch.where((previous > 0)[..., None], vec, torch.zeros_like(vec))
         return out
 
 
@@ -476,8 +529,12 @@ def lm_inputs(lm, slots: "CodeSlots | None", layout: "ARMLayout", ids: torch.Lon
     if slots is None:
         return {"input_ids": ids}
     emb = lm.get_input_embeddings()(ids)
+    if slots.code_in is not None:  # image codes enter through their codebook vectors
+        is_code = ids >= layout.code_offset
+        vec = slots.code_embeddings((ids - layout.code_offset).clamp(0, layout.codebook_size - 1))
+        emb = torch.where(is_code[..., None], vec.to(emb.dtype), emb)
     prev = None
-    if slots.previous is not None:
+    if slots.has_skip:
         if history is None:
             if start:
                 raise ValueError(f"a temporal skip at start={start} needs the history of ids from position 0")

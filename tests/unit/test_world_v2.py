@@ -115,7 +115,7 @@ def test_probe_labels_of_the_new_heads():
 
 
 # ---- the ARM's code slots --------------------------------------------------------------------
-@pytest.fixture(scope="module", params=[0, 32], ids=["slots", "slots+skip"])
+@pytest.fixture(scope="module", params=[(0, 0), (32, 0), (32, 4)], ids=["slots", "slots+skip", "code-vectors+skip"])
 def slotted_arm(request):
     from transformers import LlamaForCausalLM
 
@@ -124,7 +124,12 @@ def slotted_arm(request):
     vq = M.build_vq(codebook_size=32, channels=(16, 16, 16), embed_dim=4).eval()
     layout = M.ARMLayout(n_text=len(tok), codebook_size=32)
     lm = LlamaForCausalLM(M.arm_config(layout.vocab_size, hidden=32, layers=1, heads=2))
-    return M.ToyARM(lm, vq, tok, layout, slots=M.CodeSlots(32, layout.tokens_per_frame, previous_codes=request.param))
+    skip, code_dim = request.param
+    slots = M.CodeSlots(32, layout.tokens_per_frame, previous_codes=skip, code_dim=code_dim,
+                        codebook_size=32 if code_dim else 0)
+    if code_dim:
+        slots.set_codebook(vq.quantize.embedding.weight)
+    return M.ToyARM(lm, vq, tok, layout, slots=slots)
 
 
 def test_segment_slots_give_code_j_slot_j_plus_2_in_every_frame():
@@ -151,6 +156,9 @@ def test_code_slots_change_the_logits_save_and_load(slotted_arm, tmp_path):
     again = M.load_arm(tmp_path / "arm", tmp_path / "vq")
     assert again.slots is not None and torch.equal(again.slots.embed.weight, arm.slots.embed.weight)
     assert (again.slots.previous is None) == (arm.slots.previous is None)
+    assert again.slots.has_skip == arm.slots.has_skip and (again.slots.code_in is None) == (arm.slots.code_in is None)
+    if arm.slots.code_in is not None:  # the codebook buffer travels with the module
+        assert torch.equal(again.slots.codebook, arm.slots.codebook) and arm.slots.codebook.abs().sum() > 0
     g = lambda: [torch.Generator().manual_seed(3)]  # noqa: E731
     texts = [STORIES[0].sentences[:2]]
     prev = torch.randint(0, 32, (1, 1, 64))
@@ -196,11 +204,34 @@ def test_temporal_skip_gives_the_input_predicting_code_j_the_previous_frames_cod
         M.CodeSlots(32, previous_codes=-1)
 
 
+def test_code_vectors_embed_codes_by_their_codebook_vectors():
+    # Two codes with the same codebook vector enter the LM alike; text tokens keep the LM's own embeddings.
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    layout = M.ARMLayout(n_text=100, codebook_size=8)
+    lm = LlamaForCausalLM(M.arm_config(layout.vocab_size, hidden=16, layers=1, heads=2))
+    slots = M.CodeSlots(16, layout.tokens_per_frame, code_dim=3, codebook_size=8)
+    book = torch.randn(8, 3)
+    book[5] = book[2]
+    slots.set_codebook(book)
+    ids = torch.tensor([[7, layout.code_offset + 2, layout.code_offset + 5, layout.code_offset + 1]])
+    emb = M.lm_inputs(lm, slots, layout, ids)["inputs_embeds"] - slots(M.segment_slots(layout, 0, 4)[None])
+    assert torch.allclose(emb[0, 1], emb[0, 2]) and not torch.allclose(emb[0, 1], emb[0, 3])
+    assert torch.allclose(emb[0, 0], lm.get_input_embeddings()(ids)[0, 0])
+    with pytest.raises(ValueError, match="codebook must be"):
+        slots.set_codebook(torch.randn(8, 4))
+    with pytest.raises(ValueError, match="codebook_size"):
+        M.CodeSlots(16, code_dim=3)
+    with pytest.raises(ValueError, match="without code vectors"):
+        M.CodeSlots(16).set_codebook(book)
+
+
 def test_temporal_skip_reads_the_previous_frame(slotted_arm):
     # Changing code 10 of frame 1 changes the input embeddings at that token and, through the skip, at the
     # input that predicts code 10 of frame 2 (one segment minus one later), nowhere else.
     arm = slotted_arm
-    if arm.slots.previous is None:
+    if not arm.slots.has_skip:
         pytest.skip("no temporal skip in this ARM")
     texts = [STORIES[1].sentences[:2]]
     prev = torch.randint(0, 32, (1, 1, 64))
