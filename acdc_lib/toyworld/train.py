@@ -177,7 +177,7 @@ def _log(out: Path, name: str, cfg: TrainConfig, t0: float, losses: list[float],
         "config": asdict(cfg), "wall_s": round(time.time() - t0, 1), "torch_threads": torch.get_num_threads(),
         "final_loss": float(np.mean(losses[-50:])) if losses else None,
         "loss_curve": [round(float(np.mean(losses[i:i + 50])), 5) for i in range(0, len(losses), 50)],
-        "machine": platform.machine(), "torch": torch.__version__, **more,
+        "machine": platform.machine(), "torch": torch.__version__, "finished": round(time.time(), 1), **more,
     }
     path = out / "train_log.json"
     # Trainings may run in parallel processes (`--jobs`): hold a lock over the read-modify-write,
@@ -455,7 +455,8 @@ def image_token_labels(ids: torch.LongTensor, layout: M.ARMLayout) -> torch.Long
 
 def train_arm(stories, vq, cfg: TrainConfig | None = None, verbose: bool = True, out: Path | None = None,
               name: str = "arm", seqs: torch.LongTensor | None = None, snapshots: dict | None = None,
-              sampler: Callable[[torch.Generator, int], torch.LongTensor] | None = None, max_frames: int | None = None):
+              sampler: Callable[[torch.Generator, int], torch.LongTensor] | None = None, max_frames: int | None = None,
+              init: M.ToyARM | None = None):
     """Train the ARM (LlamaForCausalLM) with teacher forcing on ground-truth stories; returns (ToyARM, losses).
 
     Loss: next-token cross-entropy on image codes only (Eq. 1's p(v^i | v^{1:i-1}, u^{1:i})).
@@ -466,6 +467,7 @@ def train_arm(stories, vq, cfg: TrainConfig | None = None, verbose: bool = True,
     cfg.extra["snapshots"] (the last step is always kept).
     `sampler`: instead of rows of `seqs`, each step's batch is sampler(generator, batch_size) -> (B, S) ids
     of `max_frames` segments (the video ARM draws clip windows with text dropout this way).
+    `init`: an ARM of the same architecture whose weights start the training (a warm start).
     """
     from transformers import LlamaForCausalLM
 
@@ -490,9 +492,16 @@ def train_arm(stories, vq, cfg: TrainConfig | None = None, verbose: bool = True,
     lm = LlamaForCausalLM(M.arm_config(layout.vocab_size, hidden=hidden, layers=cfg.extra.get("layers", 2),
                                        max_frames=max_frames))
     skip = layout.codebook_size if cfg.extra.get("temporal_skip", False) else 0
-    slots = M.CodeSlots(hidden, layout.tokens_per_frame, previous_codes=skip) \
-        if cfg.extra.get("code_slots", False) or skip else None
+    code_dim = int(vq.quantize.embedding.weight.shape[1]) if cfg.extra.get("code_vectors", False) else 0
+    slots = M.CodeSlots(hidden, layout.tokens_per_frame, previous_codes=skip, code_dim=code_dim,
+                        codebook_size=layout.codebook_size if code_dim else 0) \
+        if cfg.extra.get("code_slots", False) or skip or code_dim else None
+    if code_dim:
+        slots.set_codebook(vq.quantize.embedding.weight)
     both = torch.nn.ModuleDict({"lm": lm, **({"slots": slots} if slots is not None else {})})
+    if init is not None:  # a warm start: every weight from an ARM of the same architecture
+        both.load_state_dict(torch.nn.ModuleDict({"lm": init.lm, **({"slots": init.slots} if init.slots is not None
+                                                                     else {})}).state_dict())
     opt, sched = _optimizer(both.parameters(), cfg)
     g = torch.Generator().manual_seed(cfg.seed)
     losses = []
@@ -515,6 +524,36 @@ def train_arm(stories, vq, cfg: TrainConfig | None = None, verbose: bool = True,
         arm.save_pretrained(out / name)
         _log(out, name, cfg, t0, losses, params=M.count_parameters(both), train_stories=len(stories or ()))
     return arm, losses
+
+
+def story_clip_sampler(seqs: torch.LongTensor, vq, tok, layout: M.ARMLayout, share: float, n_clips: int = 3000,
+                       clip_frames: int = 16) -> Callable[[torch.Generator, int], torch.LongTensor]:
+    """A batch sampler over story rows `seqs` (S, N * segment) with a `share` of rows drawn from windows of N
+    consecutive frames of train-split clips (one prompt for every frame): within a clip the pose stays, so
+    each frame is nearly the frame before and copying it is the easy way down the loss."""
+    from acdc_lib.toyworld.clips import make_clips
+
+    if not 0.0 < share < 1.0:
+        raise ValueError(f"clip_share must be in (0, 1), got {share!r}")
+    N = seqs.shape[1] // layout.segment
+    if not 1 <= N <= clip_frames:
+        raise ValueError(f"stories of {N} frames need clips of at least as many, got clip_frames={clip_frames}")
+    clips = make_clips(n_clips, "train", clip_frames)
+    codes = clip_codes(clips, vq)                                                          # (n, F, 64)
+    texts = torch.tensor([M.text_segment(tok, c.prompt, layout) for c in clips])          # (n, text_len)
+
+    def sample(g: torch.Generator, n: int) -> torch.LongTensor:
+        rows = seqs[torch.randint(0, seqs.shape[0], (n,), generator=g)].clone()
+        use = torch.rand(n, generator=g) < share
+        clip = torch.randint(0, len(clips), (n,), generator=g)
+        start = torch.randint(0, clip_frames - N + 1, (n,), generator=g)
+        win = codes[clip[:, None], start[:, None] + torch.arange(N)[None]]               # (n, N, 64)
+        seg = torch.cat([texts[clip][:, None].expand(-1, N, -1), torch.full((n, N, 1), layout.boi),
+                         win + layout.code_offset, torch.full((n, N, 1), layout.eoi)], 2).flatten(1).long()
+        rows[use] = seg[use]
+        return rows
+
+    return sample
 
 
 def arm_from_snapshot(arm: M.ToyARM, state: dict) -> M.ToyARM:
@@ -595,9 +634,16 @@ def train_arm_family(out: Path, cfg: TrainConfig | None = None, verbose: bool = 
     t0, tok = time.time(), build_tokenizer()
     layout = M.ARMLayout(n_text=len(tok), codebook_size=vq.config.num_vq_embeddings)
     seqs = arm_sequences(stories, vq, tok, layout)
+    sampler = max_frames = init = None
+    if cfg.extra.get("clip_share", 0.0):
+        sampler = story_clip_sampler(seqs, vq, tok, layout, cfg.extra["clip_share"], cfg.extra.get("n_clips", 3000))
+        max_frames = seqs.shape[1] // layout.segment
     t_data = time.time() - t0
+    if cfg.extra.get("init_from"):
+        init = M.ToyARM.from_pretrained(out / cfg.extra["init_from"], out / "vq")
     snaps: dict[int, dict] = {}
-    arm, losses = train_arm(stories, vq, cfg, verbose=verbose, seqs=seqs, snapshots=snaps)
+    arm, losses = train_arm(stories, vq, cfg, verbose=verbose, seqs=seqs, snapshots=snaps, sampler=sampler,
+                            max_frames=max_frames, init=init)
     t_sel = time.time()
     chosen, records = select_arm(snaps, arm, M.load_evaluator(out / "evaluator"), val)
     family, strong = [("arm", chosen), ("arm_weak", weak)], max(snaps)
@@ -817,20 +863,71 @@ TASKS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 PRIORITY: tuple[str, ...] = ("vq", "dm", "probe", "clip", "detector", "arms", "video_arm", "motion")
 
 
+# Task -> (its train_log.json records, its checkpoint folders): what a finished task leaves in `out`.
+TASK_OUTPUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "vq": (("vq",), ("vq",)), "dm": (("dm",), ("dm",)), "probe": (("evaluator_probe",), ("evaluator/probe",)),
+    "clip": (("evaluator_clip",), ("evaluator/clip",)), "arms": (("arm",), ("arm", "arm_weak")),
+    "video_arm": (("video_arm",), ("video_arm",)), "motion": (("motion",), ("motion_adapter",)),
+    "detector": (("detector",), ("detector",)),
+}
+# The config each task's records were trained with (DEFAULTS' names).
+TASK_CONFIG: dict[str, str] = {"vq": "vq", "dm": "dm", "probe": "probe", "clip": "clip", "arms": "arm",
+                               "video_arm": "video_arm", "motion": "motion", "detector": "detector"}
+RETRAIN_MARK = ".retrain.json"
+
+
+def _plain(cfg: TrainConfig) -> dict:
+    return json.loads(json.dumps(asdict(cfg)))  # as train_log.json holds it (tuples become lists)
+
+
+def finished_tasks(out: Path, tasks: Sequence[str], configs: dict[str, TrainConfig], since: float) -> set[str]:
+    """The tasks of `tasks` that a retrain begun at time `since` has already finished in `out`.
+
+    A task is finished when its checkpoint folders exist and each of its train_log.json records has the
+    task's config (`configs[task]`) and was written after `since` and after every task it reads
+    (TASKS) finished; anything else (missing, another config, older, or older than what it read) is stale.
+    """
+    path = out / "train_log.json"
+    log = json.loads(path.read_text()) if path.exists() else {}
+    done: dict[str, float] = {}
+    for t in [t for t in PRIORITY if t in tasks]:  # PRIORITY lists every task after the tasks it reads
+        names, dirs = TASK_OUTPUTS[t]
+        recs = [log.get(n) or {} for n in names]
+        when = min(r.get("finished", 0.0) for r in recs)
+        deps = [d for d in TASKS[t][1] if d in tasks]
+        if (all((out / d).is_dir() for d in dirs) and all(r.get("config") == _plain(configs[t]) for r in recs)
+                and when >= since and all(d in done and done[d] <= when for d in deps)):
+            done[t] = when
+    return set(done)
+
+
 def run_parallel(todo: Sequence[str], out: Path, jobs: int, forwarded: Sequence[str] = (),
-                 poll_s: float = 2.0) -> float:
+                 poll_s: float = 2.0, configs: dict[str, TrainConfig] | None = None) -> float:
     """Train `todo` in up to `jobs` child processes (one torch thread each), respecting TASKS' dependencies.
 
     Each task runs `python -m acdc_lib.toyworld.train <models> --out <out> --threads 1`; a task
     starts once the tasks it reads have finished (a dependency outside `todo` must already be in
     `out`). Children print to our stdout. If one fails, the others are stopped and RuntimeError
     names it. Returns the wall time in seconds, also logged as "all" in train_log.json.
+    `configs` (task -> the config its child will train with) makes the run resumable: it is marked in
+    out/.retrain.json when it begins, a run started again with the same configs skips the tasks it
+    already finished (`finished_tasks`), and the mark is removed once every task is done.
     We use subprocesses rather than a process pool because each child needs its own thread count
     and a dependency order, and a failed child must not leave the others running.
     """
     want = {m for m in todo} | ({"probe", "clip"} if "evaluator" in todo else set())
     tasks = [t for t in PRIORITY if any(m in want for m in TASKS[t][0])]
     done: set[str] = set()
+    mark = out / RETRAIN_MARK
+    if configs is not None:
+        want_cfg = {t: _plain(configs[t]) for t in tasks}
+        begun = json.loads(mark.read_text()) if mark.exists() else None
+        if begun is None or begun.get("configs") != want_cfg:  # a new retrain: nothing before it counts
+            begun = {"started": round(time.time(), 1), "configs": want_cfg}
+            atomic_write_json(mark, begun)
+        done = finished_tasks(out, tasks, configs, begun["started"])
+        if done:
+            print(f"[parallel] resuming: {', '.join(t for t in tasks if t in done)} already trained", flush=True)
     running: dict[str, tuple[subprocess.Popen, float]] = {}
     t0, walls = time.time(), {}
     try:
@@ -859,7 +956,9 @@ def run_parallel(todo: Sequence[str], out: Path, jobs: int, forwarded: Sequence[
             proc.terminate()
     wall = time.time() - t0
     cfg = TrainConfig(steps=0, batch_size=0, lr=0.0, seed=0, extra={"jobs": jobs, "tasks": tasks})
-    _log(out, "all", cfg, t0, [], task_wall_s=walls, what=f"every task, {jobs} at once")
+    _log(out, "all", cfg, t0, [], task_wall_s=walls, what=f"every task, {jobs} at once",
+         resumed=sorted(set(tasks) - set(walls)))
+    mark.unlink(missing_ok=True)
     print(f"trained {', '.join(tasks)} in {wall:.0f}s with {jobs} jobs -> {out}")
     return wall
 
@@ -899,13 +998,24 @@ def main(argv: Sequence[str] | None = None) -> None:
         return TrainConfig(**{**asdict(c), "steps": sc(c.steps), "extra": extra,
                               "warmup": min(c.warmup, max(1, int(c.steps * a.steps_scale) // 5))})
 
+    def arm_config() -> TrainConfig:
+        cfg = scaled("arm")
+        if a.arm_steps:
+            cfg.steps = a.arm_steps
+        for k in ("hidden", "layers", "val_stories"):
+            v = getattr(a, f"arm_{k}")
+            if v:
+                cfg.extra[k] = v
+        return cfg
+
     todo = MODELS if "all" in a.which else tuple(a.which)
     t_all = time.time()
     if a.jobs > 1:
         forwarded = [f"--steps-scale={a.steps_scale}"] + [f"--arm-{k.replace('_', '-')}={getattr(a, 'arm_' + k)}"
                                                           for k in ("steps", "hidden", "layers", "val_stories", "name")
                                                           if getattr(a, "arm_" + k)]
-        run_parallel(todo, a.out, a.jobs, forwarded)
+        configs = None if a.arm_name else {t: arm_config() if t == "arms" else scaled(TASK_CONFIG[t]) for t in TASKS}
+        run_parallel(todo, a.out, a.jobs, forwarded, configs=configs)
         return
     parts = [p for p in ("probe", "clip") if p in todo or "evaluator" in todo]
     if parts:
@@ -917,13 +1027,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if "dm" in todo:
         train_dm(VQModel.from_pretrained(a.out / "vq").eval(), scaled("dm"), out=a.out)
     if "arm" in todo:
-        cfg = scaled("arm")
-        if a.arm_steps:
-            cfg.steps = a.arm_steps
-        for k in ("hidden", "layers", "val_stories"):
-            v = getattr(a, f"arm_{k}")
-            if v:
-                cfg.extra[k] = v
+        cfg = arm_config()
         if a.arm_name:  # one ARM of these settings, saved under that name (no snapshots, no selection)
             vq = VQModel.from_pretrained(a.out / "vq").eval()
             train_arm(load_split("train")[:cfg.extra.get("n_stories")], vq, cfg, out=a.out, name=a.arm_name)

@@ -353,3 +353,50 @@ def test_measure_inheritance_refuses_a_bad_slice():
     for bad in ("5", "a:b", "10:5", "0:1", "0:100000"):
         with pytest.raises(ValueError, match="START:STOP|START < STOP"):
             measure_inheritance(bad)
+
+
+def _fake_task(out, task, cfg, finished):
+    names, dirs = T.TASK_OUTPUTS[task]
+    for d in dirs:
+        (out / d).mkdir(parents=True, exist_ok=True)
+    path = out / "train_log.json"
+    log = json.loads(path.read_text()) if path.exists() else {}
+    for n in names:
+        log[n] = {"config": T._plain(cfg), "finished": finished}
+    path.write_text(json.dumps(log))
+
+
+def test_a_retrain_resumes_at_the_first_unfinished_or_stale_task(tmp_path):
+    cfgs = {t: T.DEFAULTS[T.TASK_CONFIG[t]] for t in T.TASKS}
+    tasks = ["vq", "dm", "probe", "motion"]
+    _fake_task(tmp_path, "vq", cfgs["vq"], 100.0)
+    _fake_task(tmp_path, "dm", cfgs["dm"], 200.0)
+    _fake_task(tmp_path, "probe", cfgs["probe"], 50.0)  # before the retrain began: stale
+    assert T.finished_tasks(tmp_path, tasks, cfgs, since=60.0) == {"vq", "dm"}  # motion never ran
+    # The VQ trained again after the DM read it: the DM is stale, and so is what reads the DM.
+    _fake_task(tmp_path, "vq", cfgs["vq"], 300.0)
+    _fake_task(tmp_path, "motion", cfgs["motion"], 400.0)
+    assert T.finished_tasks(tmp_path, tasks, cfgs, since=60.0) == {"vq"}
+    # Another config, or a missing checkpoint folder, is not finished either.
+    other = {**cfgs, "vq": T.TrainConfig(**{**T.asdict(cfgs["vq"]), "steps": 7})}
+    assert T.finished_tasks(tmp_path, tasks, other, since=60.0) == set()
+    import shutil
+
+    shutil.rmtree(tmp_path / "vq")
+    assert T.finished_tasks(tmp_path, tasks, cfgs, since=60.0) == set()
+
+
+def test_a_killed_parallel_retrain_skips_what_it_finished(tmp_path):
+    # A finished run leaves no mark; a run with a mark (killed) and the same configs skips its finished tasks.
+    cfgs = {"probe": T.TrainConfig(**{**T.asdict(T.DEFAULTS["probe"]), "steps": 12, "warmup": 2})}
+    forwarded = ["--steps-scale=0.002"]
+    T.run_parallel(["probe"], tmp_path, jobs=2, forwarded=forwarded, poll_s=0.2, configs=cfgs)
+    assert not (tmp_path / T.RETRAIN_MARK).exists()
+    first = json.loads((tmp_path / "train_log.json").read_text())["evaluator_probe"]["finished"]
+    (tmp_path / T.RETRAIN_MARK).write_text(json.dumps({"started": first - 1, "configs": {"probe": T._plain(cfgs["probe"])}}))
+    T.run_parallel(["probe"], tmp_path, jobs=2, forwarded=forwarded, poll_s=0.2, configs=cfgs)
+    log = json.loads((tmp_path / "train_log.json").read_text())
+    assert log["evaluator_probe"]["finished"] == first and log["all"]["resumed"] == ["probe"]
+    # A fresh retrain (no mark) trains it again.
+    T.run_parallel(["probe"], tmp_path, jobs=2, forwarded=forwarded, poll_s=0.2, configs=cfgs)
+    assert json.loads((tmp_path / "train_log.json").read_text())["evaluator_probe"]["finished"] > first
