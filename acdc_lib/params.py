@@ -396,6 +396,7 @@ NOTEBOOK_PARAMS["06_ablations"] = {
     "CFG_SCALES": sequence(number(0.0), unique=True),
     "STEP_COUNTS": sequence(integer(1), unique=True),
     "CORRUPTION_RATES": sequence(number(0.0, 1.0), unique=True),
+    "MEMORY_ERROR_RATES": sequence(number(0.0, 1.0), unique=True),
     "ADAPTIVE_SHARES": sequence(number(0.0, 1.0, lo_open=True, hi_open=True), unique=True),
     "CALIBRATION_STORIES": integer(1),
     "COST_REPEATS": integer(1),
