@@ -26,6 +26,7 @@ estimate is below 0 but the interval holds 0. A claim of several parts is judged
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -60,6 +61,7 @@ class Source:
         results: its results.json (None when missing or unreadable; `missing` says which).
         parameters: the set's parameters for this run.
         missing: why there are no results ("" when there are).
+        fig_dir: where the run writes its figures and tables, relative to the repository (the set's folder).
     """
 
     notebook: str
@@ -67,6 +69,7 @@ class Source:
     results: dict[str, Any] | None
     parameters: dict[str, Any]
     missing: str = ""
+    fig_dir: str = "figures"
 
     @property
     def label(self) -> str:
@@ -99,20 +102,25 @@ def find_sources(run_set: str | Path, out_root: str | Path | None = None) -> lis
         if run.stem == NOTEBOOKS["08"]:
             continue  # the report's own notebook
         d = runs.run_dir(rs.name, run, root)
+        try:
+            fig = Path(os.path.relpath(runs.figure_folder(rs, run), runs.REPO_ROOT)).as_posix()
+        except ValueError:
+            fig = "figures"
         if not run.notebook.is_file():
-            out.append(Source(run.stem, d, None, run.parameters, f"notebook {run.notebook.name} is not in the repository"))
+            out.append(Source(run.stem, d, None, run.parameters, f"notebook {run.notebook.name} is not in the repository",
+                              fig))
             continue
         p = d / "results.json"
         if not p.is_file():
             out.append(Source(run.stem, d, None, run.parameters,
-                              f"no results in {d.name}: run `python -m acdc_lib.runs {shown}`"))
+                              f"no results in {d.name}: run `python -m acdc_lib.runs {shown}`", fig))
             continue
         try:
             res = json.loads(p.read_text())
         except json.JSONDecodeError as e:
-            out.append(Source(run.stem, d, None, run.parameters, f"{p} is damaged ({e}); rerun that notebook"))
+            out.append(Source(run.stem, d, None, run.parameters, f"{p} is damaged ({e}); rerun that notebook", fig))
             continue
-        out.append(Source(run.stem, d, res, run.parameters))
+        out.append(Source(run.stem, d, res, run.parameters, fig_dir=fig))
     have = {s.notebook for s in out}
     for stem in NOTEBOOKS.values():
         if stem not in have and stem != "08_figures":
@@ -226,7 +234,7 @@ def combined_verdict(parts: Sequence[tuple[float, bool]], paper_sign: int = 1) -
 def _where(nb: str, section: str, files: Sequence[str] = (), src: Source | None = None) -> str:
     """Where a row's number is: the notebook and its section, and the committed figure or table files that show
     it (in the run's FIG_DIR, `figures` by default); never a run folder, which a clone does not have."""
-    fig_dir = str((src.parameters.get("FIG_DIR") if src is not None else None) or "figures").rstrip("/")
+    fig_dir = (src.fig_dir if src is not None else "figures").rstrip("/")
     shown = [f"{fig_dir}/{f}" for f in files]
     return f"notebooks/{NOTEBOOKS[nb]}.ipynb §{section}" + (f"; {', '.join(shown)}" if shown else "")
 

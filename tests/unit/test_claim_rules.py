@@ -172,3 +172,10 @@ def test_the_errata_place_each_error_at_its_equation():
     assert "for every t'" in text  # by algebra, not by counting settings
     ir = C.table_errata()[-1]
     assert "0.574" in ir and "-0.2624 - (-0.8354) = 0.573" in ir
+
+
+def test_sources_know_the_figure_folder_of_their_set(tmp_path):
+    toy = {s.notebook: s for s in C.find_sources(REPO_ROOT / "papermill_runs" / "toy-cpu.yaml", tmp_path)}
+    assert toy["03_acdc_story"].fig_dir == "figures"  # the toy reproduction writes the committed figures
+    gpu = {s.notebook: s for s in C.find_sources(REPO_ROOT / "papermill_runs" / "gpu-node.yaml", tmp_path)}
+    assert gpu["03_acdc_story"].fig_dir.startswith("figures/") and gpu["03_acdc_story"].fig_dir != "figures"
