@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -360,6 +361,45 @@ class CorruptedMemory:
 
 
 # --------------------------------------------------------------------------------------------
+# Identity: how varied a row's frame-1 identities are, and what SDEdit keeps of a true one
+# --------------------------------------------------------------------------------------------
+IDENTITY_HEADS = ("marking", "accessory")
+
+
+def identity_diversity(first_frames: torch.Tensor, read_identity: Callable[[torch.Tensor], Mapping[str, torch.Tensor]],
+                       heads: Sequence[str] = IDENTITY_HEADS) -> dict[str, float]:
+    """How varied a row's frame-1 identities are over its stories.
+
+    "Identity kept" in free generation is agreement with the row's own frame 1, which a row that draws one
+    default identity in every frame maximises; this says whether the row draws varied identities at all.
+
+    Args:
+        first_frames: (S, C, H, W) frame 1 of each story, in [0, 1].
+        read_identity: an evaluator's reader, images -> {head: (S,) long}.
+    Returns:
+        stories, distinct (identities read), most_common_share, entropy_bits (of the identities read).
+    """
+    ids = read_identity(first_frames)
+    missing = [h for h in heads if h not in ids]
+    if missing:
+        raise ValueError(f"read_identity gives no {missing}; it gives {sorted(ids)}")
+    keys = list(zip(*(torch.as_tensor(ids[h]).tolist() for h in heads)))
+    p = np.array(sorted(Counter(keys).values(), reverse=True), dtype=np.float64) / len(keys)
+    return {"stories": len(keys), "distinct": int(p.size), "most_common_share": float(p[0]),
+            "entropy_bits": float(-(p * np.log2(p)).sum())}
+
+
+def identity_kept(before: torch.Tensor, after: torch.Tensor,
+                  read_identity: Callable[[torch.Tensor], Mapping[str, torch.Tensor]],
+                  heads: Sequence[str] = IDENTITY_HEADS) -> np.ndarray:
+    """(B,) share of the identity heads read the same in `after` as in `before` (e.g. a true frame and its
+    SDEdit correction: what the correction keeps of an identity that is known)."""
+    a, b = read_identity(before), read_identity(after)
+    same = torch.stack([torch.as_tensor(a[h]) == torch.as_tensor(b[h]) for h in heads]).double()  # (H, B)
+    return same.mean(0).numpy()
+
+
+# --------------------------------------------------------------------------------------------
 # What a policy spends and what it buys
 # --------------------------------------------------------------------------------------------
 def corrections_per_story(run_dir: str | Path, row: str, stories: Sequence[Story]) -> np.ndarray:
@@ -497,18 +537,21 @@ def plot_tprime_tradeoff(tradeoff: Sequence[Mapping[str, Any]], t_primes: Sequen
                    marker="o", label="measured ||x~(0) - x||")
     ax[0].plot(tp_, [r["bound_corrected"] for r in tradeoff], "--", label="Theorem 2, corrected")
     ax[0].plot(tp_, [r["bound_printed"] for r in tradeoff], ":", label="Theorem 2, printed")
-    ax[0].set_yscale("log"); ax[0].set_xlabel("t'"); ax[0].set_title("what SDEdit moves (DM space)"); ax[0].legend(fontsize=7)
-    ax[1].plot(tp_, [r["pixel_rms"]["value"] for r in tradeoff], marker="o", label="pixel RMS (0-255)")
-    ax1b = ax[1].twinx(); ax1b.plot(tp_, [r["feature_dist"]["value"] for r in tradeoff], marker="s", color="C1", label="feature distance")
-    ax[1].set_xlabel("t'"); ax[1].set_title("distance to the ARM's frame"); ax[1].legend(loc="upper left", fontsize=7)
-    ax1b.legend(loc="lower right", fontsize=7)
+    # every legend goes below its panel, where no line can run under it
+    below = dict(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize=7, ncol=2)
+    ax[0].set_yscale("log"); ax[0].set_xlabel("t'"); ax[0].set_title("what SDEdit moves (DM space)"); ax[0].legend(**below)
+    ax[1].plot(tp_, [r["pixel_rms"]["value"] for r in tradeoff], marker="o", label="pixel RMS (0-255), left axis")
+    ax1b = ax[1].twinx()
+    ax1b.plot(tp_, [r["feature_dist"]["value"] for r in tradeoff], marker="s", color="C1", label="feature distance, right axis")
+    ax[1].set_xlabel("t'"); ax[1].set_title("distance to the ARM's frame")
+    ax[1].legend(*(a + b for a, b in zip(ax[1].get_legend_handles_labels(), ax1b.get_legend_handles_labels())), **below)
     if len(accuracy):
         ax[2].plot(t_primes, accuracy, marker="o", label="attribute accuracy")
         for k, v in (attributes or {}).items():
             ax[2].plot(t_primes, v, marker=".", label=k)
         if recommended is not None:
-            ax[2].axvline(recommended, color="grey", ls="--", lw=1)
-        ax[2].set_xlabel("t'"); ax[2].set_title("what ACDC fixes and keeps (loop)"); ax[2].legend(fontsize=7)
+            ax[2].axvline(recommended, color="grey", ls="--", lw=1, label=f"recommended t' = {recommended:g}")
+        ax[2].set_xlabel("t'"); ax[2].set_title("what ACDC fixes and keeps (loop)"); ax[2].legend(**below)
     fig.tight_layout()
     return fig
 
@@ -534,13 +577,20 @@ def plot_pareto(points: Sequence[Mapping[str, Any]], short: Mapping[str, str] | 
     """
     import matplotlib.pyplot as plt
 
+    from acdc_lib.plotting import place_labels
+
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for p in sorted(points, key=lambda p: p["corrections"]):
+    points = sorted(points, key=lambda p: p["corrections"])
+    for p in points:
         q_ = p["quality"]
         ax.errorbar(p["corrections"], q_["value"], yerr=[[q_["value"] - q_["low"]], [q_["high"] - q_["value"]]],
                     marker="D" if p["adaptive"] else "o", color="C3" if p["adaptive"] else "C0", capsize=2)
-        name = (short or {}).get(p["policy"], p["policy"].replace("acdc_", "").replace("_rules", "").replace("_llm", ""))
-        ax.annotate(name, (p["corrections"], q_["value"]), fontsize=6, xytext=(3, -8), textcoords="offset points")
     ax.set_xlabel("frames corrected per story"); ax.set_ylabel("mean attribute accuracy")
     ax.set_title("quality against corrections (red: adaptive)")
+    ax.margins(x=0.15, y=0.1)  # room for the labels at the ends
+    ax.autoscale_view()
+    names = [(short or {}).get(p["policy"], p["policy"].replace("acdc_", "").replace("_rules", "").replace("_llm", ""))
+             for p in points]
+    place_labels(ax, [p["corrections"] for p in points], [p["quality"]["value"] for p in points], names,
+                 avoid=[(p["corrections"], p["quality"]["low"], p["quality"]["high"]) for p in points])
     return fig

@@ -969,10 +969,19 @@ def tprime_content_claim(src: Source) -> list[Claim]:
     if not shown:
         return [_missing(_VIDEO.replace(" (video extension)", ""), claim, quote, src, "06")]
     ident = [f"{k} {v['identity_acc']:g}" for k, v in sweep.items() if isinstance(v, dict) and "identity_acc" in v]
+    check = (src.results or {}).get("identity_check") or {}
+    div, kept = check.get("frame1_diversity") or {}, check.get("true_identity_kept") or {}
+    extra = ""
+    if div:
+        extra += "; frame-1 identities distinct over stories: " + ", ".join(f"{k} {d['distinct']}/{d['stories']}"
+                                                                          for k, d in div.items())
+    if kept:
+        extra += ("; SDEdit on the true frame 1 keeps its true identity (marking and collar): "
+                  + ", ".join(f"t' {k} {v['value']:.3f} [{v['low']:.3f}, {v['high']:.3f}]" for k, v in kept.items()))
     return [Claim("Sec. 3", claim, quote, "change from the ARM's frame: " + "; ".join(shown)
-                  + (f"; identity kept against the row's own frame 1 (free generation, not against the truth): "
-                     + ", ".join(ident) if ident else ""), "measured",
-                  _where("06", "2", ("06_tprime_tradeoff.png",), src))]
+                  + (f"; identity kept against the row's own frame 1 (free generation, not against the truth, so no "
+                     f"'keeps identity' conclusion from it alone): " + ", ".join(ident) if ident else "") + extra,
+                  "measured", _where("06", "2", ("06_tprime_tradeoff.png",), src))]
 
 
 def agnostic_claim() -> Claim:

@@ -38,3 +38,24 @@ def test_the_wrong_mode_keeps_its_draws_and_a_bad_mode_is_refused():
     assert a == A.CorruptedMemory(rules, VOCAB, 1.0, seed=3, mode="wrong").refine(SENTENCES).prompts
     with pytest.raises(ValueError, match="mode must be one of \\('wrong', 'unresolved'\\), got 'missing'"):
         A.CorruptedMemory(rules, VOCAB, 0.5, mode="missing")
+
+
+def _reader(images):
+    """A stand-in identity reader: marking from the red channel, accessory from the green one."""
+    return {"marking": (images[:, 0].mean((1, 2)) > 0.5).long(), "accessory": (images[:, 1].mean((1, 2)) > 0.5).long()}
+
+
+def test_identity_diversity_tells_one_default_identity_from_varied_ones():
+    import torch
+
+    one = torch.zeros(8, 3, 4, 4)
+    varied = one.clone()
+    varied[::2, 0], varied[::4, 1] = 1.0, 1.0   # marking on half the stories, accessory on a quarter
+    d1, d2 = A.identity_diversity(one, _reader), A.identity_diversity(varied, _reader)
+    assert d1 == {"stories": 8, "distinct": 1, "most_common_share": 1.0, "entropy_bits": 0.0}
+    assert d2["distinct"] == 3 and d2["most_common_share"] == 0.5 and d2["entropy_bits"] == pytest.approx(1.5)
+    after = varied.clone()
+    after[0, 1] = 0.0                            # the correction drops story 0's accessory
+    assert A.identity_kept(varied, after, _reader).tolist() == [0.5] + [1.0] * 7
+    with pytest.raises(ValueError, match="read_identity gives no \\['layout'\\]"):
+        A.identity_diversity(one, _reader, heads=("marking", "layout"))
