@@ -502,9 +502,11 @@ def write_story(story_dir: Path, story: Story, index: int, result: StoryResult, 
 # Parts
 # --------------------------------------------------------------------------------------------
 def _build(kind: str, name: str, flag: str, **options: Any) -> Any:
+    from acdc_lib.correctors.loading import ModelNotAvailableError
+
     try:
         return build(kind, name, **options)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, ModelNotAvailableError) as e:  # one line, no traceback
         raise GenerateError(f"{flag} {name}: {e}") from None
 
 

@@ -354,8 +354,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[runs] warning: {args.jobs} notebooks at once, each with torch's default threads (one per core), "
               f"compete for the cores; set OMP_NUM_THREADS (make reproduce sets REPRO_THREADS=1)", file=sys.stderr)
     t0 = time.perf_counter()
-    rows = execute(rs, only=args.only, force=args.force, out_root=Path(args.out_root), jobs=args.jobs,
-                   fig_dir=args.fig_dir)
+    try:
+        rows = execute(rs, only=args.only, force=args.force, out_root=Path(args.out_root), jobs=args.jobs,
+                       fig_dir=args.fig_dir)
+    except Exception as e:  # a model that is not on this machine: its one line, not the notebook's traceback
+        cause = e if hasattr(e, "ename") else e.__cause__
+        if getattr(cause, "ename", None) == "ModelNotAvailableError":
+            print(f"[runs] error: {cause.evalue}", file=sys.stderr)
+            return 2
+        raise
     total = time.perf_counter() - t0
     lines = [f"# Run set `{rs.name}`", "", rs.description, "", "| notebook | status | seconds | folder |", "|---|---|---|---|"]
     for r in rows:
