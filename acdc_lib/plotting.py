@@ -210,3 +210,60 @@ def plot_distance_histograms(distances: Mapping[str, Mapping[str, Any]], n_stori
         ax.set(xlabel=f"d(y, y~) = 1 - cos under {enc}", ylabel="prompts", title=f"{enc}, {n_stories} toy stories")
         ax.legend()
     return fig
+
+
+# candidate label positions around a point: (dx, dy) in points, horizontal and vertical alignment; right and
+# left first (error bars run vertically through the point), then the diagonals
+_LABEL_SPOTS = [((6, 0), "left", "center"), ((-6, 0), "right", "center"), ((5, 7), "left", "bottom"),
+                ((5, -7), "left", "top"), ((-5, 7), "right", "bottom"), ((-5, -7), "right", "top")]
+
+
+def place_labels(ax, xs: Sequence[float], ys: Sequence[float], labels: Sequence[str],
+                 avoid: Sequence[tuple[float, float, float]] = (), fontsize: float = 6) -> list:
+    """Annotate point k with labels[k] where the text overlaps no other label, no point and no error bar.
+
+    Each label tries spots around its point (right, left, then the diagonals), then the same spots farther
+    out with a thin leader line; the first spot that overlaps nothing placed so far and stays inside the
+    axes wins (the last one tried is kept when none is free).
+
+    Args:
+        ax: the axes (its limits must be final: positions are measured in display space).
+        xs, ys: the points, in data coordinates.
+        labels: one text per point.
+        avoid: (x, y_low, y_high) vertical segments to keep clear (error bars), in data coordinates.
+        fontsize: of the labels.
+    Returns:
+        the annotations, in the order of `labels`.
+    """
+    from matplotlib.transforms import Bbox
+
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    to_px = ax.transData.transform
+    frame = ax.get_window_extent(renderer)
+    r = 4 * fig.dpi / 72  # a marker's half width (4 points) in pixels
+    blocked = [Bbox.from_extents(x - r, y - r, x + r, y + r) for x, y in to_px(np.column_stack([xs, ys]))]
+    for x, lo, hi in avoid:
+        (x0, y0), (_, y1) = to_px([(x, lo), (x, hi)])
+        blocked.append(Bbox.from_extents(x0 - 2, min(y0, y1), x0 + 2, max(y0, y1)))
+    out: list = [None] * len(labels)
+    for k in sorted(range(len(labels)), key=lambda k: (-ys[k], xs[k])):  # top to bottom, left to right
+        x, y, text = xs[k], ys[k], labels[k]
+        ann = None
+        for scale in (1, 2.5, 4):
+            for (dx, dy), ha, va in _LABEL_SPOTS:
+                if ann is not None:
+                    ann.remove()
+                arrow = {"arrowstyle": "-", "lw": 0.4, "color": "0.5"} if scale > 1 else None
+                ann = ax.annotate(text, (x, y), xytext=(dx * scale, dy * scale), textcoords="offset points",
+                                  ha=ha, va=va, fontsize=fontsize, arrowprops=arrow)
+                box = ann.get_window_extent(renderer).padded(1)
+                inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+                if inside and not any(box.overlaps(b) for b in blocked):
+                    break
+            else:
+                continue
+            break
+        blocked.append(ann.get_window_extent(renderer))
+        out[k] = ann
+    return out

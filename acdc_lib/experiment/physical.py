@@ -387,9 +387,36 @@ def plot_first_frames(images: Mapping[str, torch.Tensor], masks: Mapping[str, to
     return fig
 
 
-def plot_fig5(given: torch.Tensor, mask: torch.Tensor, rows: Mapping[str, torch.Tensor]):
-    """Fig. 5's layout: the given (wrong) frame 1 and the user's mask on the first line, then each condition's
-    frames ({label: (N, C, H, W)}). Returns the figure."""
+def _outline(ax, mask: torch.Tensor, color: str = "red", lw: float = 1.0, ls: str = "-") -> None:
+    """Draw the edges of a (1, H, W) or (H, W) 0/1 mask along the pixel borders of an image shown by `_show`."""
+    m = (mask.reshape(mask.shape[-2:]) > 0.5).numpy()
+    H, W = m.shape
+    pad = np.pad(m, 1)
+    for y in range(H):
+        for x in range(W):
+            if not m[y, x]:
+                continue
+            if not pad[y, x + 1]:  # the pixel above is outside the mask
+                ax.plot([x - 0.5, x + 0.5], [y - 0.5, y - 0.5], color=color, lw=lw, ls=ls)
+            if not pad[y + 2, x + 1]:
+                ax.plot([x - 0.5, x + 0.5], [y + 0.5, y + 0.5], color=color, lw=lw, ls=ls)
+            if not pad[y + 1, x]:
+                ax.plot([x - 0.5, x - 0.5], [y - 0.5, y + 0.5], color=color, lw=lw, ls=ls)
+            if not pad[y + 1, x + 2]:
+                ax.plot([x + 0.5, x + 0.5], [y - 0.5, y + 0.5], color=color, lw=lw, ls=ls)
+
+
+def plot_fig5(given: torch.Tensor, mask: torch.Tensor, rows: Mapping[str, torch.Tensor], zoom_margin: int = 3):
+    """Fig. 5's layout: the given (wrong) frame 1 with the wrong parts outlined in red, the user's mask, and the wrong
+    parts enlarged on the first line; then each condition's frames ({label: (N, C, H, W)}), frame 1 with the same
+    outline (dashed), so one sees whether the wrong part is still there. Returns the figure.
+
+    Args:
+        given: (C, H, W) the wrong first frame.
+        mask: (1, H, W) the user's mask: the renderer's masks of the parts that make the frame wrong.
+        rows: each condition's frames.
+        zoom_margin: pixels around the mask shown in the enlarged panel.
+    """
     import matplotlib.pyplot as plt
 
     lines = list(rows.items())
@@ -397,13 +424,23 @@ def plot_fig5(given: torch.Tensor, mask: torch.Tensor, rows: Mapping[str, torch.
     fig, axes = plt.subplots(len(lines) + 1, N, figsize=(1.3 * N + 1.8, 1.35 * (len(lines) + 1)), squeeze=False)
     for ax in axes[0]:
         ax.axis("off")
-    _show(axes[0][0], given, "given frame 1")
+    _show(axes[0][0], given, "given frame 1 (wrong part: red)")
+    _outline(axes[0][0], mask)
     _show(axes[0][1], mask, "the user's mask")
     axes[0][0].axis("on")
     axes[0][1].axis("on")
+    ys, xs = np.nonzero(mask.reshape(mask.shape[-2:]).numpy() > 0.5)
+    if N >= 3 and len(ys):  # the wrong part enlarged: at 32 x 32 an extra ear is two pixels
+        H, W = mask.shape[-2:]
+        y0, y1 = max(0, ys.min() - zoom_margin), min(H, ys.max() + zoom_margin + 1)
+        x0, x1 = max(0, xs.min() - zoom_margin), min(W, xs.max() + zoom_margin + 1)
+        _show(axes[0][2], given[:, y0:y1, x0:x1], "wrong part, enlarged")
+        _outline(axes[0][2], mask[..., y0:y1, x0:x1], lw=1.5)
+        axes[0][2].axis("on")
     for a, (label, fr) in enumerate(lines, start=1):
         for i in range(N):
             _show(axes[a][i], fr[i], f"frame {i + 1}" if a == 1 else None)
+        _outline(axes[a][0], mask, lw=0.8, ls="--")
         axes[a][0].set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
     fig.tight_layout()
     return fig

@@ -290,16 +290,34 @@ def example_frames(out_dir: str | Path, story: Story, rows: Sequence[str],
     return {**lines, **{r: load_frames(out_dir, r, [story])[0] for r in rows}}
 
 
-def plot_frame_rows(frames: Mapping[str, torch.Tensor], labels: Mapping[str, str] | None = None):
-    """A grid of one story's frames: one line per row of `frames` ({row: (N, C, H, W) in [0, 1]}). Returns the figure."""
+def plot_frame_rows(frames: Mapping[str, torch.Tensor], labels: Mapping[str, str] | None = None,
+                    max_columns: int = 12):
+    """A grid of one story's frames: one line per row of `frames` ({row: (N, C, H, W) in [0, 1]}). Returns the figure.
+
+    More than `max_columns` frames are wrapped: frames 1..k of every row, then frames k+1..2k of every row,
+    and so on, with k chosen so the blocks are about equally wide (32 frames: 11, 11, 10).
+    """
     import matplotlib.pyplot as plt
 
     lines = list(frames.items())
     N = len(lines[0][1])
-    fig, axes = plt.subplots(len(lines), N, figsize=(1.3 * N + 1.6, 1.35 * len(lines)), squeeze=False)
+    blocks = -(-N // max_columns)  # ceil
+    per_line = -(-N // blocks)
+    step = len(lines) + 1  # a block's rows and a thin empty row that keeps the next block's titles clear
+    heights = ([1.0] * len(lines) + [0.3]) * (blocks - 1) + [1.0] * len(lines)
+    fig, axes = plt.subplots(len(heights), per_line, figsize=(1.3 * per_line + 1.6, 1.35 * sum(heights)), squeeze=False,
+                             gridspec_kw={"height_ratios": heights})
+    for row in range(len(heights)):
+        if row % step == len(lines):
+            for ax in axes[row]:
+                ax.axis("off")
+    for row in range((blocks - 1) * step, len(heights)):
+        for ax in axes[row][N - (blocks - 1) * per_line:]:
+            ax.axis("off")  # the last block's empty cells
     for a, (r, fr) in enumerate(lines):
         for i in range(N):
-            ax = axes[a][i]
+            block, col = divmod(i, per_line)
+            ax = axes[block * step + a][col]
             img = fr[i].clamp(0, 1)
             if img.shape[0] == 1:  # one channel: grey levels on a fixed [0, 1] scale
                 ax.imshow(img[0].numpy(), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
@@ -308,8 +326,9 @@ def plot_frame_rows(frames: Mapping[str, torch.Tensor], labels: Mapping[str, str
             ax.set_xticks([]), ax.set_yticks([])
             if a == 0:
                 ax.set_title(f"frame {i + 1}", fontsize=8)
-        axes[a][0].set_ylabel((labels or {}).get(r, "Ground truth" if r == "reference" else r), fontsize=7,
-                              rotation=0, ha="right", va="center")
+        for block in range(blocks):
+            axes[block * step + a][0].set_ylabel((labels or {}).get(r, "Ground truth" if r == "reference" else r),
+                                                       fontsize=7, rotation=0, ha="right", va="center")
     return fig
 
 
