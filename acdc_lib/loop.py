@@ -397,7 +397,7 @@ def run_stories(
         # story's row still rides along in the ARM's batch (its own generator), but nothing more of it is kept.
         for b, why in enumerate(frame_faults(images)):
             if why is not None and b not in stopped:
-                stopped[b] = _fault(stories[b].story_id, i, "decode", why, "stopped", images[b])
+                stopped[b] = _fault(f"story {stories[b].story_id!r}", i, "decode", why, "stopped", images[b])
         live = [b for b in range(B) if b not in stopped]
         _check_range(images, live, "arm.decode")
         arm_images = _keep(images)                                              # (B, C, H, W) before correction
@@ -431,7 +431,7 @@ def run_stories(
             action = "stopped" if on_bad_frame == "stop" else "uncorrected"
             for k, why in enumerate(bad):
                 if why is not None:
-                    fault = _fault(stories[rows[k]].story_id, i, "correction", why, action, corrected[k])
+                    fault = _fault(f"story {stories[rows[k]].story_id!r}", i, "correction", why, action, corrected[k])
                     (stopped if action == "stopped" else skipped)[rows[k]] = fault
             if len(good) < len(rows):
                 rows = [rows[k] for k in good]
@@ -466,16 +466,15 @@ def run_stories(
     return LoopOutput(stories=results, config=config, timings=clock.timings)
 
 
-def _fault(story_id: str, i: int, stage: str, why: str, action: str, image: torch.Tensor) -> FrameFault:
-    """The record of a frame that went wrong, announced with a `BadFrameWarning`."""
+def _fault(who: str, i: int, stage: str, why: str, action: str, image: torch.Tensor) -> FrameFault:
+    """The record of a frame that went wrong, announced with a `BadFrameWarning` ("story 's1'", "video 0")."""
     what = "the ARM's decoded frame" if stage == "decode" else "the corrected frame"
     if action == "uncorrected":
-        then = "the story goes on from the ARM's frame, uncorrected"
+        then = "it goes on from the ARM's frame, uncorrected"
     else:
-        then = "the story stops here (its earlier frames are kept)" + (
+        then = "it stops here (its earlier frames are kept)" + (
             "" if stage == "decode" else "; pass on_bad_frame='uncorrected' to go on from the ARM's frame instead")
-    warnings.warn(f"story {story_id!r}, frame {i + 1}: {what} went wrong ({why}); {then}", BadFrameWarning,
-                  stacklevel=3)
+    warnings.warn(f"{who}, frame {i + 1}: {what} went wrong ({why}); {then}", BadFrameWarning, stacklevel=3)
     return FrameFault(frame=i, stage=stage, reason=why, action=action, image=_keep(image))
 
 
@@ -495,6 +494,10 @@ class VideoResult:
         corrected: per frame, whether the video corrector produced it.
         context_tokens: (N, n) tokens the ARM continued from (v~^j = E(X~_0) in corrected chunks).
         steps_run: denoising steps each corrected chunk ran (int(N_steps * t')), 0 if none was corrected.
+        stopped: the frame that went wrong and ended the video early (the tensors then hold the frames
+            before it: before its chunk, for a corrected chunk), else None.
+        faults: frames of corrected chunks that went wrong and were replaced by the ARM's chunk
+            (`on_bad_frame="uncorrected"`).
     """
 
     prompt: str
@@ -505,6 +508,8 @@ class VideoResult:
     corrected: list[bool]
     context_tokens: torch.Tensor
     steps_run: int = 0
+    stopped: FrameFault | None = None
+    faults: list[FrameFault] = field(default_factory=list)
 
 
 @dataclass
@@ -532,6 +537,7 @@ def run_video(
     device: str | torch.device = "cpu",
     progress: bool = False,
     prefix_tokens: torch.Tensor | None = None,
+    on_bad_frame: str = "stop",
 ) -> VideoOutput:
     """Generate B videos frame by frame from one prompt each, correcting chunks of L frames (Eq. 4-6).
 
@@ -552,6 +558,9 @@ def run_video(
         prefix_tokens: (B, P, n) tokens of the first P < N frames, given instead of generated (a video
             continued from its opening frames, e.g. a true first frame); they count among the N frames,
             are decoded like the ARM's own, and are corrected with their chunk like any other frame.
+        on_bad_frame: as in `run_stories`: a decoded frame that went wrong stops its video there; a corrected
+            chunk holding one stops the video before the chunk ("stop") or keeps the ARM's chunk and goes on
+            from it ("uncorrected"). The other videos of the batch are unaffected.
     Returns:
         `VideoOutput`; its `frame_seconds` holds the wall time of each frame (generation, decoding, and
         the chunk's correction and re-encoding on the frame that completes it).
@@ -566,6 +575,8 @@ def run_video(
     if chunk_length > num_frames:
         raise ValueError(f"chunk_length L={chunk_length} exceeds num_frames N={num_frames}; need 1 <= L <= N")
     B, N, L = len(prompts), int(num_frames), int(chunk_length)
+    if on_bad_frame not in ON_BAD_FRAME:
+        raise ValueError(f"on_bad_frame must be one of {ON_BAD_FRAME}, got {on_bad_frame!r}")
     P = 0
     if prefix_tokens is not None:
         if not isinstance(prefix_tokens, torch.Tensor) or prefix_tokens.ndim != 3 or prefix_tokens.shape[0] != B \
@@ -589,8 +600,14 @@ def run_video(
     n0 = int(getattr(arm, "tokens_per_frame", 0) or 0)
     n: int | None = n0 or None
     contexts: list[torch.Tensor] = []  # per frame (B, n)
-    arm_tokens, arm_frames, finals, corrected, frame_seconds = [], [], [], [False] * N, []
+    arm_tokens, arm_frames, finals, frame_seconds = [], [], [], []
+    corrected = [[False] * N for _ in range(B)]
+    stopped: dict[int, FrameFault] = {}  # video b -> the frame that went wrong and ended it
+    stop_at: dict[int, int] = {}  # video b -> frames it keeps
+    faults: list[list[FrameFault]] = [[] for _ in range(B)]
     for j in tqdm(range(N), desc="ACDC video frames", disable=not progress):
+        if len(stopped) == B:
+            break
         t_frame = clock.now()
         prev = _prev(contexts, B, n0, device)                                   # (B, j, n)
         if j < P:
@@ -601,28 +618,66 @@ def run_video(
         n = _check_tokens(tokens, B, n, "prefix_tokens" if j < P else "arm.generate")
         with clock.stage("decode"):
             images = arm.decode(tokens)                                         # (B, C, H, W)  x_0^j
-        _check_images(images, arm_frames[0].shape if arm_frames else None, 4, B, "arm.decode")
+        _check_images(images, arm_frames[0].shape if arm_frames else None, 4, B, "arm.decode", values=False)
+        for b, why in enumerate(frame_faults(images)):  # a bad decoded frame ends its video here
+            if why is not None and b not in stopped:
+                stopped[b], stop_at[b] = _fault(f"video {b}", j, "decode", why, "stopped", images[b]), j
+        _check_range(images, [b for b in range(B) if b not in stopped], "arm.decode")
         arm_tokens.append(tokens)
         arm_frames.append(images)
         contexts.append(tokens)
         finals.append(images)
         start = j + 1 - L
-        if (j + 1) % L == 0 and j // L in chunks:
+        live = [b for b in range(B) if b not in stopped]
+        if (j + 1) % L == 0 and j // L in chunks and live:
             chunk = torch.stack(arm_frames[start: j + 1], dim=1)                # (B, L, C, H, W)  X_0^{1:L}
+            rows = live
+            sub = chunk if len(rows) == B else chunk[torch.tensor(rows, device=chunk.device)]
             with clock.stage("correction"):                                     # Eq. (5)
-                fixed = video_corrector.correct_video(chunk, list(prompts), strength=config.strength,
+                fixed = video_corrector.correct_video(sub, [prompts[b] for b in rows], strength=config.strength,
                                                       guidance_scale=config.guidance_scale,
                                                       num_inference_steps=config.num_inference_steps,
-                                                      generators=corr_gens)     # (B, L, C, H, W)
-            _check_images(fixed, chunk.shape, 5, B, "video_corrector.correct_video")
-            # Eq. (6): v~ = E(X~_0), frame by frame; the ARM resumes from these tokens.
-            with clock.stage("encode"):
-                re = arm.encode(fixed.flatten(0, 1))                            # (B*L, n)
-            _check_tokens(re, B * L, n, "arm.encode")
-            re = re.view(B, L, n)                                               # (B, L, n)
-            contexts[start: j + 1] = list(re.unbind(1))
-            finals[start: j + 1] = list(fixed.unbind(1))
-            corrected[start: j + 1] = [True] * L
+                                                      generators=[corr_gens[b] for b in rows])  # (b, L, C, H, W)
+            _check_images(fixed, sub.shape, 5, len(rows), "video_corrector.correct_video", values=False)
+            # A chunk holding a bad frame is never re-encoded: its video stops before the chunk, or keeps the
+            # ARM's chunk (the frames were denoised jointly, so none of the chunk is trusted).
+            bad = frame_faults(fixed.flatten(0, 1))                             # B*L entries
+            good = []
+            for k, b in enumerate(rows):
+                first = next((l for l in range(L) if bad[k * L + l] is not None), None)
+                if first is None:
+                    good.append(k)
+                    continue
+                action = "stopped" if on_bad_frame == "stop" else "uncorrected"
+                fault = _fault(f"video {b}", start + first, "correction", bad[k * L + first], action,
+                               fixed[k, first])
+                if action == "stopped":
+                    stopped[b], stop_at[b] = fault, start
+                else:
+                    faults[b].append(fault)
+            _check_range(fixed.flatten(0, 1), [k * L + l for k in good for l in range(L)],
+                         "video_corrector.correct_video")
+            if good:
+                if len(good) < len(rows):
+                    fixed = fixed[torch.tensor(good, device=fixed.device)]
+                    rows = [rows[k] for k in good]
+                # Eq. (6): v~ = E(X~_0), frame by frame; the ARM resumes from these tokens.
+                with clock.stage("encode"):
+                    re = arm.encode(fixed.flatten(0, 1))                        # (b*L, n)
+                _check_tokens(re, len(rows) * L, n, "arm.encode")
+                re = re.view(len(rows), L, n)                                   # (b, L, n)
+                if len(rows) == B:
+                    contexts[start: j + 1] = list(re.unbind(1))
+                    finals[start: j + 1] = list(fixed.unbind(1))
+                else:
+                    sel = torch.tensor(rows, device=tokens.device)
+                    for l in range(L):
+                        contexts[start + l] = contexts[start + l].clone()
+                        contexts[start + l][sel] = re[:, l].to(contexts[start + l].device, contexts[start + l].dtype)
+                        finals[start + l] = finals[start + l].clone()
+                        finals[start + l][sel.to(finals[start + l].device)] = fixed[:, l].to(finals[start + l].dtype)
+                for b in rows:
+                    corrected[b][start: j + 1] = [True] * L
         frame_seconds.append(clock.now() - t_frame)
 
     # 3. Collect per-video results (CPU copies).
@@ -630,8 +685,10 @@ def run_video(
     arm_img = _keep(torch.stack(arm_frames, dim=1))                             # (B, N, C, H, W)
     fin_img = _keep(torch.stack(finals, dim=1))                                 # (B, N, C, H, W)
     ctx_tok = _keep(torch.stack(contexts, dim=1))                               # (B, N, n)
-    videos = [VideoResult(prompt=prompts[b], seed=seeds[b], arm_tokens=arm_tok[b].clone(),
-                          arm_frames=arm_img[b].clone(), final_frames=fin_img[b].clone(), corrected=list(corrected),
-                          context_tokens=ctx_tok[b].clone(), steps_run=steps) for b in range(B)]
+    keep = [stop_at.get(b, N) for b in range(B)]
+    videos = [VideoResult(prompt=prompts[b], seed=seeds[b], arm_tokens=arm_tok[b, :keep[b]].clone(),
+                          arm_frames=arm_img[b, :keep[b]].clone(), final_frames=fin_img[b, :keep[b]].clone(),
+                          corrected=corrected[b][:keep[b]], context_tokens=ctx_tok[b, :keep[b]].clone(),
+                          steps_run=steps, stopped=stopped.get(b), faults=faults[b]) for b in range(B)]
     return VideoOutput(videos=videos, config=config, num_frames=N, chunk_length=L,
                        corrected_chunks=tuple(sorted(chunks)), timings=clock.timings, frame_seconds=frame_seconds)

@@ -92,7 +92,7 @@ def test_a_bad_corrected_frame_stops_its_story_and_leaves_the_others_as_they_wer
 
 @pytest.mark.parametrize("kind", ["nan", "black"])
 def test_with_on_bad_frame_uncorrected_the_story_goes_on_from_the_arm_frame(kind):
-    with pytest.warns(BadFrameWarning, match="goes on from the ARM's frame, uncorrected"):
+    with pytest.warns(BadFrameWarning, match="it goes on from the ARM's frame, uncorrected"):
         out = loop(PictureARM(), BreakingCorrector(kind, frozenset({"story 1 sentence 2"})),
                    on_bad_frame="uncorrected")
     s1 = out.stories[1]
@@ -167,3 +167,53 @@ def test_the_run_records_the_bad_frame_resumes_and_the_table_counts_the_story(tm
     assert table.bad_frames == {"acdc_nomem": {"s1": ["frame 3 (correction): 4 NaN values; stopped"]}}
     assert "ARM + ACDC, no memory: 1 (1 stopped)" in table.to_markdown() and "2 stories are scored" in table.to_markdown()
     assert E.ResultsTable.from_dict(json.loads(json.dumps(table.to_dict()))).bad_frames == table.bad_frames
+
+
+class BreakingVideoCorrector:
+    """Brightens each chunk a little; at call `bad[1]` the second frame of the video with prompt `bad[0]` is NaN or black."""
+
+    def __init__(self, kind: str = "nan", bad: tuple[str, int] | None = None):
+        self.kind, self.bad, self.calls = kind, bad, 0
+
+    def correct_video(self, videos, prompts, *, strength=0.5, guidance_scale=7.5, num_inference_steps=50,
+                      generators=None):
+        self.calls += 1
+        out = (videos * 0.9 + 0.05).clone()
+        for k, p in enumerate(prompts):
+            if (p, self.calls) == self.bad:
+                out[k, 1] = float("nan") if self.kind == "nan" else 0.0
+        return out
+
+
+def video(corrector, arm=None, **kw):
+    from acdc_lib.loop import run_video
+
+    return run_video(["a fox", "an owl", "a cat"], arm or PictureARM(), corrector, num_frames=6, chunk_length=2,
+                     correct_chunks="all", config=LoopConfig(num_inference_steps=10), seeds=[4, 5, 6], **kw)
+
+
+@pytest.mark.parametrize("kind", ["nan", "black"])
+def test_a_bad_corrected_chunk_stops_its_video_before_the_chunk(kind):
+    good = video(BreakingVideoCorrector())
+    arm = PictureARM()
+    with pytest.warns(BadFrameWarning, match=r"video 1, frame 4: the corrected frame went wrong"):
+        out = video(BreakingVideoCorrector(kind, ("an owl", 2)), arm)
+    v1 = out.videos[1]
+    assert (v1.stopped.frame, v1.stopped.stage, v1.stopped.action) == (3, "correction", "stopped")
+    assert v1.final_frames.shape[0] == v1.arm_tokens.shape[0] == 2 and v1.corrected == [True, True]
+    assert torch.equal(v1.final_frames, good.videos[1].final_frames[:2])
+    for b in (0, 2):
+        assert out.videos[b].stopped is None
+        assert torch.equal(out.videos[b].final_frames, good.videos[b].final_frames)
+        assert torch.equal(out.videos[b].context_tokens, good.videos[b].context_tokens)
+    assert arm.encoded == [6, 4, 4]  # chunk 2 re-encoded the two good videos only
+
+
+def test_with_on_bad_frame_uncorrected_a_video_keeps_the_arm_chunk_and_goes_on():
+    with pytest.warns(BadFrameWarning, match="video 1, frame 4: .*it goes on from the ARM's frame"):
+        out = video(BreakingVideoCorrector("nan", ("an owl", 2)), on_bad_frame="uncorrected")
+    v1 = out.videos[1]
+    assert v1.stopped is None and v1.corrected == [True, True, False, False, True, True]
+    assert [(f.frame, f.action) for f in v1.faults] == [(3, "uncorrected")]
+    assert torch.equal(v1.final_frames[2:4], v1.arm_frames[2:4]) and torch.equal(v1.context_tokens[2:4], v1.arm_tokens[2:4])
+    assert torch.isfinite(v1.final_frames).all() and v1.final_frames.shape[0] == 6
