@@ -432,10 +432,26 @@ class Emu3ARM(_TransformersARM):
             device, dtype: as in the constructor.
             **kwargs: the constructor's sampling settings (image_size, temperature, top_k, ...).
         Raises:
-            ModelNotAvailableError when the model or tokenizer cannot be found, saying what to pass.
+            ModelNotAvailableError when the model or tokenizer cannot be found, saying what to pass;
+            ValueError, before the weights load, when a frame of `image_size` leaves no room for an earlier one.
         """
-        from transformers import Emu3ForConditionalGeneration
+        from transformers import AutoConfig, Emu3ForConditionalGeneration
 
+        config = _load_or_explain(AutoConfig.from_pretrained, model_id, "an Emu3 config", "model_id",
+                                  " (e.g. 'BAAI/Emu3-Gen-hf')", trust_remote_code=False)
+        factor = 2 ** (len(config.vq_config.channel_multiplier) - 1)
+        size = kwargs.get("image_size")
+        if size is None:  # as the constructor: the config's area at 1:1
+            size = round(math.sqrt(getattr(config, "image_area", EMU3_IMAGE_AREA)) / factor) * factor
+        size = (size, size) if isinstance(size, numbers.Integral) else tuple(size)
+        if len(size) == 2 and all(isinstance(v, numbers.Integral) for v in size):
+            h, w = size[0] // factor, size[1] // factor
+            least = h * (w + 1) + 4  # a frame's rows and four markers, before the "h*w" text
+            if 1 + 2 * least > config.text_config.max_position_embeddings:  # the constructor's check, cheaply
+                raise ValueError(f"a frame of {size[0]}x{size[1]} pixels takes more than {least} positions: the "
+                                 f"model's {config.text_config.max_position_embeddings} positions leave no room for one "
+                                 f"earlier frame, so the ARM could not continue a story; pass a smaller image_size "
+                                 f"(512 is what Emu3's processor encodes without upscaling)")
         return cls._load(Emu3ForConditionalGeneration, model_id, "an Emu3 model (Emu3ForConditionalGeneration)",
                          " (e.g. 'BAAI/Emu3-Gen-hf')", device, dtype, kwargs)
 
