@@ -8,6 +8,10 @@ the corrector. The ARM's stream therefore does not move when correction is switc
 its own generators, so a story's output does not depend on which stories share its batch.
 
 Result tensors are stored on the CPU (copies), so a long run does not pile up intermediates on a GPU.
+
+Every decoded and corrected frame is checked where it is made (`frame_faults`: NaN, Inf, near constant):
+a bad one is never re-encoded into the ARM's context. Its story stops before it, or goes on from the
+ARM's frame (`on_bad_frame`), with a `BadFrameWarning`; the story's result says which frame and why.
 """
 from __future__ import annotations
 
