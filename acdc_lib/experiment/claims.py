@@ -198,6 +198,9 @@ def judge(parts: Sequence[Mapping[str, Any]], paper_sign: int = 1, kind: str = "
     _check_rule(paper_sign, kind)
     if not parts:
         return "not testable here"
+    # a bootstrap of a difference that is the same for every story has no interval (NaN): its interval is the value
+    parts = [{**p, "low": p["value"], "high": p["value"]} if "low" in p and np.isfinite(p["value"]) and
+             np.isnan(p["low"]) and np.isnan(p["high"]) else p for p in parts]
     informative = [p for p in parts if "low" not in p or not saturated(p["value"], p["low"], p["high"])]
     if not informative:
         return "not informative here"

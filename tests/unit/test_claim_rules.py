@@ -191,3 +191,10 @@ def test_the_tprime_row_shows_identity_beside_its_diversity_and_the_true_identit
     assert row.verdict == "measured" and row.section == "Sec. 3"
     assert "not against the truth" in row.measured and "t'=0.9 2/32" in row.measured
     assert "keeps its true identity (marking and collar): t' 0.9 0.400 [0.300, 0.500]" in row.measured
+
+
+def test_a_difference_equal_for_every_story_is_exact_not_untestable():
+    nan = float("nan")
+    assert C.judge([iv(0.2, nan, nan)]) == "reproduced"       # the bootstrap of a constant has no interval
+    assert C.judge([iv(0.0, nan, nan)]) == "not informative here"
+    assert C.judge([iv(nan, nan, nan)]) == "not testable here"
