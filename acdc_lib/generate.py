@@ -621,8 +621,9 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
             memory = make_memory(args)  # first: an LLM without key, server or cache fails before models load
             corrector = _build("corrector", args.dm, "--dm", model_id=args.dm_id, device=args.device, dtype=dtype,
                                **({"resolution": args.dm_resolution} if args.dm_resolution else {}))
-        arm = _build("arm", args.arm, "--arm", model_id=args.arm_id, device=args.device, dtype=dtype,
-                     **args.arm_options)
+        # an --arm-option dtype=... sets the ARM's dtype alone (the real ARMs run in bfloat16 beside a float16 DM)
+        arm = _build("arm", args.arm, "--arm", model_id=args.arm_id, device=args.device,
+                     **{"dtype": dtype, **args.arm_options})
         config = LoopConfig(correct_frames=args.correct, strength=args.strength, guidance_scale=args.guidance,
                             num_inference_steps=args.steps, use_memory=True)
         versions = envcheck.versions(VERSION_PACKAGES)

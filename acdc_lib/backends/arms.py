@@ -72,6 +72,18 @@ def _default_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
+def _dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """A torch dtype from itself or its name ("bfloat16", ...); None: the authors' default for `device`."""
+    if dtype is None:
+        return _default_dtype(device)
+    names = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if isinstance(dtype, str) and dtype in names:
+        return names[dtype]
+    if isinstance(dtype, torch.dtype) and dtype in names.values():
+        return dtype
+    raise ValueError(f"dtype must be None or one of {list(names)} (or the torch dtype), got {dtype!r}")
+
+
 def _check_guidance(value, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 1:
         raise ValueError(f"{name} must be a finite number >= 1 (1 = no classifier-free guidance), got {value!r}")
@@ -102,7 +114,7 @@ class _TransformersARM:
 
     def __init__(self, model, tokenizer, *, temperature: float, top_k: int | None, guidance_scale: float,
                  first_frame_guidance_scale: float | None, first_frame_top_k: int | None, prompt_template: str,
-                 device: str | torch.device, dtype: torch.dtype | None):
+                 device: str | torch.device, dtype: str | torch.dtype | None):
         if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) \
                 or not math.isfinite(temperature) or temperature <= 0:
             raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
@@ -116,7 +128,7 @@ class _TransformersARM:
             _check_guidance(first_frame_guidance_scale, "first_frame_guidance_scale")
         self.prompt_template = prompt_template
         self.device = torch.device(device)
-        self.dtype = dtype or _default_dtype(self.device)
+        self.dtype = _dtype(dtype, self.device)
         self.model = model.to(self.device).eval()
         # the LM and its heads in `dtype`, every VQ in float32 (BAAI's example keeps its vision tokenizer in
         # float32); each part is cast on its own, so the VQ's weights never pass through half precision
@@ -159,7 +171,7 @@ class _TransformersARM:
         from transformers import AutoTokenizer
 
         device = torch.device(device)
-        dtype = dtype or _default_dtype(device)
+        dtype = _dtype(dtype, device)
         # in the checkpoint's own dtype: the constructor casts the LM to `dtype` and the VQ to float32, so a VQ
         # stored in float32 is never rounded through a half-precision load
         model = _load_or_explain(model_cls.from_pretrained, model_id, what, "model_id", example, dtype="auto",
@@ -365,7 +377,7 @@ class Emu3ARM(_TransformersARM):
                  first_frame_guidance_scale: float | None = None, first_frame_top_k: int | None = None,
                  negative_prompt: str = EMU3_NEGATIVE_PROMPT, prompt_template: str = EMU3_PROMPT_TEMPLATE,
                  context_frames: int | None = None, device: str | torch.device = "cpu",
-                 dtype: torch.dtype | None = None):
+                 dtype: str | torch.dtype | None = None):
         super().__init__(model, tokenizer, temperature=temperature, top_k=top_k, guidance_scale=guidance_scale,
                          first_frame_guidance_scale=first_frame_guidance_scale, first_frame_top_k=first_frame_top_k,
                          prompt_template=prompt_template, device=device, dtype=dtype)
@@ -423,7 +435,7 @@ class Emu3ARM(_TransformersARM):
         return self.model.model.vqmodel
 
     @classmethod
-    def from_pretrained(cls, model_id, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+    def from_pretrained(cls, model_id, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None,
                         **kwargs) -> "Emu3ARM":
         """Load Emu3ForConditionalGeneration + tokenizer (no remote code) and wrap them.
 
@@ -540,7 +552,7 @@ class JanusARM(_TransformersARM):
                  guidance_scale: float = 5.0, first_frame_guidance_scale: float | None = None,
                  first_frame_top_k: int | None = None, prompt_template: str = JANUS_PRO_PROMPT_TEMPLATE,
                  context_frames: int | None = None, device: str | torch.device = "cpu",
-                 dtype: torch.dtype | None = None):
+                 dtype: str | torch.dtype | None = None):
         super().__init__(model, tokenizer, temperature=temperature, top_k=top_k, guidance_scale=guidance_scale,
                          first_frame_guidance_scale=first_frame_guidance_scale, first_frame_top_k=first_frame_top_k,
                          prompt_template=prompt_template, device=device, dtype=dtype)
@@ -570,7 +582,7 @@ class JanusARM(_TransformersARM):
         return self.model.model.vqmodel
 
     @classmethod
-    def from_pretrained(cls, model_id, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+    def from_pretrained(cls, model_id, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None,
                         **kwargs) -> "JanusARM":
         """Load JanusForConditionalGeneration + tokenizer (no remote code) and wrap them.
 

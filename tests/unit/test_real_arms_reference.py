@@ -195,7 +195,7 @@ def test_janus_encodes_with_deepseeks_normalised_nearest_code():
 # --------------------------------------------------------------------------------------------
 # Dtypes
 # --------------------------------------------------------------------------------------------
-def test_arms_default_to_bfloat16_on_cuda_and_keep_the_vq_in_float32(tmp_path):
+def test_arms_default_to_bfloat16_on_cuda_and_keep_the_vq_in_float32(tmp_path, monkeypatch):
     assert A._default_dtype(torch.device("cuda")) == torch.bfloat16
     assert A._default_dtype(torch.device("cpu")) == torch.float32
     for cls, (model, tok) in ((Emu3ARM, tb.tiny_emu3()), (JanusARM, tb.tiny_janus())):
@@ -215,6 +215,23 @@ def test_arms_default_to_bfloat16_on_cuda_and_keep_the_vq_in_float32(tmp_path):
                         evaluator=None, ground_truth=None, memory="none", dtype="float32")
     assert parts.arm.dtype == torch.bfloat16 and parts.names["arm_dtype"] == "bfloat16"
     assert build_arm("janus", str(folder), {"top_k": 8}, dtype="float32").dtype == torch.float32
+    # the generate command: --arm-option dtype=bfloat16 beside --dtype float32
+    from acdc_lib import generate as G
+
+    built = {}
+    real_build = G.build
+
+    def spy(kind, name, **options):
+        built[kind] = real_build(kind, name, **options)
+        return built[kind]
+
+    monkeypatch.setattr(G, "build", spy)
+    assert G.main(["a cat sits.", "--arm", "janus", "--arm-id", str(folder), "--arm-option", "dtype=bfloat16",
+                   "--arm-option", "top_k=8", "--correct", "none", "--dtype", "float32",
+                   "--out", str(tmp_path / "out")]) == 0
+    assert built["arm"].dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="dtype must be None or one of"):
+        JanusARM(*tb.tiny_janus(), dtype="half")
 
 
 # --------------------------------------------------------------------------------------------
