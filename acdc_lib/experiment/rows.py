@@ -433,8 +433,8 @@ def _compute_batch(spec: RowSpec, batch: Sequence[Story], seeds: Sequence[int], 
                           use_memory=spec.use_memory, drift_threshold=config.drift_threshold)
     out = run_stories(batch, parts["arm"], parts["corrector"], parts["memory"] if spec.use_memory else None, loop_cfg,
                       seeds=seeds, device=device, on_bad_frame=on_bad_frame)
-    frames = list(torch.stack([r.final_images() for r in out.stories])) if not any(r.stopped for r in out.stories) \
-        else [r.final_images() if r.frames else r.stopped.image.new_zeros((0, *r.stopped.image.shape))
+    # a story stopped at its first frame has none: an empty (0, C, H, W) stack of the bad frame's size
+    frames = [r.final_images() if r.frames else r.stopped.image.new_zeros((0, *r.stopped.image.shape))
               for r in out.stories]
     return (frames, [[f.prompt for f in r.frames] for r in out.stories],
             [r.memory.source if r.memory else None for r in out.stories],

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -217,3 +218,19 @@ def test_with_on_bad_frame_uncorrected_a_video_keeps_the_arm_chunk_and_goes_on()
     assert [(f.frame, f.action) for f in v1.faults] == [(3, "uncorrected")]
     assert torch.equal(v1.final_frames[2:4], v1.arm_frames[2:4]) and torch.equal(v1.context_tokens[2:4], v1.arm_tokens[2:4])
     assert torch.isfinite(v1.final_frames).all() and v1.final_frames.shape[0] == 6
+
+
+def test_a_story_stopped_at_its_first_frame_keeps_an_empty_frames_file(tmp_path):
+    sts = dummy_stories(2)
+    config = E.ExperimentConfig(rows=("acdc_nomem",), batch_size=2, num_inference_steps=10)
+
+    class FirstFrameNaN(NaNCorrector):
+        bad = "story 0 sentence 0"
+
+    with pytest.warns(BadFrameWarning, match="story 's0', frame 1"):
+        E.run_experiment(sts, tmp_path, arm=VisibleARM(), corrector=FirstFrameNaN(), config=config, progress=False)
+    with np.load(tmp_path / "acdc_nomem" / "s0.npz") as z:
+        assert z["frames"].shape == (0, 1, 2, 2)
+    assert E.check_story_files(tmp_path / "acdc_nomem", sts[0]) == "done"
+    assert E.stopped_stories(tmp_path, "acdc_nomem", sts) == {
+        "s0": {"frame": 0, "stage": "correction", "reason": "4 NaN values", "action": "stopped"}}
