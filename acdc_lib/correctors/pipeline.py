@@ -2,8 +2,9 @@
 
 `PipelineCorrector` runs any diffusers image-to-image pipeline (Stable Diffusion v1.5 img2img on GPU
 nodes) and, through the same weights, text-to-image (the paper's DM-only row). The wrapper it shares
-with `InpaintCorrector` and `VideoPipelineCorrector` sets DDIM (eta = 0), resizes to the model's
-resolution and back, and loads pipelines by id or folder.
+with `InpaintCorrector` and `VideoPipelineCorrector` sets DDIM (eta = 0), removes Stable Diffusion's
+safety checker (it would turn a flagged frame black), resizes to the model's resolution and back, and
+loads pipelines by id or folder.
 """
 from __future__ import annotations
 
