@@ -524,7 +524,7 @@ def table2_claims(src: Source, skip: Sequence[str] = ()) -> list[Claim]:
                 col = _TABLE2_COLUMN[m]
                 old_p, new_p = PAPER_TABLE2[(0, False)][col], PAPER_TABLE2[(k, True)][col]
                 sign = -1 if m == "fid" else 1
-                paper_sign = 1 if (new_p - old_p) * sign > 0 else -1
+                paper_sign = 1  # the paper's words: ACDC enhances the result (its numbers are shown beside)
                 if m == "fid":
                     if m not in t.rows.get(row, {}) or m not in t.rows.get("arm", {}):
                         continue
@@ -538,7 +538,7 @@ def table2_claims(src: Source, skip: Sequence[str] = ()) -> list[Claim]:
                     d = paired_difference(t, "arm", row, m)
                     part = {"old": "arm", "new": row, "value": d.value, "low": d.low, "high": d.high}
                     verdict = judge([part], paper_sign)
-                words = "" if paper_sign > 0 else " (the paper's own numbers go the other way)"
+                words = "" if (new_p - old_p) * sign > 0 else " (the paper's own numbers go the other way)"
                 out.append(Claim("Table 2", f"ACDC #{k} ({RULE_MEMORY}) improves on no correction (#0): "
                                             f"{_NAMES[m]}{words}",
                                  f"{_ENHANCE_QUOTE}; Table 2: {col} #0 {T2[(0, False)][col]} -> #{k} {T2[(k, True)][col]}",
@@ -971,7 +971,9 @@ def tprime_content_claim(src: Source) -> list[Claim]:
              f"{trade[tp]['feature_dist']['value']:.3f}" for tp in sorted(trade) if tp in (0.4, 0.5, max(trade))]
     if not shown:
         return [_missing(_VIDEO.replace(" (video extension)", ""), claim, quote, src, "06")]
-    ident = [f"{k} {v['identity_acc']:g}" for k, v in sweep.items() if isinstance(v, dict) and "identity_acc" in v]
+    names = {"arm": "ARM alone", **{k: f"t'={k.rsplit('_t', 1)[1]}" for k in sweep if re.fullmatch(r".+_t[\d.]+", k)}}
+    ident = [f"{names[k]} {v['identity_acc']:.3f}" for k, v in sweep.items()
+             if k in names and isinstance(v, dict) and v.get("identity_acc") is not None]
     check = (src.results or {}).get("identity_check") or {}
     div, kept = check.get("frame1_diversity") or {}, check.get("true_identity_kept") or {}
     extra = ""

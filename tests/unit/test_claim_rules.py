@@ -184,12 +184,14 @@ def test_sources_know_the_figure_folder_of_their_set(tmp_path):
 def test_the_tprime_row_shows_identity_beside_its_diversity_and_the_true_identity_kept(tmp_path):
     res = {"tprime_tradeoff": [{"t_prime": tp, "pixel_rms": {"value": 10 * tp}, "feature_dist": {"value": tp / 10}}
                                for tp in (0.4, 0.5, 0.9)],
-           "tprime_sweep": {"t'=0.4": {"identity_acc": 0.39}, "t'=0.9": {"identity_acc": 0.52}},
+           "tprime_sweep": {"reference": {"identity_acc": 1.0}, "acdc_rules_t0.4": {"identity_acc": 0.39},
+                            "acdc_rules_t0.9": {"identity_acc": 0.52}},
            "identity_check": {"frame1_diversity": {"t'=0.9": {"distinct": 2, "stories": 32}},
                               "true_identity_kept": {"0.9": {"value": 0.4, "low": 0.3, "high": 0.5}}}}
     row = C.tprime_content_claim(C.Source("06_ablations", tmp_path, res, {}))[0]
     assert row.verdict == "measured" and row.section == "Sec. 3"
     assert "not against the truth" in row.measured and "t'=0.9 2/32" in row.measured
+    assert "t'=0.4 0.390, t'=0.9 0.520;" in row.measured and "reference" not in row.measured
     assert "keeps its true identity (marking and collar): t' 0.9 0.400 [0.300, 0.500]" in row.measured
 
 
