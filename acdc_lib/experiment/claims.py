@@ -328,7 +328,7 @@ def _paper_change(row: Mapping[str, Any]) -> str:
     col = METRIC_MAP[row["metric"]][0 if table == "Table 1" else 1]
     printed = PAPER_TABLE1_PRINTED_GAIN.get((old, col)) if new.endswith("ACDC (ours)") else None
     if table == "Table 2":  # rows named "(ACDC #, memory)"
-        old, new = (re.sub(r"\((\d+), (True|False)\)", lambda m: f"#{m[1]}" + ("" if m[2] == "True" else " without memory"),
+        old, new = (re.sub(r"\((\d+), (True|False)\)", lambda m: f"#{m[1]}" + ("" if m[2] == "True" or m[1] == "0" else " without memory"),
                            x) for x in (old, new))
     text = (f"{table}: {old} {_printed(col, row['paper_old'], table)} -> {new} "
             f"{_printed(col, row['paper_new'], table)}")
