@@ -356,8 +356,8 @@ class Emu3ARM(_TransformersARM):
             (8 for Emu3); n = (H / 8) * (W / 8). None: the processor's default area 720 x 720 at 1:1
             (config.image_area when set), i.e. 90 x 90 = 8100 tokens per frame; Emu3-Gen's 9216 positions
             then hold one frame only, which is refused: stories need a smaller size. 512 (4,169 positions a
-            frame, two frames in context) is the smallest that Emu3's image processor does not upscale
-            (its smart_resize brings anything under 512 x 512 up), so the largest sensible for a story.
+            frame, two frames in context) is the smallest size Emu3's image processor does not upscale (its
+            smart_resize brings anything under 512 x 512 up), and it leaves room for an earlier frame.
         temperature: softmax temperature (> 0).
         top_k: keep the k most likely visual tokens (None: all).
         guidance_scale: classifier-free guidance (>= 1; 1 runs no unconditional rows).
