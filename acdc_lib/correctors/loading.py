@@ -27,6 +27,8 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     from urllib.parse import urlparse
 
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # behind a proxy a direct connection says nothing: let huggingface_hub try through it
     if endpoint not in _HUB_REACHABLE:
         url = urlparse(endpoint)
         try:

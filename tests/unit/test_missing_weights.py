@@ -38,6 +38,26 @@ def test_a_hub_id_without_network_reads_the_cache_only(monkeypatch, tmp_path):
     assert _load_or_explain(lambda name, **kw: (name, kw), tmp_path, "x", "model_id") == (str(tmp_path), {})
 
 
+def test_the_hub_probe_connects_once_and_trusts_a_proxy(monkeypatch):
+    import socket
+
+    for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(k, raising=False)
+    tries = []
+
+    def refuse(address, timeout=None):
+        tries.append(address)
+        raise OSError("unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(loading, "_HUB_REACHABLE", {})
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.example:8443")
+    assert loading.hub_reachable() is False and loading.hub_reachable() is False
+    assert tries == [("hub.example", 8443)]  # asked once per process
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    assert loading.hub_reachable() is True
+
+
 def test_generate_says_in_one_line_that_a_model_is_missing(monkeypatch, tmp_path, capsys):
     from acdc_lib.generate import main
 
