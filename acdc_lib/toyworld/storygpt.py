@@ -58,20 +58,23 @@ MODES = ("fused", "text", "uncond")  # the Char-LDM's three conditioning modes i
 TARGETS = ("fused", "text")  # what the aligned LM's mapped output is pulled towards (their Table 4)
 
 # Training settings of StoryGPT-V-toy and its ablations (`train_char_ldm`, `train_aligned_lm`). An ablation
-# keeps its model's seed and budget, so that only the factor it studies differs. Their first stage: 25k steps
-# at lr 1e-5, batch 32, 80/10/10 fused / text / unconditional; second stage: 20k steps, batch 64. Ours are
-# scaled to the toy DM's and the toy ARM's budgets; the paper gives no weight for L_reg, so it is added as is.
+# keeps its model's seed and budget, so that only the factor it studies differs. Theirs: first stage 25k steps at
+# lr 1e-5, batch 32, 80/10/10 fused / text / unconditional; second stage 20k steps, batch 64. The paper gives no
+# weight for L_reg, so it is added as is. Budgets, from a few timed steps on one CPU thread (shipped DM, train
+# split): a Char-LDM step at batch 32 takes 1.5 s (1,500 steps: about 38 min), an aligned-LM step at batch 32
+# 1.2 s (1,000 steps: 20 min, plus about 3 min to precompute 5,000 stories' targets); the six models about
+# 170 min on one thread, about 85 min as two parallel jobs.
 _CHAR = dict(p_text=0.1, p_uncond=0.1, reg_weight=1.0, feature_dim=64, n_stories=15000)
 _LM = dict(target="fused", frame_tokens=FRAME_TOKENS, n_img=N_IMG_TOKENS, hidden=128, layers=4, lm_weight=1.0,
            n_stories=5000, char_ldm="char_ldm")
 DEFAULTS: dict[str, TrainConfig] = {
-    "char_ldm": TrainConfig(steps=2000, batch_size=32, lr=1e-4, seed=311, extra=dict(_CHAR)),
-    "char_ldm_noreg": TrainConfig(steps=2000, batch_size=32, lr=1e-4, seed=311, extra={**_CHAR, "reg_weight": 0.0}),
-    "aligned_lm": TrainConfig(steps=2000, batch_size=32, lr=1e-3, seed=411, extra=dict(_LM)),
-    "aligned_lm_noreg": TrainConfig(steps=2000, batch_size=32, lr=1e-3, seed=411,
+    "char_ldm": TrainConfig(steps=1500, batch_size=32, lr=1e-4, seed=311, extra=dict(_CHAR)),
+    "char_ldm_noreg": TrainConfig(steps=1500, batch_size=32, lr=1e-4, seed=311, extra={**_CHAR, "reg_weight": 0.0}),
+    "aligned_lm": TrainConfig(steps=1000, batch_size=32, lr=1e-3, seed=411, extra=dict(_LM)),
+    "aligned_lm_noreg": TrainConfig(steps=1000, batch_size=32, lr=1e-3, seed=411,
                                     extra={**_LM, "char_ldm": "char_ldm_noreg"}),
-    "aligned_lm_text": TrainConfig(steps=2000, batch_size=32, lr=1e-3, seed=411, extra={**_LM, "target": "text"}),
-    "aligned_lm_caption": TrainConfig(steps=2000, batch_size=32, lr=1e-3, seed=411, extra={**_LM, "frame_tokens": 0}),
+    "aligned_lm_text": TrainConfig(steps=1000, batch_size=32, lr=1e-3, seed=411, extra={**_LM, "target": "text"}),
+    "aligned_lm_caption": TrainConfig(steps=1000, batch_size=32, lr=1e-3, seed=411, extra={**_LM, "frame_tokens": 0}),
 }
 
 
@@ -414,7 +417,8 @@ class CharLDM(nn.Module):
 # --------------------------------------------------------------------------------------------
 def story_frames(stories: Sequence[Story], pairs: Sequence[tuple[int, int]]):
     """For (story, frame) pairs: the frames' states, renders (B, 3, 32, 32), masks (B, 1, 32, 32), explicit
-    captions, names, and the reference crops of each story's first frame (B, 3, 32, 32)."""
+    captions, names, and the reference crops of each story's first frame (B, 3, 32, 32); frame 1's reference is
+    itself, as at inference, where the first frame drawn (or given) is the only picture of the character."""
     from acdc_lib.toyworld.render import render_states
 
     states = [SceneState(**stories[s].states[f]) for s, f in pairs]
@@ -705,7 +709,11 @@ class AlignedLM(nn.Module):
 
 
 def frame_features(vq, images: torch.Tensor) -> torch.Tensor:
-    """The LM's visual features of whole frames: (B, 3, 32, 32) in [0, 1] -> (B, C * 8 * 8) flattened VQ latents."""
+    """The LM's visual features of whole frames: (B, 3, 32, 32) in [0, 1] -> (B, C * 8 * 8) flattened VQ latents.
+
+    The frozen VQ latents rather than phi: phi is trained on character crops, while the LM must read whole frames
+    (place, time, where the character stands), and the VQ is the generator's own encoder, never the evaluator's.
+    """
     check_frames(images, "frames")
     with torch.no_grad():
         return vq_latents(vq, images).flatten(1).float()
@@ -900,7 +908,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     names = sorted(DEFAULTS)
     p = argparse.ArgumentParser(description="Train StoryGPT-V-toy's models (Char-LDM, aligned LMs).")
     p.add_argument("which", nargs="*", default=names, choices=names)
-    p.add_argument("--out", type=Path, default=M.CHECKPOINT_DIR)
+    p.add_argument("--out", type=Path, default=M.CHECKPOINT_DIR, help="checkpoint folder (default: shipped)")
     p.add_argument("--dm", type=Path, default=None, help="the DM the Char-LDMs start from (default: <out>/dm)")
     p.add_argument("--steps-scale", type=float, default=1.0, help="multiply every model's steps (smoke runs)")
     p.add_argument("--threads", type=int, default=None)

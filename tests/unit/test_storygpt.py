@@ -203,6 +203,40 @@ def test_per_story_generators_make_frames_independent_of_the_batch(char_ldm, tok
     assert torch.equal(cont[0], given[0]) and (cont[1:] - alone[1:]).abs().max() > 1e-4  # frame 1 is read
 
 
+def test_a_fresh_char_ldm_samples_as_the_dm_it_starts_from(tok, stories):
+    """Zero-initialised fusion: fused == text embedding, and `sample` is the DM's own text-to-image path."""
+    dm = tiny_dm(tok)
+    torch.manual_seed(1)
+    ldm = S.CharLDM.from_dm(dm, feature_dim=16, hidden=32).eval()
+    fr = _frames(stories[:1])
+    caps = fr["captions"][:2]
+    with torch.no_grad():
+        fused = ldm.fused_embeddings(caps, fr["names"][:2], fr["references"][:2])
+    assert torch.equal(fused, ldm.text_embeddings(caps))
+    gens = lambda: [torch.Generator().manual_seed(s) for s in (3, 4)]  # noqa: E731
+    ours = ldm.sample(fused, gens(), guidance_scale=3.0, num_inference_steps=3)
+    theirs = dm.generate(caps, guidance_scale=3.0, num_inference_steps=3, generators=gens())
+    assert ours.shape == (2, 3, 32, 32) and torch.allclose(ours, theirs, atol=1e-5)
+    with pytest.raises(ValueError, match=r"cond must be \(B, 32, 32\)"):
+        ldm.sample(fused[:, :8], gens())
+
+
+def test_the_shipped_dm_becomes_a_char_ldm(stories):
+    """The shipped toy DM (64-wide text, 4 cross-attention layers) takes the fused embedding and L_reg."""
+    from diffusers import DDPMScheduler
+
+    torch.manual_seed(0)
+    ldm = S.CharLDM.from_dm(M.load_dm())
+    batch = _frames(stories[:1])
+    loss, mse, reg = S.char_ldm_step_loss(ldm, batch, ["fused", "text", "uncond"],
+                                          DDPMScheduler.from_config(ldm.dm.scheduler.config),
+                                          torch.Generator().manual_seed(0), reg_weight=1.0)
+    assert 0.0 < float(mse) < 1.0 and 0.5 < float(reg) < 1.5  # a trained DM; L_reg near 1 before guidance
+    assert loss.item() == pytest.approx(mse.item() + reg.item(), rel=1e-5)
+    loss.backward()
+    assert float(ldm.fusion.mlp[-1].weight.grad.abs().sum()) > 0  # the fused rows train the fusion MLP
+
+
 # ---- training ------------------------------------------------------------------------------
 def _falls(losses, k=5):
     return float(np.mean(losses[-k:])) < float(np.mean(losses[:k]))
