@@ -252,6 +252,10 @@ def test_char_ldm_and_aligned_lm_training_reduce_their_losses(tok, tmp_path):
     log = json.loads((tmp_path / "train_log.json").read_text())
     assert log["char_ldm"]["config"]["extra"]["reg_weight"] == 1.0
     loaded = S.CharLDM.from_pretrained(tmp_path / "char_ldm")
+    from acdc_lib.sdedit import UNetCorrector
+
+    plain = UNetCorrector.from_pretrained(tmp_path / "char_ldm")  # its folder is also a plain text-to-image DM
+    assert torch.equal(plain.unet.conv_in.weight, ldm.unet.conv_in.weight)
     fr = _frames(stories[:1])
     with torch.no_grad():
         a = ldm.fused_embeddings(fr["captions"], fr["names"], fr["references"])
