@@ -482,6 +482,17 @@ def char_ldm_step_loss(model: CharLDM, batch: dict, modes: Sequence[str], schedu
     return mse + reg_weight * reg, mse.detach(), reg.detach()
 
 
+def _step(total: torch.Tensor, params, opt, lr_sched, curves: dict[str, list[float]], **parts: torch.Tensor) -> None:
+    """One clipped optimizer step on `total`, appending each named part's value to its curve."""
+    opt.zero_grad()
+    total.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    lr_sched.step()
+    for k, v in parts.items():
+        curves[k].append(v.item())
+
+
 def train_char_ldm(stories: Sequence[Story], dm: UNetCorrector, cfg=None, verbose: bool = True,
                    out: Path | None = None, name: str = "char_ldm") -> tuple[CharLDM, dict[str, list[float]]]:
     """Fine-tune the toy DM into a Char-LDM on ground-truth story frames; returns (model, loss curves).
@@ -524,13 +535,7 @@ def train_char_ldm(stories: Sequence[Story], dm: UNetCorrector, cfg=None, verbos
         u = rng.random(cfg.batch_size)
         modes = ["uncond" if x < p_uncond else "text" if x < p_uncond + p_text else "fused" for x in u]
         loss, mse, reg = char_ldm_step_loss(model, batch, modes, scheduler, g, reg_weight)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        lr_sched.step()
-        for k, v in (("loss", loss.item()), ("mse", mse.item()), ("reg", reg.item())):
-            curves[k].append(v)
+        _step(loss, params, opt, lr_sched, curves, loss=loss, mse=mse, reg=reg)
         if verbose:
             _progress(name, step, cfg, curves["loss"], t0)
     model.eval()
@@ -792,13 +797,7 @@ def train_aligned_lm(stories: Sequence[Story], char_ldm: CharLDM, cfg=None, verb
         cond, lm_loss = model(ids[rows], feats[rows] if config.interleaved else None, with_lm_loss=True)
         align = F.mse_loss(cond, targets[rows])
         loss = align + lm_weight * lm_loss
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        lr_sched.step()
-        for k, v in (("loss", loss.item()), ("align", align.item()), ("lm", lm_loss.item())):
-            curves[k].append(v)
+        _step(loss, params, opt, lr_sched, curves, loss=loss, align=align, lm=lm_loss)
         if verbose:
             _progress(name, step, cfg, curves["loss"], t0)
     model.eval()
