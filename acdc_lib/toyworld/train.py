@@ -126,8 +126,11 @@ DEFAULTS: dict[str, TrainConfig] = {
     # 1024 codes: with 256 the decoder lost the pose (the probe read the action on 73% of reconstructions).
     "vq": TrainConfig(steps=3000, batch_size=32, lr=2e-3, seed=201,
                       extra={"restart_every": 100, "character_weight": 10.0, "codebook_size": 1024}),
+    # p_sentence: a share of examples pairs a story's first sentence (the one that states everything) with
+    # its frame, so the DM-only row reads the stories' own wording; trained on explicit captions alone,
+    # the DM read "One sunny morning, Daisy the rabbit ..." as night and a fox.
     "dm": TrainConfig(steps=5000, batch_size=64, lr=1e-3, seed=301,
-                      extra={"p_uncond": 0.1, "ema_decay": 0.999, "snr_gamma": 5.0}),
+                      extra={"p_uncond": 0.1, "ema_decay": 0.999, "snr_gamma": 5.0, "p_sentence": 0.3}),
     # The ARMs: one small LM trained for `steps`, its weights kept at each `snapshots` step. The shipped
     # `arm` is the snapshot chosen by `choose_snapshot` from free-running curves on `val_stories` stories
     # of the TRAIN split (never trained on, never the test split); `arm_weak` is the `weak_step` snapshot
@@ -387,11 +390,36 @@ def _denoiser_step(per_example: torch.Tensor, t: torch.Tensor, scheduler, gamma:
     return per_example.mean().item()
 
 
+def sentence_pairs(stories) -> list[tuple[str, SceneState]]:
+    """(sentence, state) for every story sentence that states everything its frame shows.
+
+    A sentence that leaves out the species, place, time or action (`grammar.ambiguous_alone`) is not
+    paired with its frame: the frame would teach the DM to draw what the text never said. In the
+    grammar's stories these are the first sentences ("Toby, a young pig, ran in the snowy field under
+    the bright sun."), so the DM learns to read the stories' own wording beside the explicit captions.
+    """
+    from acdc_lib.toyworld.grammar import ambiguous_alone
+
+    out = []
+    for story in stories:
+        explicit = (story.meta or {}).get("explicit")
+        if explicit is None:
+            raise ValueError(f"story {story.story_id!r} has no meta['explicit'] (grammar stories carry it)")
+        out += [(text, SceneState.from_dict(state)) for text, state, e in zip(story.sentences, story.states, explicit)
+                if not ambiguous_alone(e)]
+    if not out:
+        raise ValueError(f"none of {len(stories)} stories has a sentence that states everything its frame shows")
+    return out
+
+
 def train_dm(vq, cfg: TrainConfig | None = None, verbose: bool = True, out: Path | None = None):
     """Train the latent-space UNet2DConditionModel and its CLIPTextModel jointly, from scratch.
 
     Epsilon-prediction DDPM loss on the VQ's scaled continuous latents of random renders, conditioned
-    on their explicit captions; the caption is replaced by "" with probability p_uncond (condition
+    on their explicit captions, or, with probability cfg.extra["p_sentence"] per example, on a train-split
+    story's own sentence that states everything its frame shows, with that frame (`sentence_pairs`), so
+    the DM reads the stories' wording as a text-to-image model reads free text. The prompt is then
+    replaced by "" with probability p_uncond (condition
     dropout), so one model gives both the conditional and unconditional predictions classifier-free
     guidance needs. The VQ is frozen (it is the DM's autoencoder). EMA weights are saved.
     With cfg.extra["snr_gamma"] set, each example's loss is weighted by min(SNR(t), gamma) / SNR(t)
@@ -417,12 +445,19 @@ def train_dm(vq, cfg: TrainConfig | None = None, verbose: bool = True, out: Path
     g = torch.Generator().manual_seed(cfg.seed)
     T = sched_train.config.num_train_timesteps
     losses, t0 = [], time.time()
+    p_sentence = float(cfg.extra.get("p_sentence", 0.0))
+    n_val = DEFAULTS["arm"].extra["val_stories"]  # the train split's tail validates the ARMs; kept out here too
+    pairs = sentence_pairs(load_split("train")[:-n_val]) if p_sentence > 0 else []
     for step in range(cfg.steps):
         states = random_states(cfg.batch_size, rng)
+        prompts = [explicit_caption(s) for s in states]
+        if pairs:  # a share of the batch: a story's own sentence with the frame it states in full
+            for i in np.flatnonzero(rng.random(len(states)) < p_sentence):
+                prompts[i], states[i] = pairs[int(rng.integers(len(pairs)))]
         with torch.no_grad():
             z0 = vq.encode(render(states) * 2.0 - 1.0).latents * scale
         drop = rng.random(len(states)) < cfg.extra.get("p_uncond", 0.1)
-        prompts = ["" if d else explicit_caption(s) for s, d in zip(states, drop)]
+        prompts = ["" if d else p for p, d in zip(prompts, drop)]
         emb = encode_text(tok, te, prompts)
         t = torch.randint(0, T, (len(states),), generator=g)
         noise = torch.randn(z0.shape, generator=g)

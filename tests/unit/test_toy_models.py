@@ -400,3 +400,39 @@ def test_a_killed_parallel_retrain_skips_what_it_finished(tmp_path):
     # A fresh retrain (no mark) trains it again.
     T.run_parallel(["probe"], tmp_path, jobs=2, forwarded=forwarded, poll_s=0.2, configs=cfgs)
     assert json.loads((tmp_path / "train_log.json").read_text())["evaluator_probe"]["finished"] > first
+
+
+def test_sentence_pairs_keep_only_sentences_that_state_their_frame():
+    stories = generate_stories(30, seed=5)
+    pairs = T.sentence_pairs(stories)
+    # In the grammar only first sentences state species, place, time and action together.
+    assert [p[0] for p in pairs] == [s.sentences[0] for s in stories]
+    assert [p[1] for p in pairs] == [SceneState.from_dict(s.states[0]) for s in stories]
+    bare = generate_stories(1, seed=5)[0]
+    bare.meta = {}
+    with pytest.raises(ValueError, match="meta"):
+        T.sentence_pairs([bare])
+    later = generate_stories(1, seed=5)[0]
+    later.meta["explicit"] = [["action"]] * len(later.sentences)
+    with pytest.raises(ValueError, match="states everything"):
+        T.sentence_pairs([later])
+
+
+def test_dm_training_mixes_story_sentences_into_its_prompts(monkeypatch, tiny_vq):
+    import acdc_lib.sdedit as sdedit
+
+    stories = generate_stories(250, seed=6)  # the last val_stories (200) are held out of the pairs
+    monkeypatch.setattr(T, "load_split", lambda name: stories)
+    seen, encode = [], sdedit.encode_text
+    monkeypatch.setattr(sdedit, "encode_text", lambda tok, te, prompts: seen.extend(prompts) or encode(tok, te, prompts))
+    cfg = lambda p: T.TrainConfig(steps=3, batch_size=16, lr=1e-3, seed=0, warmup=1,  # noqa: E731
+                                  extra={"channels": (16, 32), "p_uncond": 0.0, "p_sentence": p})
+    T.train_dm(tiny_vq, cfg(0.5), verbose=False)
+    firsts = {s.sentences[0] for s in stories}
+    held_out = {s.sentences[0] for s in stories[-T.DEFAULTS["arm"].extra["val_stories"]:]}
+    from_stories = [p for p in seen if p in firsts]
+    assert 0.3 < len(from_stories) / len(seen) < 0.7
+    assert not set(from_stories) & held_out
+    seen.clear()
+    T.train_dm(tiny_vq, cfg(0.0), verbose=False)
+    assert seen and not [p for p in seen if p in firsts]
