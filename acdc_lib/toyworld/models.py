@@ -581,12 +581,21 @@ class ToyARM:
             frames'), as the paper samples a video's first frame more freely than the rest (CFG 5, top-k
             8192 of 32768 codes, then CFG 1, top-k 1000); the real ARMs take the same two arguments.
         device: where the models run.
+        compile: decode each code with one `torch.compile`d step (the LM forward over a static cache as long
+            as the LM's positions, with CFG, temperature, top-k and the inverse-CDF draw inside it), as
+            gpt-fast and transformers' static-cache generation do; the prefill stays eager and keeps only
+            the last position's logits. False (the default): the eager loop, what the committed results
+            come from. Both draw from the same uniforms; their float kernels differ in the last bits,
+            which flips a draw only where a uniform falls that close to a CDF step (or a logit to the
+            top-k threshold).
     """
 
     def __init__(self, lm, vq, tokenizer, layout: ARMLayout, *, slots: CodeSlots | None = None,
                  temperature: float = 1.0, top_k: int | None = None, context_frames: int | None = None,
                  guidance_scale: float = 1.0, first_frame_guidance_scale: float | None = None,
-                 first_frame_top_k: int | None = None, device: str | torch.device = "cpu"):
+                 first_frame_top_k: int | None = None, device: str | torch.device = "cpu", compile: bool = False):
+        if not isinstance(compile, bool):
+            raise ValueError(f"compile must be True or False, got {compile!r}")
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature!r}")
         _check_top_k(top_k, layout.codebook_size, "top_k")
@@ -612,6 +621,9 @@ class ToyARM:
         self.tokenizer, self.layout = tokenizer, layout
         self.temperature, self.top_k = float(temperature), top_k
         self.tokens_per_frame = layout.tokens_per_frame
+        self.compile = compile
+        self._step = None  # the compiled decode step, built at first use
+        self._caches: dict[int, Any] = {}  # compiled path: one StaticCache per number of LM rows, reused
 
     @classmethod
     def from_pretrained(cls, arm_path: str | Path | None = None, vq_path: str | Path | None = None,
@@ -726,6 +738,8 @@ class ToyARM:
         out = torch.empty(B, n, dtype=torch.long, device=self.device)
         # Row b's n uniforms come from generators[b] in one call per frame, not one per code (loop.draw_rows)
         uniforms = torch.stack([torch.rand(n, generator=g, device=g.device) for g in generators]).to(self.device)
+        if self.compile:
+            return self._generate_compiled(ids, uniforms, w, top_k)
         # transformers' StaticCache: DynamicCache concatenates every layer's keys and values at every
         # code, a fifth of the ARM's time at batch 25; the frame's length is known, so preallocate it.
         from transformers import StaticCache
@@ -751,6 +765,79 @@ class ToyARM:
             if w != 1.0:
                 step_in = torch.cat([step_in, step_in])
             history = torch.cat([history, step_in], 1)
+        return out
+
+    # ---- the compiled path (compile=True) ------------------------------------------------
+    def _draw(self, logits: torch.Tensor, u: torch.Tensor, w: float, top_k: int | None) -> torch.LongTensor:
+        """(R, V) code logits (rows B.. unconditional where w != 1) and (B,) uniforms -> (B,) codes; the eager
+        loop's CFG, temperature, top-k and inverse-CDF draw."""
+        logits = logits.float()
+        if w != 1.0:
+            B = u.shape[0]
+            cond, uncond = logits[:B], logits[B:]
+            logits = uncond + w * (cond - uncond)
+        logits = logits / self.temperature
+        if top_k:
+            kth = logits.topk(top_k, dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        return draw_rows(logits.softmax(-1), u)
+
+    def _decode_step(self, codes: torch.LongTensor, extra: torch.Tensor | None, cache_position: torch.Tensor,
+                     past, u: torch.Tensor, w: float, top_k: int | None) -> torch.LongTensor:
+        """One code for every row: (R, 1) input codes (+ their (R, 1, H) slot embeddings) at cache_position
+        -> (B,) codes drawn with uniforms u (B,). Fixed shapes, so it compiles once per (R, w, top_k)."""
+        lo, hi = self.layout.code_offset, self.layout.vocab_size
+        if self.slots is None:
+            inputs = {"input_ids": codes + lo}
+        else:
+            if self.slots.code_in is not None:  # every step input is a code: its codebook vector's embedding
+                emb = self.slots.code_embeddings(codes)
+            else:
+                emb = self.lm.get_input_embeddings()(codes + lo)
+            inputs = {"inputs_embeds": emb + extra.to(emb.dtype)}
+        res = self.lm(**inputs, past_key_values=past, use_cache=True, cache_position=cache_position)
+        return self._draw(res.logits[:, -1, lo:hi], u, w, top_k)
+
+    def _generate_compiled(self, ids: torch.LongTensor, uniforms: torch.Tensor, w: float,
+                           top_k: int | None) -> torch.LongTensor:
+        """The frame's codes through an eager prefill and the compiled decode step (compile=True)."""
+        from transformers import StaticCache
+
+        R, L = ids.shape  # R = B rows, or 2B with CFG
+        B, n = uniforms.shape
+        lo, hi = self.layout.code_offset, self.layout.vocab_size
+        if self._step is None:
+            self._step = torch.compile(self._decode_step, dynamic=False)
+        # 1. One cache per row count, as long as the LM's positions: its shapes, hence the compiled step,
+        #    stay the same from frame to frame (a cache sized to each frame would recompile per frame).
+        past = self._caches.get(R)
+        if past is None:
+            past = self._caches[R] = StaticCache(config=self.lm.config,
+                                                 max_cache_len=self.lm.config.max_position_embeddings)
+        else:
+            past.reset()
+        # 2. Eager prefill of the whole context (every row has the same length), last position's logits only
+        res = self.lm(**lm_inputs(self.lm, self.slots, self.layout, ids), past_key_values=past, use_cache=True,
+                      cache_position=torch.arange(L, device=self.device), logits_to_keep=1)
+        out = torch.empty(B, n, dtype=torch.long, device=self.device)
+        out[:, 0] = self._draw(res.logits[:, -1, lo:hi], uniforms[:, 0], w, top_k)
+        # 3. The step inputs' slot embeddings for the whole frame at once: the temporal skip reads the
+        #    previous frame's codes, all in the context already (one segment back lies before position L)
+        extra = None
+        if self.slots is not None:
+            sl = segment_slots(self.layout, L, n - 1, self.device)[None].expand(R, -1)
+            prev = None
+            if self.slots.has_skip:
+                padded = torch.cat([ids, ids.new_zeros(R, n - 1)], 1)
+                prev = previous_frame_codes(self.layout, padded, L, n - 1)
+            extra = self.slots(sl, prev)  # (R, n-1, H)
+        positions = torch.arange(L, L + n - 1, device=self.device)
+        for j in range(1, n):
+            codes = out[:, j - 1:j]
+            if w != 1.0:
+                codes = torch.cat([codes, codes])
+            out[:, j] = self._step(codes, None if extra is None else extra[:, j - 1:j].contiguous(),
+                                   positions[j - 1:j].contiguous(), past, uniforms[:, j].contiguous(), w, top_k)
         return out
 
 

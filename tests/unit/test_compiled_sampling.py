@@ -1,0 +1,83 @@
+"""The toy ARM's compiled decode step (compile=True) draws the same codes as its eager loop.
+
+Both paths draw row b's codes from generators[b]'s uniforms by the inverse CDF; the compiled one runs the
+LM over a static cache as long as the LM's positions, with CFG, temperature, top-k and the draw inside one
+torch.compile'd step. Tiny random LMs, so that compiling on the CPU stays cheap.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from acdc_lib.toyworld import models as M
+from acdc_lib.toyworld.text import build_tokenizer
+
+pytestmark = pytest.mark.slow  # torch.compile's first build of each step takes some seconds on a CPU
+
+STORIES = [["Luna the owl stood on the beach at night.", "She jumped.", "The owl sat.", "Then she ran."],
+           ["Max the pig sat in the garden.", "The pig ran.", "He stood.", "The pig jumped."],
+           ["Coco the cat ran in the forest.", "Then she sat.", "The cat stood.", "She ran."]]
+
+
+@pytest.fixture(scope="module")
+def parts():
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    tok = build_tokenizer()
+    vq = M.build_vq(codebook_size=32, channels=(16, 16, 16), embed_dim=4).eval()
+    layout = M.ARMLayout(n_text=len(tok), codebook_size=32)
+    lm = LlamaForCausalLM(M.arm_config(layout.vocab_size, hidden=32, layers=1, heads=2, max_frames=4))
+    # the shipped ARM's kind of slots: code vectors in, temporal skip from the previous frame
+    slots = M.CodeSlots(32, layout.tokens_per_frame, previous_codes=32, code_dim=4, codebook_size=32)
+    slots.set_codebook(vq.quantize.embedding.weight)
+    with torch.no_grad():  # random slot weights large enough to move the logits
+        for p in slots.parameters():
+            p.normal_(0.0, 0.5)
+    return tok, vq, layout, lm, slots
+
+
+def story_codes(arm, seeds) -> torch.LongTensor:
+    """Every frame of STORIES, each frame conditioned on the ARM's own earlier frames: (B, frames, 64)."""
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    prev = torch.empty(len(STORIES), 0, arm.tokens_per_frame, dtype=torch.long)
+    for i in range(len(STORIES[0])):
+        tok = arm.generate([s[:i + 1] for s in STORIES], prev, gens)
+        prev = torch.cat([prev, tok[:, None]], 1)
+    return prev
+
+
+@pytest.mark.parametrize("settings", [
+    {"slots": True},  # the shipped ARM's setting: no CFG, all codes
+    {"slots": True, "guidance_scale": 3.0, "top_k": 8, "first_frame_guidance_scale": 5.0, "first_frame_top_k": 16},
+    {"slots": False, "temperature": 0.7, "guidance_scale": 2.0, "context_frames": 2},
+], ids=["plain", "cfg-topk-first-frame", "no-slots-window"])
+def test_compiled_and_eager_sampling_draw_the_same_codes(parts, settings):
+    tok, vq, layout, lm, slots = parts
+    kw = dict(settings)
+    slots = slots if kw.pop("slots") else None
+    eager = M.ToyARM(lm, vq, tok, layout, slots=slots, **kw)
+    compiled = M.ToyARM(lm, vq, tok, layout, slots=slots, compile=True, **kw)
+    seeds = [3, 4, 5]
+    want = story_codes(eager, seeds)
+    got = story_codes(compiled, seeds)
+    assert got.shape == (3, 4, 64)
+    assert torch.equal(got, want), f"{int((got != want).sum())} of {want.numel()} codes differ"
+    # the codes depend on the seeds (a path that ignored the uniforms would still match itself)
+    assert not torch.equal(story_codes(compiled, [6, 7, 8]), want)
+
+
+def test_compiled_sampling_keeps_rows_independent_of_the_batch(parts):
+    tok, vq, layout, lm, slots = parts
+    arm = M.ToyARM(lm, vq, tok, layout, slots=slots, compile=True, guidance_scale=2.0)
+    prev = torch.randint(0, 32, (3, 1, 64), generator=torch.Generator().manual_seed(1))
+    texts = [s[:2] for s in STORIES]
+    batch = arm.generate(texts, prev, [torch.Generator().manual_seed(s) for s in (10, 11, 12)])
+    alone = arm.generate(texts[1:2], prev[1:2], [torch.Generator().manual_seed(11)])
+    assert torch.equal(alone[0], batch[1])
+
+
+def test_compile_must_be_a_bool(parts):
+    tok, vq, layout, lm, slots = parts
+    with pytest.raises(ValueError, match="compile must be True or False"):
+        M.ToyARM(lm, vq, tok, layout, compile="yes")
