@@ -581,11 +581,11 @@ class ToyARM:
             frames'), as the paper samples a video's first frame more freely than the rest (CFG 5, top-k
             8192 of 32768 codes, then CFG 1, top-k 1000); the real ARMs take the same two arguments.
         device: where the models run.
-        compile: decode each code with one `torch.compile`d step (the LM forward over a static cache as long
-            as the LM's positions, with CFG, temperature, top-k and the inverse-CDF draw inside it), as
-            gpt-fast and transformers' static-cache generation do; the prefill stays eager and keeps only
-            the last position's logits. False (the default): the eager loop, what the committed results
-            come from. Both draw from the same uniforms; their float kernels differ in the last bits,
+        compile: decode each code with one `torch.compile`d step (the LM forward over a static cache, with
+            CFG, temperature, top-k and the inverse-CDF draw inside it), as gpt-fast and transformers'
+            static-cache generation do; the prefill stays eager, keeps only the last position's logits and
+            reuses the keys and values of the context the last call shared (the story so far). False (the
+            default): the eager loop, what the committed results come from. Both draw from the same uniforms; their float kernels differ in the last bits,
             which flips a draw only where a uniform falls that close to a CDF step (or a logit to the
             top-k threshold).
     """
@@ -623,7 +623,7 @@ class ToyARM:
         self.tokens_per_frame = layout.tokens_per_frame
         self.compile = compile
         self._step = None  # the compiled decode step, built at first use
-        self._caches: dict[int, Any] = {}  # compiled path: one StaticCache per number of LM rows, reused
+        self._held = None  # compiled path: (ids, StaticCache) of the last frame, whose prefix the next reuses
 
     @classmethod
     def from_pretrained(cls, arm_path: str | Path | None = None, vq_path: str | Path | None = None,
@@ -798,27 +798,45 @@ class ToyARM:
         res = self.lm(**inputs, past_key_values=past, use_cache=True, cache_position=cache_position)
         return self._draw(res.logits[:, -1, lo:hi], u, w, top_k)
 
+    def _frame_cache(self, ids: torch.LongTensor, n: int):
+        """A StaticCache for this frame's L + n positions holding the keys and values of the longest prefix
+        that the last frame's ids share with `ids` in every row (a causal LM's keys and values at a position
+        depend on the ids up to it alone); returns (cache, prefix length)."""
+        from transformers import StaticCache
+
+        R, L = ids.shape
+        past = StaticCache(config=self.lm.config, max_cache_len=L + n)
+        keep = 0
+        if self._held is not None and self._held[0].shape[0] == R:
+            old_ids, old = self._held
+            m = min(old_ids.shape[1], L - 1)  # at least the last id is prefilled, for the first code's logits
+            keep = int((old_ids[:, :m] == ids[:, :m]).all(0).long().cumprod(0).sum())
+        if keep:
+            cfg = self.lm.config
+            head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+            past.early_initialization(R, cfg.num_key_value_heads, head_dim, old.layers[0].keys.dtype, self.device)
+            for new, prev in zip(past.layers, old.layers):
+                new.keys[:, :, :keep] = prev.keys[:, :, :keep]
+                new.values[:, :, :keep] = prev.values[:, :, :keep]
+                new.cumulative_length.fill_(keep)
+        return past, keep
+
     def _generate_compiled(self, ids: torch.LongTensor, uniforms: torch.Tensor, w: float,
                            top_k: int | None) -> torch.LongTensor:
         """The frame's codes through an eager prefill and the compiled decode step (compile=True)."""
-        from transformers import StaticCache
-
         R, L = ids.shape  # R = B rows, or 2B with CFG
         B, n = uniforms.shape
         lo, hi = self.layout.code_offset, self.layout.vocab_size
         if self._step is None:
-            self._step = torch.compile(self._decode_step, dynamic=False)
-        # 1. One cache per row count, as long as the LM's positions: its shapes, hence the compiled step,
-        #    stay the same from frame to frame (a cache sized to each frame would recompile per frame).
-        past = self._caches.get(R)
-        if past is None:
-            past = self._caches[R] = StaticCache(config=self.lm.config,
-                                                 max_cache_len=self.lm.config.max_position_embeddings)
-        else:
-            past.reset()
-        # 2. Eager prefill of the whole context (every row has the same length), last position's logits only
-        res = self.lm(**lm_inputs(self.lm, self.slots, self.layout, ids), past_key_values=past, use_cache=True,
-                      cache_position=torch.arange(L, device=self.device), logits_to_keep=1)
+            # shapes that change between calls (the cache's length from frame to frame, the rows) become
+            # dynamic at their first change, so a story compiles the step about twice, not once per frame
+            self._step = torch.compile(self._decode_step)
+        # 1. A cache sized to the frame, with what the last frame's cache holds of this context: the story so
+        #    far (in the loop, frame i's context is frame i-1's plus the corrected frame i-1 and sentence i)
+        past, keep = self._frame_cache(ids, n)
+        # 2. Eager prefill of the rest of the context (every row has the same length), last logits only
+        res = self.lm(**lm_inputs(self.lm, self.slots, self.layout, ids[:, keep:], keep, ids), past_key_values=past,
+                      use_cache=True, cache_position=torch.arange(keep, L, device=self.device), logits_to_keep=1)
         out = torch.empty(B, n, dtype=torch.long, device=self.device)
         out[:, 0] = self._draw(res.logits[:, -1, lo:hi], uniforms[:, 0], w, top_k)
         # 3. The step inputs' slot embeddings for the whole frame at once: the temporal skip reads the
@@ -831,6 +849,7 @@ class ToyARM:
                 padded = torch.cat([ids, ids.new_zeros(R, n - 1)], 1)
                 prev = previous_frame_codes(self.layout, padded, L, n - 1)
             extra = self.slots(sl, prev)  # (R, n-1, H)
+        # 4. One compiled step per code: the LM forward at one position, CFG, top-k and the draw
         positions = torch.arange(L, L + n - 1, device=self.device)
         for j in range(1, n):
             codes = out[:, j - 1:j]
@@ -838,6 +857,8 @@ class ToyARM:
                 codes = torch.cat([codes, codes])
             out[:, j] = self._step(codes, None if extra is None else extra[:, j - 1:j].contiguous(),
                                    positions[j - 1:j].contiguous(), past, uniforms[:, j].contiguous(), w, top_k)
+        fed = out[:, :n - 1] + lo
+        self._held = (torch.cat([ids, torch.cat([fed, fed]) if w != 1.0 else fed], 1), past)
         return out
 
 
