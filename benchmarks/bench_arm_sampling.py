@@ -101,6 +101,7 @@ def main() -> None:
     p.add_argument("--stories", type=int, default=32)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--batch1-stories", type=int, default=4, help="stories also sampled at batch 1 (0: none)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--profile-batches", type=int, nargs="*", default=[1, 8, 32])
     p.add_argument("--out", default=None)
@@ -139,6 +140,18 @@ def main() -> None:
     payload = {"machine": info, "settings": vars(args), "target": {"speedup_min": TARGET_SPEEDUP},
                "times_s": times, "compile_s": compile_s, "codes_differ": differ, "frames_differ": frames_differ,
                "speedup": speedup}
+    if args.batch1_stories:  # reported, no target: at batch 1 the eager loop is bound by per-op overhead
+        one = stories[:args.batch1_stories]
+        sample(compiled, one[:1], 1)  # the step for one row
+        t1 = {}
+        for name, arm in (("eager", eager), ("compiled", compiled)):
+            t0 = time.perf_counter()
+            sample(arm, one, 1)
+            t1[name] = time.perf_counter() - t0
+        payload["batch1_s"] = t1
+        print(f"toy ARM sampling at batch 1 ({len(one)} stories), compiled / eager speed: "
+              f"{t1['eager'] / t1['compiled']:.2f}x (reported; eager {1e3 * t1['eager'] / (6 * len(one)):.1f} ms, "
+              f"compiled {1e3 * t1['compiled'] / (6 * len(one)):.1f} ms per frame)")
     if args.profile_batches:
         payload["profile"] = profile(eager, M.load_dm(), stories, args.profile_batches)
     write_results("bench_arm_sampling", payload, args.out)
