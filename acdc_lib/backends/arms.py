@@ -103,6 +103,11 @@ class _TransformersARM:
     `_extra_positions`), call `_set_window` at the end of their constructor, and implement `_render`
     (one context row), `_frame_positions`, `_pad_value`, `_forward` (one cached step), `_next_inputs`,
     `_vq`, `_encode_pixels` and `_decode_codes`.
+
+    With `compile=True` the loop runs over transformers' `StaticCache` (sized to the frame) and one
+    `torch.compile`d step that holds the forward, CFG, temperature, top-k and the inverse-CDF draw (the mode
+    "reduce-overhead", CUDA graphs, on a GPU; the default on a CPU), as gpt-fast does; the prefill stays eager
+    and every row draws the same uniforms from its generator as in the eager loop, the default.
     """
 
     codebook_size: int
@@ -114,7 +119,11 @@ class _TransformersARM:
 
     def __init__(self, model, tokenizer, *, temperature: float, top_k: int | None, guidance_scale: float,
                  first_frame_guidance_scale: float | None, first_frame_top_k: int | None, prompt_template: str,
-                 device: str | torch.device, dtype: str | torch.dtype | None):
+                 device: str | torch.device, dtype: str | torch.dtype | None, compile: bool = False):
+        if not isinstance(compile, bool):
+            raise ValueError(f"compile must be True or False, got {compile!r}")
+        self.compile = compile
+        self._step = None  # the compiled decode step, built at first use
         if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) \
                 or not math.isfinite(temperature) or temperature <= 0:
             raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
@@ -275,6 +284,8 @@ class _TransformersARM:
             raise ValueError(f"a context of {prev.shape[1]} frames plus the new one needs {need} positions, more than "
                              f"the model's {self._max_positions}; pass a smaller context_frames (now "
                              f"{self.context_frames}), shorter sentences or a smaller image_size")
+        if self.compile:
+            return self._sample_compiled(inputs, mask, list(generators), guidance, top_k)
         return self._sample(inputs, mask, list(generators), guidance, top_k)
 
     def _sample(self, inputs, mask, generators, guidance: float, top_k: int | None) -> torch.LongTensor:
@@ -292,6 +303,38 @@ class _TransformersARM:
             t = inputs.shape[1]
             mask = torch.cat([mask, mask.new_ones(R, t)], dim=1)               # (R, L + t)
             pos = pos[:, -1:] + torch.arange(1, t + 1, device=self.device)     # (R, t)
+        return out
+
+    def _decode_step(self, inputs, mask, pos, cache_position, past, u, guidance: float,
+                     top_k: int | None) -> torch.LongTensor:
+        """One cached forward of the new inputs of all R rows, then (B,) codes drawn with uniforms u (B,)."""
+        logits, _ = self._forward(inputs, mask, pos, past, cache_position)      # (R, codebook_size)
+        return draw_rows(self._scores(logits, guidance, top_k, u.shape[0]).softmax(-1), u)
+
+    def _sample_compiled(self, inputs, mask, generators, guidance: float, top_k: int | None) -> torch.LongTensor:
+        """The sampling loop over a StaticCache and the compiled `_decode_step` (compile=True)."""
+        from transformers import StaticCache
+
+        B, (R, L), n = len(generators), mask.shape, self.tokens_per_frame
+        total = L + n + self._extra_positions
+        if self._step is None:
+            mode = "reduce-overhead" if self.device.type == "cuda" else None
+            self._step = torch.compile(self._decode_step, mode=mode)
+        past = StaticCache(config=self.model.config, max_cache_len=total)
+        full = torch.cat([mask, mask.new_ones(R, total - L)], dim=1)           # (R, total): later keys are causal
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)                                # (R, L)
+        out = torch.empty(B, n, dtype=torch.long, device=self.device)
+        logits, _ = self._forward(inputs, full, pos, past, torch.arange(L, device=self.device))  # eager prefill
+        out[:, 0] = self._pick(logits, guidance, top_k, generators)
+        cur = L
+        for k in range(1, n):
+            inputs = self._next_inputs(out[:, k - 1], k - 1, R // B)           # (R, t[, D])
+            t = inputs.shape[1]
+            pos = pos[:, -1:] + torch.arange(1, t + 1, device=self.device)     # (R, t)
+            u = torch.stack([torch.rand((), generator=g, device=g.device) for g in generators]).to(self.device)
+            out[:, k] = self._step(inputs, full, pos, torch.arange(cur, cur + t, device=self.device), past, u,
+                                   guidance, top_k)
+            cur += t
         return out
 
     def _scores(self, logits: torch.Tensor, guidance: float, top_k: int | None, batch: int) -> torch.Tensor:
@@ -368,6 +411,8 @@ class Emu3ARM(_TransformersARM):
         context_frames: K, the frames the model sees (the new one included); None: as many as fit.
         device: where the model runs.
         dtype: the language model's dtype; None -> bfloat16 on CUDA, float32 elsewhere (the VQ: float32).
+        compile: sample through a static cache and one `torch.compile`d decode step (see `_TransformersARM`);
+            False (the default): the eager loop.
     """
 
     _boi, _eoi, _wrapper, _eof = "<|image start|>", "<|image end|>", "<|image token|>", "<|extra_201|>"
@@ -377,10 +422,10 @@ class Emu3ARM(_TransformersARM):
                  first_frame_guidance_scale: float | None = None, first_frame_top_k: int | None = None,
                  negative_prompt: str = EMU3_NEGATIVE_PROMPT, prompt_template: str = EMU3_PROMPT_TEMPLATE,
                  context_frames: int | None = None, device: str | torch.device = "cpu",
-                 dtype: str | torch.dtype | None = None):
+                 dtype: str | torch.dtype | None = None, compile: bool = False):
         super().__init__(model, tokenizer, temperature=temperature, top_k=top_k, guidance_scale=guidance_scale,
                          first_frame_guidance_scale=first_frame_guidance_scale, first_frame_top_k=first_frame_top_k,
-                         prompt_template=prompt_template, device=device, dtype=dtype)
+                         prompt_template=prompt_template, device=device, dtype=dtype, compile=compile)
         vocab = model.config.vocabulary_map or {}
         missing = [t for t in (self._boi, self._eoi, self._wrapper, self._eof, "<|extra_200|>") if t not in vocab]
         mapping = model.model.vocabulary_mapping
@@ -500,9 +545,9 @@ class Emu3ARM(_TransformersARM):
     def _pad_value(self):
         return self._pad
 
-    def _forward(self, inputs, mask, pos, past):
+    def _forward(self, inputs, mask, pos, past, cache_position=None):
         res = self.model(input_ids=inputs, attention_mask=mask, position_ids=pos, past_key_values=past,
-                         use_cache=True, logits_to_keep=1)
+                         use_cache=True, logits_to_keep=1, cache_position=cache_position)
         return res.logits[:, -1, self._visual_ids], res.past_key_values        # only visual tokens are drawn
 
     def _next_inputs(self, codes, k, copies):
@@ -546,16 +591,18 @@ class JanusARM(_TransformersARM):
         context_frames: K, the frames the model sees (the new one included); None: as many as fit.
         device: where the model runs.
         dtype: the language model's dtype; None -> bfloat16 on CUDA, float32 elsewhere (the VQ: float32).
+        compile: sample through a static cache and one `torch.compile`d decode step (see `_TransformersARM`);
+            False (the default): the eager loop.
     """
 
     def __init__(self, model, tokenizer, *, temperature: float = 1.0, top_k: int | None = None,
                  guidance_scale: float = 5.0, first_frame_guidance_scale: float | None = None,
                  first_frame_top_k: int | None = None, prompt_template: str = JANUS_PRO_PROMPT_TEMPLATE,
                  context_frames: int | None = None, device: str | torch.device = "cpu",
-                 dtype: str | torch.dtype | None = None):
+                 dtype: str | torch.dtype | None = None, compile: bool = False):
         super().__init__(model, tokenizer, temperature=temperature, top_k=top_k, guidance_scale=guidance_scale,
                          first_frame_guidance_scale=first_frame_guidance_scale, first_frame_top_k=first_frame_top_k,
-                         prompt_template=prompt_template, device=device, dtype=dtype)
+                         prompt_template=prompt_template, device=device, dtype=dtype, compile=compile)
         vq = model.config.vq_config
         self.codebook_size = int(vq.num_embeddings)
         side = int(vq.num_patches)
@@ -622,9 +669,9 @@ class JanusARM(_TransformersARM):
     def _pad_value(self):
         return 0.0  # padded embeddings are masked out
 
-    def _forward(self, inputs, mask, pos, past):
+    def _forward(self, inputs, mask, pos, past, cache_position=None):
         res = self.model.model.language_model(inputs_embeds=inputs, attention_mask=mask, position_ids=pos,
-                                              past_key_values=past, use_cache=True)
+                                              past_key_values=past, use_cache=True, cache_position=cache_position)
         return self.model.model.generation_head(res.last_hidden_state[:, -1]), res.past_key_values  # (R, V)
 
     def _next_inputs(self, codes, k, copies):

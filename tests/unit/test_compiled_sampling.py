@@ -81,3 +81,33 @@ def test_compile_must_be_a_bool(parts):
     tok, vq, layout, lm, slots = parts
     with pytest.raises(ValueError, match="compile must be True or False"):
         M.ToyARM(lm, vq, tok, layout, compile="yes")
+
+
+# ---- the real ARMs on tiny random models -----------------------------------------------------
+REAL_STORIES = [["a cat sits.", "the cat runs.", "the cat sleeps."],
+                ["a dog on a hill.", "the dog jumps.", "it rains."]]
+
+
+def real_story_codes(arm, seeds) -> torch.LongTensor:
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    prev = torch.empty(len(REAL_STORIES), 0, arm.tokens_per_frame, dtype=torch.long)
+    for i in range(len(REAL_STORIES[0])):
+        tok = arm.generate([s[:i + 1] for s in REAL_STORIES], prev, gens)
+        prev = torch.cat([prev, tok[:, None]], 1)
+    return prev
+
+
+@pytest.mark.parametrize("kind", ["emu3", "janus"])
+def test_real_arms_compiled_and_eager_draw_the_same_story(kind):
+    import tiny_backends as tb  # tests/unit is on sys.path under pytest's default import mode
+    from acdc_lib.backends.arms import Emu3ARM, JanusARM
+
+    model, tok = tb.tiny_emu3() if kind == "emu3" else tb.tiny_janus()
+    cls = Emu3ARM if kind == "emu3" else JanusARM
+    # CFG rows, top-k and a first frame sampled more freely, as the paper's settings
+    kw = {"top_k": 8, "guidance_scale": 2.0, "first_frame_guidance_scale": 3.0, "first_frame_top_k": 16}
+    want = real_story_codes(cls(model, tok, **kw), [1, 2])
+    got = real_story_codes(cls(model, tok, compile=True, **kw), [1, 2])
+    assert got.shape == (2, 3, tb.TOKENS_PER_FRAME)
+    assert torch.equal(got, want), f"{int((got != want).sum())} of {want.numel()} codes differ"
+    assert not torch.equal(real_story_codes(cls(model, tok, **kw), [3, 4]), want)
