@@ -1,7 +1,8 @@
-"""The toy ARM's compiled decode step (compile=True) draws the same codes as its eager loop.
+"""Fast sampling paths give the eager paths' results: the ARMs' compiled decode step (compile=True) draws the
+eager loop's codes, and the corrector's batched VAE encode (batched_encode=True) its per-row latents.
 
 Both paths draw row b's codes from generators[b]'s uniforms by the inverse CDF; the compiled one runs the
-LM over a static cache as long as the LM's positions, with CFG, temperature, top-k and the draw inside one
+LM over a static cache, with CFG, temperature, top-k and the draw inside one
 torch.compile'd step. Tiny random LMs, so that compiling on the CPU stays cheap.
 """
 from __future__ import annotations
@@ -111,3 +112,26 @@ def test_real_arms_compiled_and_eager_draw_the_same_story(kind):
     assert got.shape == (2, 3, tb.TOKENS_PER_FRAME)
     assert torch.equal(got, want), f"{int((got != want).sum())} of {want.numel()} codes differ"
     assert not torch.equal(real_story_codes(cls(model, tok, **kw), [3, 4]), want)
+
+
+# ---- the corrector's batched VAE encode ------------------------------------------------------
+@pytest.mark.parametrize("latent", ["kl", "vq"])
+def test_batched_encode_matches_the_per_row_encode_up_to_float_rounding(latent):
+    import tiny_diffusers as td
+    from acdc_lib.correctors import UNetCorrector
+
+    x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    gens = lambda: [torch.Generator().manual_seed(s) for s in (1, 2, 3)]  # noqa: E731
+    rows = UNetCorrector(**td.tiny_unet_corrector_parts(latent))
+    batched = UNetCorrector(**td.tiny_unet_corrector_parts(latent), batched_encode=True)
+    z_rows, z_batched = rows._to_model_space(x, gens()), batched._to_model_space(x, gens())
+    assert z_batched.shape == z_rows.shape == (3, 4, 8, 8)
+    torch.testing.assert_close(z_batched, z_rows, atol=1e-5, rtol=1e-5)  # row b's posterior noise from generators[b]
+    # each row's latent is its own frame's (a shuffled batch would fail the tolerance above by far)
+    assert (z_rows[0] - z_rows[1]).abs().max() > 1e-2
+    out_rows = rows.correct(x, ["a cat", "a dog", "an owl"], strength=0.5, num_inference_steps=4, generators=gens())
+    out_batched = batched.correct(x, ["a cat", "a dog", "an owl"], strength=0.5, num_inference_steps=4,
+                                  generators=gens())
+    torch.testing.assert_close(out_batched, out_rows, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="batched_encode must be True or False"):
+        UNetCorrector(**td.tiny_unet_corrector_parts(latent), batched_encode=1)
