@@ -1,14 +1,24 @@
-"""The GPU sets' real-model notebooks, run on CPU with tiny random stand-ins of every model they name.
+"""A dry run of every GPU set (`papermill_runs/gpu-*.yaml`) on CPU: every notebook it names, in its order,
+through `acdc_lib.runs` as `python -m acdc_lib.runs <set>` runs it, on tiny random stand-ins of its models.
 
-Each run takes a set's own parameters for the notebook and swaps only what a CPU and no weights force: the
-model ids become folders of tiny models (the tests' own), the frame sizes theirs, and the counts smoke-sized.
-The ARM options the set gives (dtype bfloat16, the context window, the sampling settings) stay as written.
-One notebook runs at a time. The sets' other notebooks (00-02, 04, 07) run the toy world, which the notebook
-tests run with their defaults; notebook 08 reads the runs. About 4.5 minutes for the six on 2 shared CPU cores.
+Each set is rewritten into a dry-run set that keeps every notebook and the set's own parameters for it, and
+swaps only what a CPU and missing weights force: DEVICE cpu; model ids become folders of tiny random models
+(the tests' own) and the frame sizes theirs; the counts smoke-sized (SMOKE true, two stories or clips, four
+steps); the outputs (OUT_DIR, FIG_DIR, "{out}") under the test's folder. The ARM options the set gives
+(dtype bfloat16, the context window, the sampling settings), relative paths such as PROMPTS, the toy-world
+notebooks' parameters and notebook 08 reading the set's runs stay as the set writes them, so a set that cannot
+run (a path that is not found from the notebook's folder, a parameter a notebook refuses) fails here.
+Notebook 08 writes the set's report from the runs its earlier notebooks left in the same dry run, and every
+notebook of the set must be among the report's sources with its results.
+
+The toy-world notebooks whose dry-run parameters are the same in several sets (00, 01, 02, 04, 07) run once;
+their run folders are copied under the other sets' names, where `acdc_lib.runs` finds them as results already
+present. Wall time with OMP_NUM_THREADS=1 on 2 shared CPU cores: see the module's tests' docstrings.
 """
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -16,12 +26,15 @@ import torch
 import yaml
 
 import tiny_diffusers as td
+from acdc_lib import runs
+from acdc_lib.experiment.claims import Source
 from acdc_lib.io import REPO_ROOT
+from acdc_lib.params import notebook_parameters
 from test_backends_evaluator import clip_processor, dino_processor, tiny_dino
 from test_notebook03_real import ScriptableFeatures
 from tiny_backends import save_tiny_emu3, save_tiny_janus
 
-SETS = ("gpu-emu3-sd15", "gpu-janus-sd15")
+SETS = sorted(p.stem for p in (REPO_ROOT / "papermill_runs").glob("gpu-*.yaml"))
 
 
 @pytest.fixture(scope="module")
@@ -41,41 +54,89 @@ def models(tmp_path_factory):
     return root
 
 
-def _entry(set_name: str, stem: str) -> dict:
-    data = yaml.safe_load((REPO_ROOT / "papermill_runs" / f"{set_name}.yaml").read_text())
-    return next(e["parameters"] for e in data["notebooks"] if Path(e["notebook"]).stem == stem)
+@pytest.fixture(scope="module")
+def shared_runs():
+    """(notebook stem, dry-run parameters) -> the run folder of the first set that ran it."""
+    return {}
 
 
-def _tiny(params: dict, models: Path, out: Path) -> dict:
+# The fewest stories, clips, frames and steps that still reach every cell, for whichever notebook defines them
+# (SMOKE is set too; these are below even its sizes, which the notebook tests run). N_TEST_STORIES 100: notebook
+# 02's CLIP gate ranks one frame a story among 100.
+SMALL = {"N_STORIES": 2, "SWEEP_STORIES": 2, "CALIBRATION_STORIES": 2, "COMPARE_STORIES": 2, "COST_REPEATS": 1,
+         "STEPS": 4, "N_SMOKE": 4, "N_TEST_STORIES": 100, "ARM_STORIES": 4, "DM_FRAMES": 4, "DM_STEPS": 4,
+         "BENCH_FRAMES": 50, "N_SAMPLE_STORIES": 2, "N_CLIPS": 2, "N_FRAMES": 4, "CHUNK": 2, "LONG_FRAMES": 3}
+
+
+def _dry(stem: str, params: dict, models: Path, dry_set: Path, out_root: Path) -> dict:
+    """A set entry's parameters with only what a CPU and missing weights force swapped."""
+    defined = notebook_parameters(REPO_ROOT / "notebooks" / f"{stem}.ipynb")
     p = dict(params)
-    p.update(DEVICE="cpu", ARM_ID=str(models / p["ARM"]), EVALUATOR_ID=str(models / "clip"),
-             EVALUATOR_OPTIONS={"dino_id": str(models / "dino"), "inception": str(models / "inception.pt")},
-             OUT_DIR=str(out / "out"), FIG_DIR=str(out / "fig"))
-    opts = dict(p["ARM_OPTIONS"])
-    if "image_size" in opts:
-        opts["image_size"] = 16  # the tiny Emu3's frames
-    opts["context_frames"] = min(opts["context_frames"], 2)  # the tiny models' 1,024 positions
-    p["ARM_OPTIONS"] = opts
+    p.update({k: v for k, v in SMALL.items() if k in defined})
+    if "DEVICE" in defined:
+        p["DEVICE"] = "cpu"
+    if p.get("ARM") in ("emu3", "janus"):
+        p["ARM_ID"] = str(models / p["ARM"])
+        opts = dict(p.get("ARM_OPTIONS") or {})
+        if "image_size" in opts:
+            opts["image_size"] = 16  # the tiny Emu3's frames
+        if "context_frames" in opts:
+            opts["context_frames"] = min(opts["context_frames"], 2)  # the tiny models' 1,024 positions
+        p["ARM_OPTIONS"] = opts
+    if p.get("EVALUATOR") == "real":
+        p.update(EVALUATOR_ID=str(models / "clip"),
+                 EVALUATOR_OPTIONS={"dino_id": str(models / "dino"), "inception": str(models / "inception.pt")})
     if "DM_ID" in p:
-        p.update(DM_ID=str(models / "sd"), DM_RESOLUTION=None, STEPS=4, BATCH_SIZE=2, N_STORIES=2)
-        p.pop("RUN_DIR", None)
-        p.pop("SWEEP_STORIES", None)
+        p.update(DM_ID=str(models / "sd"), DM_RESOLUTION=None, BATCH_SIZE=2)
     if "VIDEO_DM_ID" in p:
         p.update(VIDEO_DM_ID=str(models / "sd"), VIDEO_DM_OPTIONS={"motion_adapter": str(models / "adapter")},
-                 N_CLIPS=2, N_FRAMES=4, CHUNK=2, STEPS=4, BATCH_SIZE=2, LONG_FRAMES=3,
-                 PROMPTS=str(REPO_ROOT / p["PROMPTS"]))
-    p["SMOKE"] = True
+                 BATCH_SIZE=2)
+    if stem == "08_figures":  # the report of this dry run, from its runs
+        p.update(RUN_SET=str(dry_set), RUNS_ROOT=str(out_root), REPORT_PATH=str(out_root / f"REPORT-{dry_set.stem}.md"))
+    if isinstance(p.get("RUN_DIR"), str):  # under the output root, so here under the test's folder
+        assert p["RUN_DIR"].startswith(runs.OUT_PLACEHOLDER), f"RUN_DIR={p['RUN_DIR']!r}: a set's must start with {{out}}"
     return p
+
+
+def _dry_set(set_name: str, models: Path, tmp: Path) -> Path:
+    """The set rewritten for a dry run (`_dry` on every entry), written beside its outputs; its path."""
+    data = yaml.safe_load((REPO_ROOT / "papermill_runs" / f"{set_name}.yaml").read_text())
+    path = tmp / f"{set_name}.yaml"
+    data["defaults"] = {**(data.get("defaults") or {}), "SMOKE": True}
+    for e in data["notebooks"]:
+        e["parameters"] = _dry(Path(e["notebook"]).stem, e.get("parameters") or {}, models, path, tmp / "out")
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("set_name", SETS)
-@pytest.mark.parametrize("stem", ["03_acdc_story", "05_video_extension", "06_ablations"])
-def test_a_gpu_sets_real_notebook_runs_to_the_end_on_tiny_models(models, tmp_path, set_name, stem):
-    papermill = pytest.importorskip("papermill")
-    params = _tiny(_entry(set_name, stem), models, tmp_path)
-    assert params["ARM_OPTIONS"]["dtype"] == "bfloat16"  # the set's own ARM dtype, through ARM_OPTIONS
-    papermill.execute_notebook(str(REPO_ROOT / "notebooks" / f"{stem}.ipynb"), str(tmp_path / "run.ipynb"),
-                               parameters=params, kernel_name="python3", cwd=str(REPO_ROOT), progress_bar=False)
-    res = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert res  # the last cell recorded its results
+def test_a_gpu_set_runs_every_notebook_to_the_end_on_cpu_with_tiny_models(models, shared_runs, tmp_path,
+                                                                            monkeypatch, set_name):
+    pytest.importorskip("papermill")
+    for k in ("OPENAI_API_KEY", "LLM_BASE_URL"):  # the memory notebook's LLM row is skipped, as without a key
+        monkeypatch.delenv(k, raising=False)
+    names = [Path(e["notebook"]).stem for e in yaml.safe_load((REPO_ROOT / "papermill_runs" / f"{set_name}.yaml")
+                                                               .read_text())["notebooks"]]
+    rs = runs.load_run_set(_dry_set(set_name, models, tmp_path))
+    assert [r.stem for r in rs.runs] == names  # every notebook of the set, in its order
+    out_root = tmp_path / "out"
+    for r in rs.runs:
+        if r.parameters.get("ARM") in ("emu3", "janus"):
+            assert r.parameters["ARM_OPTIONS"]["dtype"] == "bfloat16"  # the set's own ARM dtype, kept
+        key = (r.stem, json.dumps(r.parameters, sort_keys=True))
+        if key in shared_runs:  # the same notebook with the same parameters ran for an earlier set
+            shutil.copytree(shared_runs[key], runs.run_dir(rs.name, r, out_root))
+    rows = runs.execute(rs, out_root=out_root, fig_dir=tmp_path / "fig")
+
+    assert [r["notebook"] for r in rows] == names
+    assert {r["status"] for r in rows} <= {"ran", "cached"}, rows
+    for r in rs.runs:
+        d = runs.run_dir(rs.name, r, out_root)
+        assert json.loads((d / "results.json").read_text())  # its last cell recorded its results
+        shared_runs.setdefault((r.stem, json.dumps(r.parameters, sort_keys=True)), d)
+    report = json.loads((runs.run_dir(rs.name, rs.runs[-1], out_root) / "results.json").read_text())
+    for r in rs.runs[:-1]:  # the report read every earlier notebook's results of this dry run
+        label = Source(r.stem, None, None, r.parameters).label
+        assert report["sources"][label] == runs.run_dir(rs.name, r, out_root).name, (label, report["sources"])
+    assert (out_root / f"REPORT-{set_name}.md").read_text().startswith("#")
