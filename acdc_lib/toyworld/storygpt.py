@@ -899,10 +899,51 @@ class StoryGPTVGenerator:
 # --------------------------------------------------------------------------------------------
 # CLI: train the Char-LDMs and the aligned LMs of VARIANTS
 # --------------------------------------------------------------------------------------------
+MODELS: tuple[str, ...] = tuple(DEFAULTS)  # what `train_models` trains, each saved under its name
+
+
+def train_models(which: Sequence[str], out: Path, configs: dict[str, TrainConfig] | None = None,
+                 dm: Path | None = None, verbose: bool = True) -> None:
+    """Train the named models of DEFAULTS into `out` on the train split: the Char-LDMs first (from the DM at
+    `dm`, default <out>/dm), then the aligned LMs (each from the Char-LDM its config names, in <out>).
+
+    `make train-toy` runs each as its own task (`acdc_lib.toyworld.train`, which calls this); this CLI
+    trains them one after another.
+
+    Args:
+        which: names among MODELS.
+        out: the checkpoint folder (holding dm/ and, for an aligned LM, its Char-LDM).
+        configs: {name: TrainConfig} (default: DEFAULTS).
+    """
+    from acdc_lib.toyworld import models as M
+    from acdc_lib.toyworld.train import load_split
+
+    unknown = [n for n in which if n not in DEFAULTS]
+    if unknown:
+        raise ValueError(f"unknown StoryGPT-V-toy models {unknown}; allowed: {list(MODELS)}")
+    configs = {**DEFAULTS, **(configs or {})}
+    out = Path(out)
+    lms = [n for n in MODELS if n in which and n.startswith("aligned_lm")]
+    for name in lms:  # before any training: a Char-LDM this call does not train must be there already
+        ldm = configs[name].extra.get("char_ldm", "char_ldm")
+        if ldm not in which and not (out / ldm).is_dir():
+            raise FileNotFoundError(f"{name} is aligned to the Char-LDM at {out / ldm}, which does not exist: train "
+                                    f"it first (`python -m acdc_lib.toyworld.storygpt {ldm} --out {out}`)")
+    stories = load_split("train")
+    for name in [n for n in MODELS if n in which and n.startswith("char_ldm")]:
+        cfg = configs[name]
+        train_char_ldm(stories[:cfg.extra.get("n_stories")], M.load_dm(dm or out / "dm"), cfg, verbose=verbose,
+                       out=out, name=name)
+    for name in lms:
+        cfg = configs[name]
+        ldm_dir = out / cfg.extra.get("char_ldm", "char_ldm")
+        train_aligned_lm(stories[:cfg.extra.get("n_stories")], CharLDM.from_pretrained(ldm_dir), cfg,
+                         verbose=verbose, out=out, name=name)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """`python -m acdc_lib.toyworld.storygpt [char_ldm|char_ldm_noreg|aligned_lm|...] --out DIR`."""
     from acdc_lib.toyworld import models as M
-    from acdc_lib.toyworld.train import load_split
 
     names = sorted(DEFAULTS)
     p = argparse.ArgumentParser(description="Train StoryGPT-V-toy's models (Char-LDM, aligned LMs).")
@@ -921,15 +962,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return TrainConfig(**{**asdict(c), "steps": max(1, int(round(c.steps * a.steps_scale))),
                               "warmup": min(c.warmup, max(1, int(c.steps * a.steps_scale) // 5))})
 
-    stories = load_split("train")
-    for name in [n for n in names if n in a.which and n.startswith("char_ldm")]:
-        cfg = scaled(name)
-        train_char_ldm(stories[:cfg.extra.get("n_stories")], M.load_dm(a.dm or a.out / "dm"), cfg, out=a.out,
-                       name=name)
-    for name in [n for n in names if n in a.which and n.startswith("aligned_lm")]:
-        cfg = scaled(name)
-        ldm = CharLDM.from_pretrained(a.out / cfg.extra.get("char_ldm", "char_ldm"))
-        train_aligned_lm(stories[:cfg.extra.get("n_stories")], ldm, cfg, out=a.out, name=name)
+    train_models(a.which, a.out, {n: scaled(n) for n in a.which}, dm=a.dm)
 
 
 if __name__ == "__main__":

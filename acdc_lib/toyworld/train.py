@@ -1,7 +1,8 @@
 """Train the toy world's models from scratch, seeded: `python -m acdc_lib.toyworld.train [evaluator|vq|dm|arm|all]`.
 
 Order: the evaluator (probe + CLIP, needed to measure every gate; it shares nothing with the
-generators), then the VQ tokenizer, the DM, and the ARM (which needs the VQ's codes). Each trainer
+generators), then the VQ tokenizer, the DM, and the ARM (which needs the VQ's codes); StoryGPT-V-toy's
+Char-LDMs (fine-tuned from the DM) and aligned LMs (`STORYGPT_MODELS`, trained by `acdc_lib.toyworld.storygpt`). Each trainer
 writes its model with `save_pretrained` under `--out` (default: the shipped checkpoints folder) and
 records wall time, steps and final loss in `train_log.json` there.
 
@@ -34,7 +35,11 @@ from acdc_lib.toyworld.models import arm_sequences
 from acdc_lib.toyworld.world import (ACCESSORIES, ACTIONS, FACINGS, MARKINGS, MAX_COUNT, N_LAYOUTS, NAMES, PLACES,
                                      SPECIES, TIMES, X_POSITIONS, Y_RANGE, DEFAULT_Y, SceneState, explicit_caption)
 
-MODELS: tuple[str, ...] = ("evaluator", "vq", "dm", "arm", "video_arm", "motion", "detector")
+# StoryGPT-V-toy's models (`acdc_lib.toyworld.storygpt`): two Char-LDMs fine-tuned from the DM (with and without
+# L_reg) and four LMs aligned to them (fused target, the no-L_reg Char-LDM's, the text target, captions only).
+STORYGPT_MODELS: tuple[str, ...] = ("char_ldm", "char_ldm_noreg", "aligned_lm", "aligned_lm_noreg", "aligned_lm_text",
+                                    "aligned_lm_caption")
+MODELS: tuple[str, ...] = ("evaluator", "vq", "dm", "arm", "video_arm", "motion", "detector", *STORYGPT_MODELS)
 COUNT_FIELDS: tuple[str, ...] = ("n_suns", "n_moons", "n_ears", "n_tails")
 
 
@@ -158,6 +163,18 @@ DEFAULTS: dict[str, TrainConfig] = {
     # half of the right frames; the frame head, trained beside it, decides whether anything is wrong.
     "detector": TrainConfig(steps=3000, batch_size=64, lr=2e-3, seed=501, extra={"p_normal": 0.5, "pos_weight": 4.0}),
 }
+
+
+def default_config(name: str) -> TrainConfig:
+    """The default TrainConfig of a model: DEFAULTS', or StoryGPT-V-toy's (`storygpt.DEFAULTS`, which imports
+    this module, so it is read here on demand)."""
+    if name in DEFAULTS:
+        return DEFAULTS[name]
+    from acdc_lib.toyworld import storygpt
+
+    if name in storygpt.DEFAULTS:
+        return storygpt.DEFAULTS[name]
+    raise ValueError(f"no training config named {name!r}; allowed: {sorted(DEFAULTS) + sorted(storygpt.DEFAULTS)}")
 
 
 def _lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
@@ -887,6 +904,11 @@ TASKS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "vq": (("vq",), ()), "dm": (("dm",), ("vq",)), "probe": (("probe",), ()), "clip": (("clip",), ()),
     "arms": (("arm",), ("vq", "probe")),  # the probe judges the snapshots
     "video_arm": (("video_arm",), ("vq",)), "motion": (("motion",), ("dm",)), "detector": (("detector",), ()),
+    # StoryGPT-V-toy: the Char-LDMs fine-tune the DM; an aligned LM reads its Char-LDM and the VQ (frame features)
+    "char_ldm": (("char_ldm",), ("dm",)), "char_ldm_noreg": (("char_ldm_noreg",), ("dm",)),
+    "aligned_lm": (("aligned_lm",), ("char_ldm", "vq")), "aligned_lm_noreg": (("aligned_lm_noreg",), ("char_ldm_noreg", "vq")),
+    "aligned_lm_text": (("aligned_lm_text",), ("char_ldm", "vq")),
+    "aligned_lm_caption": (("aligned_lm_caption",), ("char_ldm", "vq")),
 }
 # The order in which ready tasks start: a greedy list schedule. With two jobs, vq -> dm runs on one
 # core while the other fills the wait for the VQ with probe, clip and the detector, then takes the
@@ -895,7 +917,16 @@ TASKS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 # video_arm to start last, alone (about 6700 s). Measured from a fresh clone with this order, one
 # thread per task (s): vq 1674, dm 2483, video_arm 2495, probe 842, clip 438, detector 1054, arms
 # 2284, motion 1464; 6651 s in all, against a bound of half their sum, 6367 s.
-PRIORITY: tuple[str, ...] = ("vq", "dm", "probe", "clip", "detector", "arms", "video_arm", "motion")
+# StoryGPT-V-toy adds six tasks, not yet measured: estimated from a few timed steps at batch 32 on one thread
+# (`storygpt.DEFAULTS`), a Char-LDM at 1.54 s per step x 1500 steps = 2310 s (two of them) and an aligned LM at
+# 1.20 s x 1000 + about 180 s to precompute its targets = 1380 s (four). With the times above, a simulation of
+# this greedy schedule (two lanes; every order that keeps the eight tasks' order above, with the six placed
+# anywhere) gives 11537 s (192 min) at best, this order, against a bound of half the sum, 11437 s: the Char-LDM
+# starts as soon as the DM is done, the no-L_reg one and the aligned LMs fill the lane the ARMs leave, and motion
+# goes before the last aligned LM. With the gates (about 7 min) and the venv, a fresh `make train-toy` stays
+# within 4 hours (about 3 h 20 min) if the estimates hold within 20%.
+PRIORITY: tuple[str, ...] = ("vq", "dm", "char_ldm", "probe", "clip", "detector", "arms", "video_arm", "char_ldm_noreg",
+                             "aligned_lm", "aligned_lm_noreg", "aligned_lm_text", "motion", "aligned_lm_caption")
 
 
 # Task -> (its train_log.json records, its checkpoint folders): what a finished task leaves in `out`.
@@ -904,10 +935,12 @@ TASK_OUTPUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "clip": (("evaluator_clip",), ("evaluator/clip",)), "arms": (("arm",), ("arm", "arm_weak")),
     "video_arm": (("video_arm",), ("video_arm",)), "motion": (("motion",), ("motion_adapter",)),
     "detector": (("detector",), ("detector",)),
+    **{t: ((t,), (t,)) for t in STORYGPT_MODELS},
 }
 # The config each task's records were trained with (DEFAULTS' names).
 TASK_CONFIG: dict[str, str] = {"vq": "vq", "dm": "dm", "probe": "probe", "clip": "clip", "arms": "arm",
-                               "video_arm": "video_arm", "motion": "motion", "detector": "detector"}
+                               "video_arm": "video_arm", "motion": "motion", "detector": "detector",
+                               **{t: t for t in STORYGPT_MODELS}}
 RETRAIN_MARK = ".retrain.json"
 
 
@@ -1024,7 +1057,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     a.out.mkdir(parents=True, exist_ok=True)
 
     def scaled(name: str) -> TrainConfig:
-        c = DEFAULTS[name]
+        c = default_config(name)
         sc = lambda n: max(1, int(round(n * a.steps_scale)))  # noqa: E731
         extra = dict(c.extra)
         if "snapshots" in extra:
@@ -1074,6 +1107,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         train_motion(a.out, scaled("motion"))
     if "detector" in todo:
         train_detector(a.out, scaled("detector"))
+    storygpt_todo = [m for m in STORYGPT_MODELS if m in todo]
+    if storygpt_todo:
+        from acdc_lib.toyworld import storygpt
+
+        storygpt.train_models(storygpt_todo, a.out, {m: scaled(m) for m in storygpt_todo})
     print(f"trained {', '.join(todo)} in {time.time() - t_all:.0f}s -> {a.out}")
 
 

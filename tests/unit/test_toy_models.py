@@ -367,7 +367,7 @@ def _fake_task(out, task, cfg, finished):
 
 
 def test_a_retrain_resumes_at_the_first_unfinished_or_stale_task(tmp_path):
-    cfgs = {t: T.DEFAULTS[T.TASK_CONFIG[t]] for t in T.TASKS}
+    cfgs = {t: T.default_config(T.TASK_CONFIG[t]) for t in T.TASKS}
     tasks = ["vq", "dm", "probe", "motion"]
     _fake_task(tmp_path, "vq", cfgs["vq"], 100.0)
     _fake_task(tmp_path, "dm", cfgs["dm"], 200.0)
@@ -384,6 +384,45 @@ def test_a_retrain_resumes_at_the_first_unfinished_or_stale_task(tmp_path):
 
     shutil.rmtree(tmp_path / "vq")
     assert T.finished_tasks(tmp_path, tasks, cfgs, since=60.0) == set()
+
+
+def test_a_retrain_resumes_at_the_storygpt_task_it_did_not_finish(tmp_path):
+    from acdc_lib.toyworld import storygpt
+
+    cfgs = {t: T.default_config(T.TASK_CONFIG[t]) for t in T.TASKS}
+    assert cfgs["char_ldm"] is storygpt.DEFAULTS["char_ldm"] and cfgs["vq"] is T.DEFAULTS["vq"]
+    tasks = ["vq", "dm", "char_ldm", "aligned_lm", "aligned_lm_text"]
+    for k, t in enumerate(["vq", "dm", "char_ldm", "aligned_lm"]):
+        _fake_task(tmp_path, t, cfgs[t], 100.0 + k)
+    assert T.finished_tasks(tmp_path, tasks, cfgs, since=60.0) == {"vq", "dm", "char_ldm", "aligned_lm"}
+    # a Char-LDM fine-tuned again after the LM was aligned to it: every LM aligned to it is stale
+    _fake_task(tmp_path, "char_ldm", cfgs["char_ldm"], 200.0)
+    _fake_task(tmp_path, "aligned_lm_text", cfgs["aligned_lm_text"], 300.0)
+    assert T.finished_tasks(tmp_path, tasks, cfgs, since=60.0) == {"vq", "dm", "char_ldm", "aligned_lm_text"}
+    # an aligned LM trained with another config (its target) is not finished
+    other = {**cfgs, "aligned_lm_text": cfgs["aligned_lm"]}
+    assert "aligned_lm_text" not in T.finished_tasks(tmp_path, tasks, other, since=60.0)
+
+
+def test_every_task_is_scheduled_after_what_it_reads_and_storygpt_is_in_make_train_toy():
+    assert sorted(T.PRIORITY) == sorted(T.TASKS) == sorted(T.TASK_OUTPUTS) == sorted(T.TASK_CONFIG)
+    pos = {t: i for i, t in enumerate(T.PRIORITY)}
+    assert all(pos[d] < pos[t] for t, (_, deps) in T.TASKS.items() for d in deps)
+    # `train all` (make train-toy) trains StoryGPT-V-toy's six models, each as its own task
+    assert set(T.STORYGPT_MODELS) <= set(T.MODELS)
+    assert {m for t in T.TASKS for m in T.TASKS[t][0]} >= set(T.STORYGPT_MODELS)
+    assert T.TASKS["aligned_lm_noreg"][1] == ("char_ldm_noreg", "vq")
+    with pytest.raises(ValueError, match="no training config named 'nope'"):
+        T.default_config("nope")
+
+
+def test_storygpt_task_fails_clearly_without_its_char_ldm(tmp_path):
+    from acdc_lib.toyworld import storygpt
+
+    with pytest.raises(FileNotFoundError, match="Char-LDM at .*char_ldm_noreg, which does not exist"):
+        storygpt.train_models(["aligned_lm_noreg"], tmp_path)
+    with pytest.raises(ValueError, match="unknown StoryGPT-V-toy models"):
+        storygpt.train_models(["arm"], tmp_path)
 
 
 def test_a_killed_parallel_retrain_skips_what_it_finished(tmp_path):
