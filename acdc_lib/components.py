@@ -22,14 +22,16 @@ from acdc_lib.memory import LLMMemory, NoMemory, RuleMemory
 
 ENTRY_POINT_GROUP = "acdc_lib.backends"
 KINDS = ("arm", "corrector", "evaluator", "ground_truth", "vocabulary", "video_corrector", "video_truth", "inpainter",
-         "detector", "physical_truth")
+         "detector", "physical_truth", "story_generator")
 """arm: the ARM protocol; corrector: Corrector (and TextToImage for the DM-only row where it can);
 evaluator: Evaluator; ground_truth: GroundTruth; vocabulary: the rule memory's `Vocabulary`;
 video_corrector: VideoCorrector (Eq. 5); video_truth: prompts and true frames of a set of videos
 (`prompts`, `frames`, `labels`, `physics`, `tokens(arm)`), where a world has them; inpainter: an object with
 `inpaint(images, masks, prompts, ...)` (InpaintCorrector's interface); detector: `detect(images) -> masks` of
 physically wrong regions; physical_truth: first frames with a physical error and the user's masks of them
-(`kinds`, `first_frames(stories, kind)`), where a world can draw them."""
+(`kinds`, `first_frames(stories, kind)`), where a world can draw them; story_generator: a whole-story generator
+that is neither ARM nor corrector (StoryGPT-V), `generate(stories, generators, first_frames=None)` -> one
+(n, C, H, W) tensor of frames in [0, 1] per story, story b drawing from generators[b] only."""
 
 _REGISTRY: dict[str, dict[str, tuple[str, Callable[..., Any]]]] = {}
 

@@ -11,6 +11,8 @@ Five rows over the same stories and per-story seeds (so the ARM rows share their
     arm_true_ctx the ARM with the ground-truth earlier frames as its context (an oracle only a world
                  with ground-truth frames has): frame i's error here is the ARM's own, so the
                  per-frame gap to `arm` is the error it inherited from its earlier frames
+    storygpt_v*  a whole-story generator that is neither ARM nor corrector (StoryGPT-V and its ablations;
+                 `generator_rows={row: generator}`, components of kind "story_generator")
 
 `run_experiment` writes every finished story at once to <out_dir>/<row>/<story_id>.npz (uint8 frames)
 and .json (seed, prompts, memory source; written last, it marks the story done); a rerun skips what
@@ -47,7 +49,8 @@ from acdc_lib.types import LoopConfig, Story, TextToImage
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RowSpec:
-    """One row of the table: how its frames are made (kind "dm", "loop" or "true_context") and its label."""
+    """One row of the table: how its frames are made (kind "dm", "loop", "true_context" or "generator": a
+    story generator, `generator_rows[<the row's name>]`) and its label."""
 
     label: str
     kind: str
@@ -58,7 +61,8 @@ class RowSpec:
         """The components `run_experiment` must be given for this row."""
         return ((["arm"] if self.kind in ("loop", "true_context") else []) + (["text_to_image"] if self.kind == "dm"
                 else []) + (["corrector"] if self.correct_frames != "none" else [])
-                + (["memory"] if self.use_memory else []) + (["reference"] if self.kind == "true_context" else []))
+                + (["memory"] if self.use_memory else []) + (["reference"] if self.kind == "true_context" else [])
+                + (["generator_rows"] if self.kind == "generator" else []))
 
 
 ROWS: dict[str, RowSpec] = {
@@ -75,6 +79,13 @@ ROWS: dict[str, RowSpec] = {
     "acdc_every3_rules": RowSpec("ARM + ACDC every 3rd frame, rule memory", "loop", "every3", True),
     "acdc_adaptive_rules": RowSpec("ARM + ACDC where the drift score exceeds the threshold, rule memory", "loop",
                                    "adaptive", True),
+    # StoryGPT-V (a trained story generator: a character-aware LDM conditioned by an LM through [IMG] tokens) and
+    # its ablations: its LDM fine-tuned without the attention loss L_reg; its LM aligned to the text embedding
+    # instead of the fused one; its LM reading captions only, no earlier frames
+    "storygpt_v": RowSpec("StoryGPT-V", "generator"),
+    "storygpt_v_noreg": RowSpec("StoryGPT-V without L_reg", "generator"),
+    "storygpt_v_text": RowSpec("StoryGPT-V, LM aligned to the text embedding", "generator"),
+    "storygpt_v_caption": RowSpec("StoryGPT-V, caption-only input", "generator"),
 }
 DEFAULT_ROWS = ("dm_only", "arm", "acdc_rules", "acdc_nomem", "arm_true_ctx")
 GENERATION_FIELDS = ("strength", "guidance_scale", "num_inference_steps", "base_seed", "image_size", "drift_threshold")
@@ -413,8 +424,18 @@ def arm_true_context(stories: Sequence[Story], arm, reference: Callable[[Story],
     return torch.stack(frames, 1)
 
 
+def _generator_row(generator, stories: Sequence[Story], seeds: Sequence[int], device) -> list[torch.Tensor]:
+    """B (N, C, H, W) frames of a story generator; story b draws from its corrector-side stream (as dm_only)."""
+    frames = generator.generate(list(stories), [story_generators(s, device)[1] for s in seeds])
+    if len(frames) != len(stories) or any(f.ndim != 4 or f.shape[0] != len(s) for f, s in zip(frames, stories)):
+        raise ValueError(f"story generator {type(generator).__name__} returned {[tuple(f.shape) for f in frames]}; "
+                         f"expected one (N, C, H, W) tensor per story with N = {[len(s) for s in stories]}")
+    return [f.detach().cpu() for f in frames]
+
+
 def _compute_batch(spec: RowSpec, batch: Sequence[Story], seeds: Sequence[int], parts: dict, config: ExperimentConfig,
-                   device, on_bad_frame: str = "stop") -> tuple[list[torch.Tensor], list | None, list | None, list]:
+                   device, on_bad_frame: str = "stop", row: str | None = None
+                   ) -> tuple[list[torch.Tensor], list | None, list | None, list]:
     """B (n, C, H, W) frame tensors of one row for a batch (n = N, or fewer for a story a bad frame stopped),
     with the corrector prompts and memory sources (loop rows) and each story's bad frames as records.
 
@@ -428,6 +449,8 @@ def _compute_batch(spec: RowSpec, batch: Sequence[Story], seeds: Sequence[int], 
         return list(_dm_only(batch, parts["text_to_image"], seeds, config, device)), None, None, none
     if spec.kind == "true_context":
         return list(arm_true_context(batch, parts["arm"], parts["reference"], seeds, device)), None, None, none
+    if spec.kind == "generator":
+        return _generator_row(parts["generator_rows"][row], batch, seeds, device), None, None, none
     loop_cfg = LoopConfig(correct_frames=spec.correct_frames, strength=config.strength,
                           guidance_scale=config.guidance_scale, num_inference_steps=config.num_inference_steps,
                           use_memory=spec.use_memory, drift_threshold=config.drift_threshold)
@@ -445,7 +468,8 @@ def run_experiment(stories: Sequence[Story], out_dir: str | Path, *, arm=None, c
                    reference: Callable[[Story], torch.Tensor] | None = None,
                    config: ExperimentConfig | None = None, device: str | torch.device = "cpu",
                    progress: bool = True, text_to_image: TextToImage | None = None,
-                   distributed: bool = False, on_bad_frame: str = "stop") -> dict[str, list[str]]:
+                   distributed: bool = False, on_bad_frame: str = "stop",
+                   generator_rows: dict | None = None) -> dict[str, list[str]]:
     """Generate every row's frames for `stories`, batched, writing each story's files as its batch ends.
 
     Stories whose files are complete are skipped (resume); files from another story list or other
@@ -469,6 +493,8 @@ def run_experiment(stories: Sequence[Story], out_dir: str | Path, *, arm=None, c
         on_bad_frame: a story whose corrected frame went wrong (NaN, Inf, constant) is stopped ("stop": its
             .npz keeps the frames before it) or goes on from the ARM's frame ("uncorrected"); either way its
             .json lists the frame under "bad_frames" (see `acdc_lib.loop.run_stories`).
+        generator_rows: {row: story generator} for the generator rows (storygpt_v ...): an object with
+            `generate(stories, generators)` -> one (N, C, H, W) tensor in [0, 1] per story.
     Returns:
         {row: story ids computed by this call (this process's, when distributed)}.
     """
@@ -476,9 +502,10 @@ def run_experiment(stories: Sequence[Story], out_dir: str | Path, *, arm=None, c
     if text_to_image is None and isinstance(corrector, TextToImage):
         text_to_image = corrector
     given = {"arm": arm, "corrector": corrector, "memory": memory, "reference": reference,
-             "text_to_image": text_to_image}
+             "text_to_image": text_to_image, "generator_rows": generator_rows}
     for row in config.rows:  # e.g. acdc_rules without a memory would silently equal acdc_nomem
-        missing = [k for k in ROWS[row].needs() if given[k] is None]
+        missing = [k for k in ROWS[row].needs() if given[k] is None
+                   or (k == "generator_rows" and given[k].get(row) is None)]
         if missing:
             raise ValueError(f"row {row!r} needs {missing}; pass them or leave the row out of config.rows")
     seeds = {s.story_id: story_seed(config.base_seed, k) for k, s in enumerate(stories)}
@@ -520,7 +547,7 @@ def run_experiment(stories: Sequence[Story], out_dir: str | Path, *, arm=None, c
                 batch = queue[0]
                 bseeds = [seeds[s.story_id] for s in batch]
                 frames, prompts, sources, faults = _compute_batch(spec, batch, bseeds, given, config, device,
-                                                                  on_bad_frame)
+                                                                  on_bad_frame, row=row)
                 if frame_shape is None:  # the first frames this call makes set the row's frame size
                     frame_shape = tuple(frames[0].shape[1:])
                     for s in mine:

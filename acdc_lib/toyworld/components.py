@@ -112,7 +112,21 @@ def physical_truth(**_):
     return ToyPhysicalTruth()
 
 
+def story_generator(model_id=None, device="cpu", dtype=None, variant: str = "storygpt_v", **kwargs):
+    """StoryGPT-V-toy (`storygpt.StoryGPTVGenerator`): the aligned LM and the Char-LDM of `variant` (storygpt_v,
+    no_reg, text_embedding, caption_only) from <root>/char_ldm*/ and <root>/aligned_lm*/, which `make train-toy`
+    trains; kwargs: guidance_scale, num_inference_steps."""
+    from acdc_lib.toyworld import storygpt
+
+    _check_dtype(dtype)
+    root = _root(model_id)
+    if variant not in storygpt.VARIANTS:
+        raise ValueError(f"unknown StoryGPT-V-toy variant {variant!r}; allowed: {sorted(storygpt.VARIANTS)}")
+    return storygpt.StoryGPTVGenerator.from_pretrained(root, variant, device=device, **kwargs)
+
+
 COMPONENTS = {"arm": {"toy": arm}, "corrector": {"toy": corrector}, "evaluator": {"toy": evaluator},
               "ground_truth": {"toy": ground_truth}, "vocabulary": {"toy": vocabulary},
               "video_corrector": {"toy": video_corrector}, "video_truth": {"toy": video_truth},
-              "inpainter": {"toy": inpainter}, "detector": {"toy": detector}, "physical_truth": {"toy": physical_truth}}
+              "inpainter": {"toy": inpainter}, "detector": {"toy": detector}, "physical_truth": {"toy": physical_truth},
+              "story_generator": {"storygpt_v": story_generator}}

@@ -845,10 +845,13 @@ class StoryGPTVGenerator:
         if variant not in VARIANTS:
             raise ValueError(f"unknown StoryGPT-V variant {variant!r}; allowed: {sorted(VARIANTS)}")
         ldm_dir, lm_dir = (Path(root) / d for d in VARIANTS[variant])
-        missing = [str(d) for d in (ldm_dir, lm_dir) if not d.is_dir()]
+        missing = [d for d in (ldm_dir, lm_dir) if not d.is_dir()]
         if missing:
-            raise FileNotFoundError(f"StoryGPT-V variant {variant!r} needs {missing}: train them with "
-                                    f"`python -m acdc_lib.toyworld.storygpt --out {root}`")
+            raise FileNotFoundError(
+                f"StoryGPT-V-toy variant {variant!r} needs {[str(d) for d in missing]}, which are not there: "
+                f"`make train-toy` trains them with the other toy models, or, with dm/ and vq/ in {root}, "
+                f"`python -m acdc_lib.toyworld.train {' '.join(d.name for d in missing)} --out {root}` "
+                f"(an aligned LM needs its Char-LDM, {ldm_dir.name}, first)")
         return cls(CharLDM.from_pretrained(ldm_dir, device), AlignedLM.from_pretrained(lm_dir, device), **kwargs)
 
     @torch.no_grad()
