@@ -49,7 +49,8 @@ from acdc_lib.correctors.inputs import validate_generators, validate_images
 from acdc_lib.correctors.unet import UNetCorrector, encode_text
 from acdc_lib.types import Story
 from acdc_lib.toyworld.models import IMAGE_SIZE, TEXT_LEN
-from acdc_lib.toyworld.train import TrainConfig, _log, _optimizer, _progress
+from acdc_lib.toyworld.train import DEFAULTS as TRAIN_DEFAULTS
+from acdc_lib.toyworld.train import STORYGPT_MODELS, TrainConfig, _log, _optimizer, _progress
 from acdc_lib.toyworld.world import SceneState, explicit_caption
 
 N_IMG_TOKENS = 8  # R, StoryGPT-V's number of [IMG] tokens
@@ -57,25 +58,9 @@ FRAME_TOKENS = 4  # m, token embeddings per earlier frame in the LM's input
 MODES = ("fused", "text", "uncond")  # the Char-LDM's three conditioning modes in training
 TARGETS = ("fused", "text")  # what the aligned LM's mapped output is pulled towards (their Table 4)
 
-# Training settings of StoryGPT-V-toy and its ablations (`train_char_ldm`, `train_aligned_lm`). An ablation
-# keeps its model's seed and budget, so that only the factor it studies differs. Theirs: first stage 25k steps at
-# lr 1e-5, batch 32, 80/10/10 fused / text / unconditional; second stage 20k steps, batch 64. The paper gives no
-# weight for L_reg, so it is added as is. Budgets, from a few timed steps on one CPU thread (shipped DM, train
-# split): a Char-LDM step at batch 32 takes 1.5 s (1,500 steps: about 38 min), an aligned-LM step at batch 32
-# 1.2 s (1,000 steps: 20 min, plus about 3 min to precompute 5,000 stories' targets); the six models about
-# 170 min on one thread, about 85 min as two parallel jobs.
-_CHAR = dict(p_text=0.1, p_uncond=0.1, reg_weight=1.0, feature_dim=64, n_stories=15000)
-_LM = dict(target="fused", frame_tokens=FRAME_TOKENS, n_img=N_IMG_TOKENS, hidden=128, layers=4, lm_weight=1.0,
-           n_stories=5000, char_ldm="char_ldm")
-DEFAULTS: dict[str, TrainConfig] = {
-    "char_ldm": TrainConfig(steps=1500, batch_size=32, lr=1e-4, seed=311, extra=dict(_CHAR)),
-    "char_ldm_noreg": TrainConfig(steps=1500, batch_size=32, lr=1e-4, seed=311, extra={**_CHAR, "reg_weight": 0.0}),
-    "aligned_lm": TrainConfig(steps=1000, batch_size=32, lr=1e-3, seed=411, extra=dict(_LM)),
-    "aligned_lm_noreg": TrainConfig(steps=1000, batch_size=32, lr=1e-3, seed=411,
-                                    extra={**_LM, "char_ldm": "char_ldm_noreg"}),
-    "aligned_lm_text": TrainConfig(steps=1000, batch_size=32, lr=1e-3, seed=411, extra={**_LM, "target": "text"}),
-    "aligned_lm_caption": TrainConfig(steps=1000, batch_size=32, lr=1e-3, seed=411, extra={**_LM, "frame_tokens": 0}),
-}
+# Training settings of StoryGPT-V-toy and its ablations (`train_char_ldm`, `train_aligned_lm`): defined with the
+# other toy models' in `train.DEFAULTS`, where `make train-toy` reads them.
+DEFAULTS: dict[str, TrainConfig] = {k: TRAIN_DEFAULTS[k] for k in STORYGPT_MODELS}
 
 
 # --------------------------------------------------------------------------------------------
@@ -902,7 +887,7 @@ class StoryGPTVGenerator:
 # --------------------------------------------------------------------------------------------
 # CLI: train the Char-LDMs and the aligned LMs of VARIANTS
 # --------------------------------------------------------------------------------------------
-MODELS: tuple[str, ...] = tuple(DEFAULTS)  # what `train_models` trains, each saved under its name
+MODELS: tuple[str, ...] = STORYGPT_MODELS  # what `train_models` trains, each saved under its name
 
 
 def train_models(which: Sequence[str], out: Path, configs: dict[str, TrainConfig] | None = None,

@@ -165,16 +165,33 @@ DEFAULTS: dict[str, TrainConfig] = {
 }
 
 
-def default_config(name: str) -> TrainConfig:
-    """The default TrainConfig of a model: DEFAULTS', or StoryGPT-V-toy's (`storygpt.DEFAULTS`, which imports
-    this module, so it is read here on demand)."""
-    if name in DEFAULTS:
-        return DEFAULTS[name]
-    from acdc_lib.toyworld import storygpt
+# Training settings of StoryGPT-V-toy and its ablations (`storygpt.train_char_ldm`, `storygpt.train_aligned_lm`).
+# An ablation keeps its model's seed and budget, so that only the factor it studies differs. Theirs: first stage 25k steps at
+# lr 1e-5, batch 32, 80/10/10 fused / text / unconditional; second stage 20k steps, batch 64. The paper gives no
+# weight for L_reg, so it is added as is. Budgets, from a few timed steps on one CPU thread (shipped DM, train
+# split): a Char-LDM step at batch 32 takes 1.5 s (1,500 steps: about 38 min), an aligned-LM step at batch 32
+# 1.2 s (1,000 steps: 20 min, plus about 3 min to precompute 5,000 stories' targets); the six models about
+# 170 min on one thread, about 85 min as two parallel jobs.
+_CHAR = dict(p_text=0.1, p_uncond=0.1, reg_weight=1.0, feature_dim=64, n_stories=15000)
+_LM = dict(target="fused", frame_tokens=4, n_img=8,  # m and R, StoryGPT-V's
+           hidden=128, layers=4, lm_weight=1.0,
+           n_stories=5000, char_ldm="char_ldm")
+DEFAULTS.update({
+    "char_ldm": TrainConfig(steps=1500, batch_size=32, lr=1e-4, seed=311, extra=dict(_CHAR)),
+    "char_ldm_noreg": TrainConfig(steps=1500, batch_size=32, lr=1e-4, seed=311, extra={**_CHAR, "reg_weight": 0.0}),
+    "aligned_lm": TrainConfig(steps=1000, batch_size=32, lr=1e-3, seed=411, extra=dict(_LM)),
+    "aligned_lm_noreg": TrainConfig(steps=1000, batch_size=32, lr=1e-3, seed=411,
+                                    extra={**_LM, "char_ldm": "char_ldm_noreg"}),
+    "aligned_lm_text": TrainConfig(steps=1000, batch_size=32, lr=1e-3, seed=411, extra={**_LM, "target": "text"}),
+    "aligned_lm_caption": TrainConfig(steps=1000, batch_size=32, lr=1e-3, seed=411, extra={**_LM, "frame_tokens": 0}),
+})
 
-    if name in storygpt.DEFAULTS:
-        return storygpt.DEFAULTS[name]
-    raise ValueError(f"no training config named {name!r}; allowed: {sorted(DEFAULTS) + sorted(storygpt.DEFAULTS)}")
+
+def default_config(name: str) -> TrainConfig:
+    """The default TrainConfig of a model (DEFAULTS'), naming what is allowed when there is none."""
+    if name not in DEFAULTS:
+        raise ValueError(f"no training config named {name!r}; allowed: {sorted(DEFAULTS)}")
+    return DEFAULTS[name]
 
 
 def _lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
@@ -969,6 +986,17 @@ def finished_tasks(out: Path, tasks: Sequence[str], configs: dict[str, TrainConf
     return set(done)
 
 
+def _task_command(models: Sequence[str], out: Path, forwarded: Sequence[str] = ()) -> list[str]:
+    """The child process that trains `models` on one thread: StoryGPT-V-toy's through its own module (which
+    imports this one), the others through this module's CLI; StoryGPT-V-toy takes only --steps-scale."""
+    if all(m in STORYGPT_MODELS for m in models):
+        return [sys.executable, "-m", "acdc_lib.toyworld.storygpt", *models, "--out", str(out), "--threads", "1",
+                *[f for f in forwarded if f.startswith("--steps-scale")]]
+    if any(m in STORYGPT_MODELS for m in models):
+        raise ValueError(f"a task trains StoryGPT-V-toy's models alone, got {list(models)}")
+    return [sys.executable, "-m", "acdc_lib.toyworld.train", *models, "--out", str(out), "--threads", "1", *forwarded]
+
+
 def run_parallel(todo: Sequence[str], out: Path, jobs: int, forwarded: Sequence[str] = (),
                  poll_s: float = 2.0, configs: dict[str, TrainConfig] | None = None) -> float:
     """Train `todo` in up to `jobs` child processes (one torch thread each), respecting TASKS' dependencies.
@@ -1004,8 +1032,7 @@ def run_parallel(todo: Sequence[str], out: Path, jobs: int, forwarded: Sequence[
                 ready = all(d in done or d not in tasks for d in TASKS[t][1])
                 if len(running) < jobs and t not in done and t not in running and ready:
                     models = [m for m in TASKS[t][0] if m in want]
-                    cmd = [sys.executable, "-m", "acdc_lib.toyworld.train", *models, "--out", str(out),
-                           "--threads", "1", *forwarded]
+                    cmd = _task_command(models, out, forwarded)
                     print(f"[parallel] start {t}: {' '.join(models)} ({time.time() - t0:.0f}s)", flush=True)
                     running[t] = (subprocess.Popen(cmd), time.time())
             time.sleep(poll_s)
@@ -1108,10 +1135,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     if "detector" in todo:
         train_detector(a.out, scaled("detector"))
     storygpt_todo = [m for m in STORYGPT_MODELS if m in todo]
-    if storygpt_todo:
-        from acdc_lib.toyworld import storygpt
-
-        storygpt.train_models(storygpt_todo, a.out, {m: scaled(m) for m in storygpt_todo})
+    if storygpt_todo:  # StoryGPT-V-toy's module imports this one: its trainers run in their own process
+        cmd = [sys.executable, "-m", "acdc_lib.toyworld.storygpt", *storygpt_todo, "--out", str(a.out),
+               f"--steps-scale={a.steps_scale}", *([f"--threads={a.threads}"] if a.threads else [])]
+        subprocess.run(cmd, check=True)
     print(f"trained {', '.join(todo)} in {time.time() - t_all:.0f}s -> {a.out}")
 
 

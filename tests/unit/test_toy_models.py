@@ -404,7 +404,7 @@ def test_a_retrain_resumes_at_the_storygpt_task_it_did_not_finish(tmp_path):
     assert "aligned_lm_text" not in T.finished_tasks(tmp_path, tasks, other, since=60.0)
 
 
-def test_every_task_is_scheduled_after_what_it_reads_and_storygpt_is_in_make_train_toy():
+def test_every_task_is_scheduled_after_what_it_reads_and_storygpt_is_in_make_train_toy(tmp_path):
     assert sorted(T.PRIORITY) == sorted(T.TASKS) == sorted(T.TASK_OUTPUTS) == sorted(T.TASK_CONFIG)
     pos = {t: i for i, t in enumerate(T.PRIORITY)}
     assert all(pos[d] < pos[t] for t, (_, deps) in T.TASKS.items() for d in deps)
@@ -414,6 +414,11 @@ def test_every_task_is_scheduled_after_what_it_reads_and_storygpt_is_in_make_tra
     assert T.TASKS["aligned_lm_noreg"][1] == ("char_ldm_noreg", "vq")
     with pytest.raises(ValueError, match="no training config named 'nope'"):
         T.default_config("nope")
+    # StoryGPT-V-toy's tasks run its own module (which imports train) and take only the step scale
+    cmd = T._task_command(["aligned_lm_text"], tmp_path, ["--steps-scale=0.5", "--arm-steps=9"])
+    assert cmd[1:] == ["-m", "acdc_lib.toyworld.storygpt", "aligned_lm_text", "--out", str(tmp_path), "--threads", "1",
+                       "--steps-scale=0.5"]
+    assert T._task_command(["dm"], tmp_path, ["--arm-steps=9"])[2:4] == ["acdc_lib.toyworld.train", "dm"]
 
 
 def test_storygpt_task_fails_clearly_without_its_char_ldm(tmp_path):
