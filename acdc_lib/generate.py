@@ -14,6 +14,8 @@ Janus-Pro ARMs, a Stable Diffusion corrector) are chosen the same way.
     python -m acdc_lib.generate "Max the corgi was in the park at night." "He jumped." "Then he sat." --out runs/max
     python -m acdc_lib.generate --sentence "Luna the fox stood in the forest." --sentence "She sat down." \\
         --out runs/luna
+    # StoryGPT-V-toy instead of ARM + ACDC (its checkpoints come from make train-toy)
+    python -m acdc_lib.generate --stories data/stories/test.jsonl --first 2 --generator storygpt_v --out runs/sgv
     # real models on a GPU, prompts from an LLM (OPENAI_API_KEY, or LLM_BASE_URL for a local server)
     python -m acdc_lib.generate --stories my_stories.jsonl --arm janus --arm-id deepseek-community/Janus-Pro-1B \\
         --dm sd --dm-id stable-diffusion-v1-5/stable-diffusion-v1-5 --memory llm --llm-cache llm.sqlite \\
@@ -56,7 +58,7 @@ from acdc_lib.components import DTYPES, MEMORIES, available, build, build_memory
 from acdc_lib.defaults import PAPER_GUIDANCE_SCALE, PAPER_NUM_INFERENCE_STEPS, PAPER_STRENGTH
 from acdc_lib.io import atomic_write_bytes, atomic_write_json, leftover_target
 from acdc_lib.llm import LLMError
-from acdc_lib.loop import run_stories, story_seed
+from acdc_lib.loop import run_stories, story_generators, story_seed
 from acdc_lib.sdedit import steps_for_strength
 from acdc_lib.stories import StoryFileError, read_stories
 from acdc_lib.types import LoopConfig, Story, StoryResult
@@ -193,6 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--dm-id", metavar="ID", help="the corrector's model id or folder")
     models.add_argument("--dm-resolution", type=_positive_int, default=None, metavar="PX",
                         help="side the corrector runs at (512 for SD v1.5; default: the frames' own size)")
+    models.add_argument("--generator", default=None, choices=sorted(available("story_generator")),
+                        help="a whole-story generator instead of ARM + ACDC (storygpt_v: StoryGPT-V-toy, whose "
+                             "checkpoints `make train-toy` trains); its frames are written as frame_NN_arm.png and "
+                             "nothing is corrected")
+    models.add_argument("--generator-id", metavar="ID", help="the generator's checkpoint folder (default: shipped)")
+    models.add_argument("--generator-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="an option of the generator (repeatable), e.g. variant=no_reg or num_inference_steps=20")
     models.add_argument("--memory", default="rules", choices=MEMORIES,
                         help="where corrector prompts come from: the sentences, the rule resolver or an LLM "
                              "(default: rules)")
@@ -322,6 +331,9 @@ def run_settings(args: argparse.Namespace) -> dict[str, Any]:
         "llm_model": args.llm_model if args.memory == "llm" else None,
         "strength": args.strength, "guidance_scale": args.guidance, "num_inference_steps": args.steps,
         "correct": args.correct, "base_seed": args.seed, "device": args.device, "dtype": args.dtype,
+        # only with a generator: folders written before the option existed keep their settings
+        **({"generator": args.generator, "generator_id": args.generator_id,
+            "generator_options": args.generator_options} if args.generator else {}),
     }
 
 
@@ -537,7 +549,9 @@ def unknown_word_warnings(stories: Sequence[Story], args: argparse.Namespace) ->
     world's); models that take any text (real ones) are not checked.
     """
     backends = {available("arm")[args.arm]}
-    if _corrects_any(args.correct):
+    if args.generator:  # the generator replaces the ARM and the corrector
+        backends = {available("story_generator")[args.generator]}
+    elif _corrects_any(args.correct):
         backends.add(available("corrector")[args.dm])
     if not stories:
         return []
@@ -560,6 +574,7 @@ def unknown_word_warnings(stories: Sequence[Story], args: argparse.Namespace) ->
 def _check_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     try:
         args.arm_options = parse_options(args.arm_option)
+        args.generator_options = parse_options(args.generator_option, flag="--generator-option")
     except ValueError as e:
         parser.error(str(e))
     if _corrects_any(args.correct):
@@ -614,7 +629,9 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
                 write_scaled(out / s.story_id, [f for f in record["files"] if _FRAME_FILE.fullmatch(f)
                                                 and _FRAME_FILE.fullmatch(f).group(2) is None], args.scale)
     done = 0
-    if todo:
+    if todo and args.generator:
+        done = _generate_with(args, todo, len(indexed), skipped, out, settings)
+    elif todo:
         dtype = DTYPES[args.dtype]
         corrector = memory = None
         if _corrects_any(args.correct):
@@ -637,6 +654,33 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
                     bar.update(1)
     return {"done": done, "skipped": skipped, "stories": len(indexed), "seconds": time.perf_counter() - t0,
             "out": out, "ids": [s.story_id for _, s in indexed]}
+
+
+def generator_results(stories: Sequence[Story], frames: Sequence[torch.Tensor], seeds: Sequence[int]) -> list[StoryResult]:
+    """StoryResults of a story generator's frames (no ARM tokens, nothing corrected), for `write_story`."""
+    from acdc_lib.types import FrameResult
+
+    none = torch.zeros(0, dtype=torch.long)
+    return [StoryResult(s.story_id, seed, [FrameResult(i, s.sentences[i], none, f[i].cpu(), False, None, None, none)
+                                           for i in range(f.shape[0])]) for s, f, seed in zip(stories, frames, seeds)]
+
+
+def _generate_with(args: argparse.Namespace, todo: list[tuple[int, Story]], total: int, skipped: int, out: Path,
+                   settings: dict[str, Any]) -> int:
+    """Draw the stories of `todo` with --generator; story k draws from story_generators(story_seed(seed, k))[1]."""
+    gen = _build("story_generator", args.generator, "--generator", model_id=args.generator_id, device=args.device,
+                 dtype=DTYPES[args.dtype], **args.generator_options)
+    versions, done = envcheck.versions(VERSION_PACKAGES), 0
+    with tqdm(total=total, initial=skipped, desc="stories", unit="story") as bar:
+        for batch in batches(todo, args.batch_size):
+            seeds = [story_seed(args.seed, k) for k, _ in batch]
+            stories = [s for _, s in batch]
+            frames = gen.generate(stories, [story_generators(sd, args.device)[1] for sd in seeds])
+            for (k, s), res in zip(batch, generator_results(stories, frames, seeds)):
+                write_story(out / s.story_id, s, k, res, settings, versions, scale=args.scale)
+                done += 1
+                bar.update(1)
+    return done
 
 
 def _count(n: int, noun: str) -> str:

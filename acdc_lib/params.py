@@ -461,6 +461,23 @@ NOTEBOOK_PARAMS["07_physical_constraints"] = {
     ("STEPS", "STRENGTH"): together(_runs_a_step, "int(STEPS * STRENGTH) >= 1, so SDEdit runs at least one step"),
     ("STEPS", "INPAINT_STRENGTH"): together(_runs_a_step, "int(STEPS * INPAINT_STRENGTH) >= 1, so inpainting runs a step"),
 }
+NOTEBOOK_PARAMS["09_storygpt_v"] = {
+    **COMMON,
+    "N_STORIES": or_none(integer(2, stories_in_test_split, "(the test split's size)")),  # paired intervals need two
+    "DEVICE": device(),
+    "CHECKPOINTS": or_none(path()),
+    "STRENGTH": STRENGTH_RULE,
+    "GUIDANCE": number(0.0),
+    "STEPS": integer(1),
+    "STORYGPT_GUIDANCE": number(0.0),
+    "STORYGPT_STEPS": integer(1),
+    "BATCH_SIZE": integer(1),
+    "RUN_DIR": or_none(path()),
+    "LONG_FRAMES": or_none(sequence(integer(1, 96, "(the aligned LM's frame positions)"), unique=True)),
+    "LONG_STORIES": or_none(integer(2, stories_in_test_split, "(the test split's size)")),
+    "CONTEXT_FRAMES": integer(1),
+    ("STEPS", "STRENGTH"): together(_runs_a_step, "int(STEPS * STRENGTH) >= 1, so SDEdit runs at least one step"),
+}
 NOTEBOOK_PARAMS["08_figures"] = {
     **COMMON,
     "RUN_SET": path(),

@@ -25,6 +25,7 @@ estimate is below 0 but the interval holds 0. A claim of several parts is judged
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -48,7 +49,7 @@ _VERDICT_WORDS = {"reproduced": "reproduced", "same direction, not significant":
                   "paper mixed": "mixed", "no change": "opposite, not significant"}
 NOTEBOOKS = {"00": "00_diffusion_theory", "01": "01_story_data", "02": "02_toy_world_models", "03": "03_acdc_story",
              "04": "04_memory_module", "05": "05_video_extension", "06": "06_ablations",
-             "07": "07_physical_constraints", "08": "08_figures"}
+             "07": "07_physical_constraints", "08": "08_figures", "09": "09_storygpt_v"}
 
 
 @dataclass
@@ -873,6 +874,22 @@ NOTEBOOK_CLAIMS: dict[str, tuple[str, str, int, str]] = {
         "Fig. 5", 'Sec. 4.1: "after the correction with SD inpainting, the physical error no longer persists"', -1,
         "increase"),
 }
+STORYGPT = "StoryGPT-V (related system, toy version)"
+# StoryGPT-V's own claims, as notebook 09 measures them on StoryGPT-V-toy (`acdc_lib.experiment.storygpt.CLAIMS`)
+NOTEBOOK_CLAIMS.update({
+    "Char-LDM's attention guidance (L_reg) improves character accuracy": (
+        STORYGPT, 'StoryGPT-V, Sec. 4.3 (Table 3): "the additional cross-attention control propels the model to achieve '
+                  'its peak on accurate character generation"', 1, "increase"),
+    "aligning the LM to the fused embedding beats the text embedding": (
+        STORYGPT, "StoryGPT-V, Table 4: the LLM's output aligned with the character-augmented fused embedding (Emb "
+                  "fuse) against the Char-LDM text embedding (Emb text)", 1, "increase"),
+    "interleaved text and frames beat captions only": (
+        STORYGPT, 'StoryGPT-V, Sec. 4.3: "image-text interleave training can significantly enhance performance"', 1,
+        "increase"),
+    "character accuracy holds up to 50 frames": (
+        STORYGPT, 'StoryGPT-V, Sec. 4.5 (Table 5: 85.44 at 4 frames, 80.92 at 50): "our model upholds accurate character '
+                  'consistency in visualizing lengthy narratives"', 1, "no decrease"),
+})
 _NO_AESTHETIC = ("no aesthetic predictor was run (the paper's is the LAION aesthetic predictor; none exists for the toy "
                  "world); imaging quality's sharpness proxy does not stand in for it")
 
@@ -989,6 +1006,30 @@ def tprime_content_claim(src: Source) -> list[Claim]:
                   "measured", _where("06", "2", ("06_tprime_tradeoff.png",), src))]
 
 
+def storygpt_claims(src: Source) -> list[Claim]:
+    """StoryGPT-V's four claims on its toy version (notebook 09), re-judged from the recorded parts, and the
+    head-to-head with ACDC (rule memory), stated whichever way it falls (a measurement: no paper claims it)."""
+    claims = [c for c, v in NOTEBOOK_CLAIMS.items() if v[0] == STORYGPT]
+    res = src.results
+    where = _where("09", "6", ("09_table_storygpt_v.md", "09_long_stories.png"), src)
+    if res is None or not res.get("storygpt_claims"):
+        why = (f"{src.folder.name} has results, but no StoryGPT-V claims in them" if res is not None and
+               src.folder is not None else src.missing or "notebook 09 has no run")
+        return [Claim(STORYGPT, c, NOTEBOOK_CLAIMS[c][1], "", "not testable here", why) for c in claims] + [
+            Claim(STORYGPT, "StoryGPT-V-toy against ARM + ACDC (rule memory), head to head", "-", "", "not testable here",
+                  why)]
+    out = [dataclasses.replace(c, where=where) for c in _notebook_claims(src, "09_storygpt_v", "storygpt_claims", ())]
+    h2h = res.get("head_to_head") or []
+    shown = "; ".join(f"{r['metric']}: StoryGPT-V - ACDC {r['value']:+.3f} "
+                      + (f"[{r['low']:+.3f}, {r['high']:+.3f}]" if "low" in r else
+                         f"(row intervals {'apart' if r.get('separate') else 'overlap'})")
+                      + f", better: {r['better']}" for r in h2h)
+    out.append(Claim(STORYGPT, "StoryGPT-V-toy against ARM + ACDC (rule memory), head to head",
+                     "-", shown, "measured" if h2h else "not testable here",
+                     where if h2h else "notebook 09 recorded no head-to-head"))
+    return out
+
+
 def agnostic_claim() -> Claim:
     """ "agnostic to specific ARM and DM architectures": not testable until a real ARM runs."""
     return Claim("Sec. 1", "ACDC is agnostic to the ARM and the DM",
@@ -1040,6 +1081,7 @@ def build_claims(sources: Sequence[Source], bench: Mapping[str, Any] | None = No
     out.append(agnostic_claim())
     out += theorem_claims(none("00_diffusion_theory"), none("06_ablations"))
     out += open_question_claims(none("06_ablations"), none("04_memory_module"), bench)
+    out += storygpt_claims(none("09_storygpt_v"))
     order = list(dict.fromkeys(c.section for c in out))
     return sorted(out, key=lambda c: order.index(c.section))  # stable: each section's rows keep their order
 

@@ -234,6 +234,55 @@ def head_to_head_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+def check_generator_settings(run_dir: str | Path, settings: Mapping[str, Any]) -> None:
+    """Record the story generators' own settings (sampler steps, guidance, checkpoints) in
+    run_dir/story_generators.json, or refuse a folder whose generator rows were made with others (the rows'
+    config.json records the ACDC rows' settings only)."""
+    import json
+
+    from acdc_lib.io import atomic_write_json
+
+    path = Path(run_dir) / "story_generators.json"
+    mine = json.loads(json.dumps(dict(settings)))
+    if path.exists():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        diff = {k: (old.get(k), v) for k, v in mine.items() if old.get(k) != v}
+        if diff:
+            raise ValueError(f"{path} was written with other story-generator settings {diff} (stored, now); use a "
+                             f"fresh RUN_DIR, or delete the folder's storygpt_v* rows and that file")
+    else:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, mine)
+
+
+def plot_long_stories(profile: Mapping[str, Any], labels: Mapping[str, str] | None = None):
+    """Their Table 5 and Fig. 6 as four panels: character accuracy and identity kept per frame at the longest
+    length (95% bands), seconds and peak memory rise per frame against the story length. Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    labels = dict(labels or {})
+    lengths = [int(L) for L in profile["lengths"]]
+    longest = max(lengths)
+    curves = profile["curves"].get(longest) or profile["curves"].get(str(longest)) or {}
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.4))
+    for ax, c, title in ((axes[0], "char_acc", "character accuracy"), (axes[1], "identity_acc", "identity kept")):
+        for m in profile["methods"]:
+            d = curves.get(m, {}).get(c)
+            if d:
+                x = np.arange(1, len(d["value"]) + 1)
+                line, = ax.plot(x, d["value"], label=labels.get(m, m))
+                ax.fill_between(x, d["low"], d["high"], color=line.get_color(), alpha=0.2)
+        ax.set(xlabel="frame", title=f"{title}, {longest}-frame stories", ylim=(0, 1.02))
+    for ax, key, title in ((axes[2], "seconds_per_frame", "seconds per frame"),
+                           (axes[3], "peak_mib_per_frame", "peak memory rise per frame (MiB)")):
+        for m in profile["methods"]:
+            ax.plot(lengths, profile[key][m], "-o", label=labels.get(m, m))
+        ax.set(xlabel="frames per story", title=title, xticks=lengths)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def training_cost(train_log: Mapping[str, Any], models: Sequence[str] = ("char_ldm", "aligned_lm")) -> dict[str, Any]:
     """Training minutes of a generator's models from a train_log.json ({model: {"wall_s", "torch_threads"}}):
     {model: minutes, "total": minutes, "threads": {...}}; a missing record is None and leaves "total" None."""
@@ -243,5 +292,6 @@ def training_cost(train_log: Mapping[str, Any], models: Sequence[str] = ("char_l
 
 
 __all__ = ["ACDC_ROWS", "CLAIMS", "LONG_LENGTHS", "LONG_METHODS", "STORYGPT_ROWS", "TABLE_ROWS", "VARIANTS",
-           "build_generators", "head_to_head", "head_to_head_lines", "long_stories", "long_story_profile", "measure",
-           "storygpt_claims", "training_cost", "window_difference"]
+           "build_generators", "check_generator_settings", "head_to_head", "head_to_head_lines", "long_stories",
+           "long_story_profile", "measure", "plot_long_stories", "storygpt_claims", "training_cost",
+           "window_difference"]

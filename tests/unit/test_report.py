@@ -352,3 +352,26 @@ def test_figure5_claims_read_notebook07s_verdicts(tmp_path):
     assert "two moons: +0." in rows[0].measured and "notebooks/07_physical_constraints.ipynb §8" in rows[0].where
     empty = C.figure5_claims(C.Source("07_physical_constraints", None, None, {}, "no run"))
     assert {r.verdict for r in empty} == {"not testable here"} and len(empty) == 2
+
+
+def test_storygpt_claims_are_rejudged_from_notebook09_parts_and_kept_when_missing(tmp_path):
+    part = lambda v, lo, hi: {"name": "char_acc", "value": v, "low": lo, "high": hi}  # noqa: E731
+    res = {"storygpt_claims": [
+        {"claim": "Char-LDM's attention guidance (L_reg) improves character accuracy", "parts": [part(0.1, 0.02, 0.2)],
+         "note": ""},
+        {"claim": "aligning the LM to the fused embedding beats the text embedding", "parts": [part(-0.1, -0.2, -0.01)],
+         "note": ""},
+        {"claim": "interleaved text and frames beat captions only", "parts": [part(0.05, -0.01, 0.1)], "note": ""},
+        {"claim": "character accuracy holds up to 50 frames", "parts": [part(-0.02, -0.06, 0.01)], "note": ""}],
+        "head_to_head": [{"metric": "char_acc", "value": -0.2, "low": -0.3, "high": -0.1, "better": "ACDC"}]}
+    got = C.storygpt_claims(C.Source("09_storygpt_v", tmp_path, res, {}))
+    assert [c.verdict for c in got] == ["reproduced", "opposite", "same direction, not significant",
+                                        "opposite, not significant", "measured"]
+    assert {c.section for c in got} == {C.STORYGPT} and "09_storygpt_v.ipynb §6" in got[0].where
+    assert "StoryGPT-V - ACDC -0.200 [-0.300, -0.100], better: ACDC" in got[-1].measured
+    missing = C.storygpt_claims(C.Source("09_storygpt_v", None, None, {}, "no results in x"))
+    assert len(missing) == 5 and {c.verdict for c in missing} == {"not testable here"}
+    assert all(c.where == "no results in x" for c in missing)
+    by = {s.notebook: s for s in C.find_sources(REPO_ROOT / "papermill_runs" / "toy-cpu.yaml", tmp_path)}
+    assert "no results in toy-cpu-09_storygpt_v-" in by["09_storygpt_v"].missing
+    assert sum(c.section == C.STORYGPT for c in C.build_claims(list(by.values()))) == 5

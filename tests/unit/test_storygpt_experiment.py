@@ -105,3 +105,23 @@ def test_training_cost_reads_the_train_log():
     cost = XS.training_cost(log)
     assert cost["total"] == pytest.approx(61.5) and cost["char_ldm"] == pytest.approx(38.5)
     assert XS.training_cost({"char_ldm": log["char_ldm"]})["total"] is None
+
+
+def test_generate_draws_stories_with_storygpt_and_names_missing_checkpoints(root, tmp_path, capsys):
+    from acdc_lib import generate as G
+
+    args = ["Max the corgi was in the park at night.", "He jumped.", "--generator", "storygpt_v", "--generator-id",
+            str(root), "--generator-option", "num_inference_steps=2", "--out", str(tmp_path / "out")]
+    assert G.main(args) == 0
+    (story,) = [d for d in (tmp_path / "out").iterdir() if d.is_dir()]
+    rec = json.loads((story / "story.json").read_text())
+    assert rec["settings"]["generator"] == "storygpt_v" and rec["settings"]["generator_options"] == {
+        "num_inference_steps": 2}
+    assert sorted(p.name for p in story.glob("frame_*.png")) == ["frame_01_arm.png", "frame_02_arm.png"]
+    assert [f["corrected"] for f in rec["frames"]] == [False, False]
+    assert G.main(args) == 0 and "0 stories done, 1 skipped" in capsys.readouterr().out  # resumes
+    bad = args[:5] + [str(tmp_path / "empty")] + args[6:9] + [str(tmp_path / "out2")]
+    (tmp_path / "empty").mkdir()
+    assert G.main(bad) == 2
+    err = capsys.readouterr().err
+    assert "--generator storygpt_v" in err and "char_ldm" in err and "make train-toy" in err
