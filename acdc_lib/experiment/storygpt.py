@@ -71,7 +71,8 @@ def long_stories(stories: Sequence[Story], n_frames: int) -> list[Story]:
 def measure(fn: Callable[[], Any], device: str | torch.device = "cpu", poll_s: float = 0.005) -> tuple[Any, float, float]:
     """(fn(), wall seconds, peak memory rise in MiB while it ran): CUDA's peak allocated memory on a GPU; on a
     CPU the resident set size sampled every `poll_s` seconds by a thread (torch's CPU allocations are not seen by
-    tracemalloc, and getrusage's high-water mark never falls between runs)."""
+    tracemalloc, and getrusage's high-water mark never falls between runs). On a CPU it is a rise only: memory an
+    earlier run freed and the allocator kept is reused without one, so compare runs made in the same order."""
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -107,8 +108,9 @@ def measure(fn: Callable[[], Any], device: str | torch.device = "cpu", poll_s: f
 def long_story_profile(stories: Sequence[Story], out_dir: str | Path, lengths: Sequence[int], evaluator,
                        ground_truth, config: ExperimentConfig, methods: Sequence[str] = LONG_METHODS,
                        device: str = "cpu", **parts: Any) -> dict[str, Any]:
-    """Their Table 5 and Fig. 6: per length and method, seconds and peak memory rise per frame, and character
-    accuracy and identity per frame with 95% intervals over stories.
+    """Their Table 5 and Fig. 6: per length and method, seconds per frame and the run's peak memory rise (what
+    drawing the stories added at its highest, their Fig. 6's memory), and character accuracy and identity per
+    frame with 95% intervals over stories.
 
     Args:
         stories: the base stories (cycled to each length by `long_stories`).
@@ -120,13 +122,13 @@ def long_story_profile(stories: Sequence[Story], out_dir: str | Path, lengths: S
         methods: rows of `rows.ROWS`.
         **parts: arm, corrector, memory, generator_rows, as `run_experiment` takes them.
     Returns:
-        {"lengths", "methods", "seconds_per_frame": {method: [per length]}, "peak_mib_per_frame": {...},
+        {"lengths", "methods", "seconds_per_frame": {method: [per length]}, "peak_mib": {...},
          "curves": {length: {method: {"char_acc": [...], "identity_acc": [...]}}} (per-frame values, the
          intervals' bounds as {"value", "low", "high"} lists), "table": {length: ResultsTable.to_dict()}}.
     """
     out_dir = Path(out_dir)
     res: dict[str, Any] = {"lengths": list(lengths), "methods": list(methods),
-                           "seconds_per_frame": {m: [] for m in methods}, "peak_mib_per_frame": {m: [] for m in methods},
+                           "seconds_per_frame": {m: [] for m in methods}, "peak_mib": {m: [] for m in methods},
                            "curves": {}, "table": {}}
     for L in lengths:
         longer = long_stories(stories, L)
@@ -137,7 +139,7 @@ def long_story_profile(stories: Sequence[Story], out_dir: str | Path, lengths: S
                                                                   progress=False, **parts), device)
             n = max(1, len(computed.get(m, []))) * L
             res["seconds_per_frame"][m].append(secs / n if computed.get(m) else float("nan"))
-            res["peak_mib_per_frame"][m].append(peak / n if computed.get(m) else float("nan"))
+            res["peak_mib"][m].append(peak if computed.get(m) else float("nan"))
         table = summarise(run_dir, longer, evaluator, dataclasses.replace(config, rows=tuple(methods)),
                           include_reference=False, ground_truth=ground_truth)
         res["table"][L] = table.to_dict()
@@ -257,7 +259,8 @@ def check_generator_settings(run_dir: str | Path, settings: Mapping[str, Any]) -
 
 def plot_long_stories(profile: Mapping[str, Any], labels: Mapping[str, str] | None = None):
     """Their Table 5 and Fig. 6 as four panels: character accuracy and identity kept per frame at the longest
-    length (95% bands), seconds and peak memory rise per frame against the story length. Returns the figure."""
+    length (95% bands), seconds per frame and the run's peak memory rise against the story length. Returns the
+    figure."""
     import matplotlib.pyplot as plt
 
     labels = dict(labels or {})
@@ -274,7 +277,7 @@ def plot_long_stories(profile: Mapping[str, Any], labels: Mapping[str, str] | No
                 ax.fill_between(x, d["low"], d["high"], color=line.get_color(), alpha=0.2)
         ax.set(xlabel="frame", title=f"{title}, {longest}-frame stories", ylim=(0, 1.02))
     for ax, key, title in ((axes[2], "seconds_per_frame", "seconds per frame"),
-                           (axes[3], "peak_mib_per_frame", "peak memory rise per frame (MiB)")):
+                           (axes[3], "peak_mib", "peak memory rise (MiB)")):
         for m in profile["methods"]:
             ax.plot(lengths, profile[key][m], "-o", label=labels.get(m, m))
         ax.set(xlabel="frames per story", title=title, xticks=lengths)
