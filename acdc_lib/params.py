@@ -370,6 +370,8 @@ NOTEBOOK_PARAMS: dict[str, dict[str | tuple[str, ...], Rule]] = {
         "RUN_DIR": or_none(path()),
         "SWEEP_STORIES": TEST_STORIES,
         "SWEEP_STRENGTHS": sequence(STRENGTH_RULE),
+        "STORY_GENERATOR": or_none(one_of(_available("story_generator"), "registered story generators")),
+        "STORY_GENERATOR_ID": or_none(path()),
         ("STEPS", "STRENGTH"): together(_runs_a_step, "int(STEPS * STRENGTH) >= 1, so SDEdit runs at least one step"),
         ("SMOKE", "STEPS", "SWEEP_STRENGTHS"): together(lambda smoke, n, ts: smoke or _runs_a_step(n, *ts),
                                                         "int(STEPS * t') >= 1 for every t' of SWEEP_STRENGTHS "

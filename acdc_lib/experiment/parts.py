@@ -11,7 +11,7 @@ Every part comes through `acdc_lib.components`, so the names are whatever the in
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -33,6 +33,8 @@ class Parts:
         memory: the memory of the memory row, or None.
         rows: the table's rows these parts can run, in order.
         names: the names and ids they were built from (for the results file).
+        generator_rows: {row: story generator} of the whole-story generator rows (`run_experiment`'s
+            `generator_rows`), e.g. {"storygpt_v": StoryGPT-V-toy}; empty without one.
     """
 
     arm: Any
@@ -42,6 +44,7 @@ class Parts:
     memory: Any
     rows: tuple[str, ...]
     names: dict[str, Any]
+    generator_rows: dict[str, Any] = field(default_factory=dict)
 
     @property
     def reference(self) -> Callable | None:
@@ -72,7 +75,8 @@ def build_parts(*, arm: str = "toy", arm_id: str | None = None, arm_options: dic
                 dm_resolution: int | None = None, evaluator: str | None = "toy", evaluator_id: str | None = None,
                 evaluator_options: dict | None = None,
                 ground_truth: str | None = "toy", memory: str = "rules", vocabulary: str | None = "toy",
-                device: str = "cpu", dtype: str | torch.dtype | None = "float32", **llm: Any) -> Parts:
+                device: str = "cpu", dtype: str | torch.dtype | None = "float32", story_generator: str | None = None,
+                story_generator_id: str | None = None, story_generator_options: dict | None = None, **llm: Any) -> Parts:
     """Build the ARM, corrector, evaluator, ground truth and memory of a story experiment from names.
 
     Args:
@@ -90,12 +94,25 @@ def build_parts(*, arm: str = "toy", arm_id: str | None = None, arm_options: dic
             or oracle row).
         memory: "rules", "llm" or "none" (see `build_memory`); vocabulary: the rule memory's words.
         device, dtype: where and in which precision the models run (the toy models: float32 only).
+        story_generator, story_generator_id, story_generator_options: a whole-story generator
+            (`components.available("story_generator")`, e.g. "storygpt_v") added as the table's row of that name,
+            its checkpoint folder and builder options; None: no such row.
         **llm: llm_model, llm_base_url, llm_cache, llm_mode, seed for the LLM memory.
     """
     torch_dtype = parse_dtype(dtype)
     kw = dict(device=device, dtype=torch_dtype)
     arm_dtype = parse_dtype((arm_options or {}).get("dtype", torch_dtype))
     built_memory = build_memory(memory, vocabulary=vocabulary, **llm) if memory != "none" else None
+    generator_rows = {}
+    if story_generator is not None:
+        from acdc_lib.experiment.rows import ROWS
+
+        if story_generator not in ROWS or ROWS[story_generator].kind != "generator":
+            raise ValueError(f"story generator {story_generator!r} has no row of its own; generator rows: "
+                             f"{[r for r, spec in ROWS.items() if spec.kind == 'generator']}")
+        generator_rows[story_generator] = components.build("story_generator", story_generator,
+                                                           model_id=story_generator_id, **kw,
+                                                           **(story_generator_options or {}))
     parts = Parts(
         arm=build_arm(arm, arm_id, arm_options, device=device, dtype=torch_dtype),
         corrector=components.build("corrector", dm, model_id=dm_id, **kw,
@@ -104,11 +121,12 @@ def build_parts(*, arm: str = "toy", arm_id: str | None = None, arm_options: dic
                                     **(evaluator_options or {}))
                    if evaluator is not None else None),
         ground_truth=components.build("ground_truth", ground_truth) if ground_truth is not None else None,
-        memory=built_memory, rows=experiment_rows(memory, ground_truth is not None),
+        memory=built_memory, rows=experiment_rows(memory, ground_truth is not None) + tuple(generator_rows),
         names={"arm": arm, "arm_id": arm_id, "arm_options": arm_options, "dm": dm, "dm_id": dm_id, "dm_resolution": dm_resolution,
                "evaluator": evaluator, "evaluator_id": evaluator_id, "ground_truth": ground_truth,
                "memory": memory, "device": str(device), "dtype": str(torch_dtype).removeprefix("torch."),
-               "arm_dtype": str(arm_dtype).removeprefix("torch.")})
+               "arm_dtype": str(arm_dtype).removeprefix("torch."), "story_generator": story_generator,
+               "story_generator_id": story_generator_id}, generator_rows=generator_rows)
     return parts
 
 

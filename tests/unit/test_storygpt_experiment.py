@@ -125,3 +125,16 @@ def test_generate_draws_stories_with_storygpt_and_names_missing_checkpoints(root
     assert G.main(bad) == 2
     err = capsys.readouterr().err
     assert "--generator storygpt_v" in err and "char_ldm" in err and "make train-toy" in err
+
+
+def test_notebook03_parts_take_a_story_generator_as_one_more_row(root):
+    from acdc_lib.experiment.parts import build_parts
+
+    parts = build_parts(evaluator=None, story_generator="storygpt_v", story_generator_id=str(root),
+                        story_generator_options={"num_inference_steps": 2})
+    assert parts.rows == ("dm_only", "arm", "acdc_rules", "acdc_nomem", "arm_true_ctx", "storygpt_v")
+    assert list(parts.generator_rows) == ["storygpt_v"] and parts.names["story_generator"] == "storygpt_v"
+    assert parts.generator_rows["storygpt_v"].num_inference_steps == 2
+    assert build_parts(evaluator=None).generator_rows == {}
+    with pytest.raises(FileNotFoundError, match="make train-toy"):
+        build_parts(evaluator=None, story_generator="storygpt_v", story_generator_id=str(root / "char_ldm"))
