@@ -752,15 +752,7 @@ class ToyARM:
                           cache_position=torch.arange(pos, pos + step_in.shape[1], device=self.device))
             pos += step_in.shape[1]
             past = res.past_key_values
-            logits = res.logits[:, -1, lo:hi].float()  # only image codes can be drawn
-            if w != 1.0:
-                cond, uncond = logits[:B], logits[B:]
-                logits = uncond + w * (cond - uncond)
-            logits = logits / self.temperature
-            if top_k:
-                kth = logits.topk(top_k, dim=-1).values[:, -1:]
-                logits = logits.masked_fill(logits < kth, float("-inf"))
-            out[:, j] = draw_rows(logits.softmax(-1), uniforms[:, j])
+            out[:, j] = self._draw(res.logits[:, -1, lo:hi], uniforms[:, j], w, top_k)  # only image codes
             step_in = out[:, j:j + 1] + lo
             if w != 1.0:
                 step_in = torch.cat([step_in, step_in])

@@ -1,19 +1,21 @@
-"""A dry run of every GPU set (`papermill_runs/gpu-*.yaml`) on CPU: every notebook it names, in its order,
-through `acdc_lib.runs` as `python -m acdc_lib.runs <set>` runs it, on tiny random stand-ins of its models.
+"""A dry run of every GPU set (`papermill_runs/gpu-*.yaml`: gpu-emu3-sd15, gpu-janus-sd15, gpu-node) on CPU:
+every notebook the set names, in its order, through `acdc_lib.runs` (each notebook in its own folder, as
+`python -m acdc_lib.runs <set>` runs it), on tiny random stand-ins of its models.
 
 Each set is rewritten into a dry-run set that keeps every notebook and the set's own parameters for it, and
 swaps only what a CPU and missing weights force: DEVICE cpu; model ids become folders of tiny random models
-(the tests' own) and the frame sizes theirs; the counts smoke-sized (SMOKE true, two stories or clips, four
-steps); the outputs (OUT_DIR, FIG_DIR, "{out}") under the test's folder. The ARM options the set gives
-(dtype bfloat16, the context window, the sampling settings), relative paths such as PROMPTS, the toy-world
-notebooks' parameters and notebook 08 reading the set's runs stay as the set writes them, so a set that cannot
-run (a path that is not found from the notebook's folder, a parameter a notebook refuses) fails here.
-Notebook 08 writes the set's report from the runs its earlier notebooks left in the same dry run, and every
-notebook of the set must be among the report's sources with its results.
+(the tests' own), with their frame sizes and at most two frames of context (their 1,024 positions); counts the
+fewest that reach every cell (`SMALL`: two stories or clips, four frames, four steps; SMOKE true); outputs
+(OUT_DIR, FIG_DIR, "{out}") under the test's folder. The set's other ARM options (dtype bfloat16, the sampling
+settings), its relative paths (PROMPTS) and RUN_DIRs stay as written, so a set that cannot run
+(a path not found from the notebook's folder, a value a notebook refuses) fails here. Notebook 08 runs last,
+on the runs its set's earlier notebooks left in the same dry run: each of them must be among the report's
+sources with its results, and the report must be written.
 
 The toy-world notebooks whose dry-run parameters are the same in several sets (00, 01, 02, 04, 07) run once;
-their run folders are copied under the other sets' names, where `acdc_lib.runs` finds them as results already
-present. Wall time with OMP_NUM_THREADS=1 on 2 shared CPU cores: see the module's tests' docstrings.
+their run folders are copied under the next sets' names, where `acdc_lib.runs` finds them as results present.
+Wall time, OMP_NUM_THREADS=1, on 2 CPU cores shared with a training: the module about 8 min (gpu-emu3-sd15
+220 s, running the shared toy notebooks; gpu-janus-sd15 84 s; gpu-node 158 s); one set alone up to 6 min.
 """
 from __future__ import annotations
 
@@ -94,7 +96,7 @@ def _dry(stem: str, params: dict, models: Path, dry_set: Path, out_root: Path) -
     if stem == "08_figures":  # the report of this dry run, from its runs
         p.update(RUN_SET=str(dry_set), RUNS_ROOT=str(out_root), REPORT_PATH=str(out_root / f"REPORT-{dry_set.stem}.md"))
     if isinstance(p.get("RUN_DIR"), str):  # under the output root, so here under the test's folder
-        assert p["RUN_DIR"].startswith(runs.OUT_PLACEHOLDER), f"RUN_DIR={p['RUN_DIR']!r}: a set's must start with {{out}}"
+        assert p["RUN_DIR"].startswith(runs.OUT_PLACEHOLDER), f"RUN_DIR {p['RUN_DIR']!r} must start with {{out}}"
     return p
 
 
