@@ -33,7 +33,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -46,6 +48,7 @@ import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 
 from acdc_lib.correctors.inputs import validate_generators, validate_images
+from acdc_lib.correctors.loading import ModelNotAvailableError
 from acdc_lib.correctors.unet import UNetCorrector, encode_text
 from acdc_lib.types import Story
 from acdc_lib.toyworld.models import IMAGE_SIZE, TEXT_LEN
@@ -290,11 +293,29 @@ def cross_attention_loss(store: dict[str, torch.Tensor], token_mask: torch.Tenso
 # --------------------------------------------------------------------------------------------
 # The Char-LDM
 # --------------------------------------------------------------------------------------------
+BASE_DM_FILE = "base_dm.json"
+
+
+def frozen_fingerprint(text_encoder: nn.Module, vq: nn.Module) -> str:
+    """sha256 of the text encoder's and the VQ's parameters and buffers (names, dtypes, shapes and bytes)."""
+    h = hashlib.sha256()
+    for prefix, module in (("text_encoder.", text_encoder), ("vq.", vq)):
+        for name, t in sorted(module.state_dict().items()):
+            t = t.detach().to("cpu").contiguous()
+            h.update(f"{prefix}{name}:{t.dtype}:{tuple(t.shape)};".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 class CharLDM(nn.Module):
     """The toy DM with a character encoder and a fusion MLP: text, fused or unconditional conditioning.
 
-    Saved as the DM's folders (unet/ text_encoder/ tokenizer/ scheduler/ vae/, so `UNetCorrector.from_pretrained`
-    loads it as a plain text-to-image DM) plus character_encoder/ and fusion/.
+    Saved either whole, as the DM's folders (unet/ text_encoder/ tokenizer/ scheduler/ vae/, so
+    `UNetCorrector.from_pretrained` loads it as a plain text-to-image DM) plus character_encoder/ and fusion/, or,
+    given the folder of the DM it started from (`base_dm`, what `make train-toy` does), only what training changed
+    (unet/, character_encoder/, fusion/) and base_dm.json: that folder's path relative to this one and a
+    fingerprint of the frozen text encoder and VQ, checked when loading. The frozen parts are then stored once,
+    in the DM's folder, which keeps the shipped checkpoints within their size budget.
 
     Args:
         dm: the toy DM as a UNetCorrector with its VQ as `vae` (the sampler and the VQ encoder phi starts from).
@@ -319,20 +340,66 @@ class CharLDM(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> "CharLDM":
+        """Load a Char-LDM saved whole or over its base DM (see the class docstring).
+
+        Raises:
+            ModelNotAvailableError: base_dm.json names a DM folder that is missing, or one whose frozen text
+                encoder or VQ differ from those the Char-LDM was trained with (the DM was retrained since).
+        """
+        from diffusers import UNet2DConditionModel
+
         root = Path(path)
-        dm = UNetCorrector.from_pretrained(root, device=device)
+        base_file = root / BASE_DM_FILE
+        if not base_file.is_file():
+            dm = UNetCorrector.from_pretrained(root, device=device)
+        else:
+            record = json.loads(base_file.read_text())
+            base = (root / record["base_dm"]).resolve()
+            if not base.is_dir():
+                raise ModelNotAvailableError(
+                    f"the Char-LDM at {str(root)!r} was saved over the DM at {str(base)!r} (base_dm.json), which "
+                    "does not exist; restore that DM or retrain the Char-LDM from the DM you have")
+            parent = UNetCorrector.from_pretrained(base, device=device)
+            found = frozen_fingerprint(parent.text_encoder, parent.vae)
+            if found != record["frozen_sha256"]:
+                raise ModelNotAvailableError(
+                    f"the DM at {str(base)!r} is not the one the Char-LDM at {str(root)!r} was trained from: its "
+                    f"frozen text encoder and VQ hash to {found[:12]}, the Char-LDM recorded "
+                    f"{record['frozen_sha256'][:12]}; retrain the Char-LDM from this DM")
+            unet = UNet2DConditionModel.from_pretrained(root / "unet")
+            dm = UNetCorrector(unet, parent.text_encoder, parent.tokenizer, parent.scheduler, parent.vae,
+                               device=device)
         return cls(dm, CharacterEncoder.from_pretrained(root / "character_encoder").to(dm.device),
                    FusionMLP.from_pretrained(root / "fusion").to(dm.device)).eval()
 
-    def save_pretrained(self, path: str | Path) -> None:
+    def save_pretrained(self, path: str | Path, base_dm: str | Path | None = None) -> None:
+        """Save whole (base_dm None) or only the trained parts over the DM folder `base_dm` it started from.
+
+        Raises:
+            ValueError: `base_dm` is not a saved DM with this Char-LDM's frozen text encoder and VQ.
+        """
         root = Path(path)
+        root.mkdir(parents=True, exist_ok=True)
         self.unet.save_pretrained(root / "unet")
-        self.text_encoder.save_pretrained(root / "text_encoder")
-        self.dm.tokenizer.save_pretrained(root / "tokenizer")
-        self.dm.scheduler.save_pretrained(root / "scheduler")
-        self.vq.save_pretrained(root / "vae")
         self.character_encoder.save_pretrained(root / "character_encoder")
         self.fusion.save_pretrained(root / "fusion")
+        if base_dm is None:
+            (root / BASE_DM_FILE).unlink(missing_ok=True)  # a whole save is read whole
+            self.text_encoder.save_pretrained(root / "text_encoder")
+            self.dm.tokenizer.save_pretrained(root / "tokenizer")
+            self.dm.scheduler.save_pretrained(root / "scheduler")
+            self.vq.save_pretrained(root / "vae")
+            return
+        mine = frozen_fingerprint(self.text_encoder, self.vq)
+        try:
+            parent = UNetCorrector.from_pretrained(base_dm)
+        except ModelNotAvailableError as e:
+            raise ValueError(f"base_dm={str(base_dm)!r} is not a saved DM: {e}") from e
+        if frozen_fingerprint(parent.text_encoder, parent.vae) != mine:
+            raise ValueError(f"base_dm={str(base_dm)!r} holds another text encoder or VQ than this Char-LDM's; "
+                             "pass the folder of the DM it was built from, or base_dm=None to save it whole")
+        rel = os.path.relpath(Path(base_dm).resolve(), root.resolve())
+        (root / BASE_DM_FILE).write_text(json.dumps({"base_dm": rel, "frozen_sha256": mine}, indent=1))
 
     @property
     def tokenizer(self):
@@ -479,7 +546,8 @@ def _step(total: torch.Tensor, params, opt, lr_sched, curves: dict[str, list[flo
 
 
 def train_char_ldm(stories: Sequence[Story], dm: UNetCorrector, cfg=None, verbose: bool = True,
-                   out: Path | None = None, name: str = "char_ldm") -> tuple[CharLDM, dict[str, list[float]]]:
+                   out: Path | None = None, name: str = "char_ldm",
+                   base_dm: Path | None = None) -> tuple[CharLDM, dict[str, list[float]]]:
     """Fine-tune the toy DM into a Char-LDM on ground-truth story frames; returns (model, loss curves).
 
     Each step draws (story, frame) pairs; the frame is denoised under its explicit caption (names, never
@@ -494,6 +562,7 @@ def train_char_ldm(stories: Sequence[Story], dm: UNetCorrector, cfg=None, verbos
         dm: the toy DM to start from (`models.load_dm` or a tiny one in tests); it is trained in place.
         cfg: a `TrainConfig` (default DEFAULTS["char_ldm"]); extra: p_text, p_uncond, reg_weight, feature_dim.
         out: when given, the model is saved to out/name and its record to out/train_log.json.
+        base_dm: the folder `dm` was loaded from; when given (with out), only the trained parts are saved, over it.
     """
     from diffusers import DDPMScheduler
 
@@ -525,7 +594,7 @@ def train_char_ldm(stories: Sequence[Story], dm: UNetCorrector, cfg=None, verbos
             _progress(name, step, cfg, curves["loss"], t0)
     model.eval()
     if out is not None:
-        model.save_pretrained(Path(out) / name)
+        model.save_pretrained(Path(out) / name, base_dm=base_dm)
         _log(Path(out), name, cfg, t0, curves["loss"], mse_curve=curves["mse"][-50:], reg_curve=curves["reg"][-50:])
     return model, curves
 
@@ -920,8 +989,9 @@ def train_models(which: Sequence[str], out: Path, configs: dict[str, TrainConfig
     stories = load_split("train")
     for name in [n for n in MODELS if n in which and n.startswith("char_ldm")]:
         cfg = configs[name]
-        train_char_ldm(stories[:cfg.extra.get("n_stories")], M.load_dm(dm or out / "dm"), cfg, verbose=verbose,
-                       out=out, name=name)
+        dm_dir = Path(dm) if dm is not None else out / "dm"
+        train_char_ldm(stories[:cfg.extra.get("n_stories")], M.load_dm(dm_dir), cfg, verbose=verbose,
+                       out=out, name=name, base_dm=dm_dir)
     for name in lms:
         cfg = configs[name]
         ldm_dir = out / cfg.extra.get("char_ldm", "char_ldm")

@@ -275,3 +275,49 @@ def test_char_ldm_and_aligned_lm_training_reduce_their_losses(tok, tmp_path):
         S.StoryGPTVGenerator.from_pretrained(tmp_path, "text_embedding")
     with pytest.raises(ValueError, match="allowed"):
         S.StoryGPTVGenerator.from_pretrained(tmp_path, "nope")
+
+
+def test_char_ldm_saved_over_its_dm_stores_only_what_training_changed_and_checks_the_dm(tok, tmp_path):
+    from acdc_lib.correctors.loading import ModelNotAvailableError
+    from acdc_lib.sdedit import UNetCorrector
+
+    stories = generate_stories(2, seed=5, n_sentences=3)
+    dm = tiny_dm(tok)
+    for part in ("unet", "text_encoder", "tokenizer", "scheduler"):
+        getattr(dm, part).save_pretrained(tmp_path / "dm" / part)
+    dm.vae.save_pretrained(tmp_path / "dm" / "vae")
+    model = S.CharLDM.from_dm(UNetCorrector.from_pretrained(tmp_path / "dm"), feature_dim=16, hidden=32).eval()
+    with torch.no_grad():
+        torch.nn.init.normal_(model.fusion.mlp[-1].weight, std=0.5)
+        model.unet.conv_in.weight.add_(0.25)  # trained: its UNet is no longer the DM's
+    model.save_pretrained(tmp_path / "ckpt" / "char_ldm", base_dm=tmp_path / "dm")
+    saved = {p.name for p in (tmp_path / "ckpt" / "char_ldm").iterdir()}
+    assert saved == {"unet", "character_encoder", "fusion", S.BASE_DM_FILE}
+    loaded = S.CharLDM.from_pretrained(tmp_path / "ckpt" / "char_ldm")
+    assert torch.equal(loaded.unet.conv_in.weight, model.unet.conv_in.weight)
+    assert not torch.equal(loaded.unet.conv_in.weight, dm.unet.conv_in.weight)
+    fr = _frames(stories[:1])
+    with torch.no_grad():
+        a = model.fused_embeddings(fr["captions"], fr["names"], fr["references"])
+        b = loaded.fused_embeddings(fr["captions"], fr["names"], fr["references"])
+    assert torch.allclose(a, b, atol=1e-6)
+
+    other = tiny_dm(tok)  # another DM (another VQ): refused as the base, both when saving and when loading
+    with torch.no_grad():
+        next(other.vae.parameters()).add_(0.1)
+    for part in ("unet", "text_encoder", "tokenizer", "scheduler"):
+        getattr(other, part).save_pretrained(tmp_path / "other" / part)
+    other.vae.save_pretrained(tmp_path / "other" / "vae")
+    with pytest.raises(ValueError, match="another text encoder or VQ"):
+        model.save_pretrained(tmp_path / "bad", base_dm=tmp_path / "other")
+    with pytest.raises(ValueError, match="is not a saved DM"):
+        model.save_pretrained(tmp_path / "bad", base_dm=tmp_path / "nowhere")
+    import shutil
+
+    shutil.rmtree(tmp_path / "dm" / "vae")
+    shutil.copytree(tmp_path / "other" / "vae", tmp_path / "dm" / "vae")  # the DM retrained since
+    with pytest.raises(ModelNotAvailableError, match="not the one the Char-LDM"):
+        S.CharLDM.from_pretrained(tmp_path / "ckpt" / "char_ldm")
+    shutil.move(tmp_path / "dm", tmp_path / "moved")
+    with pytest.raises(ModelNotAvailableError, match="does not exist"):
+        S.CharLDM.from_pretrained(tmp_path / "ckpt" / "char_ldm")

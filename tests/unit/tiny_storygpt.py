@@ -42,8 +42,12 @@ def save_tiny_storygpt(root: str | Path) -> Path:
     """Every folder of `storygpt.VARIANTS` under `root`, with tiny random weights; returns root."""
     root = Path(root)
     ldm, noreg = tiny_char_ldm(0), tiny_char_ldm(1)
-    ldm.save_pretrained(root / "char_ldm")
-    noreg.save_pretrained(root / "char_ldm_noreg")
+    ldm.dm.unet.save_pretrained(root / "dm" / "unet")  # the DM folder the Char-LDM is saved over, as shipped
+    for part in ("text_encoder", "tokenizer", "scheduler"):
+        getattr(ldm.dm, part).save_pretrained(root / "dm" / part)
+    ldm.vq.save_pretrained(root / "dm" / "vae")
+    ldm.save_pretrained(root / "char_ldm", base_dm=root / "dm")
+    noreg.save_pretrained(root / "char_ldm_noreg")  # saved whole: both layouts load
     tiny_aligned_lm(ldm, seed=2).save_pretrained(root / "aligned_lm")
     tiny_aligned_lm(noreg, seed=3).save_pretrained(root / "aligned_lm_noreg")
     tiny_aligned_lm(ldm, target="text", seed=4).save_pretrained(root / "aligned_lm_text")
