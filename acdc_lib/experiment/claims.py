@@ -91,7 +91,8 @@ def find_sources(run_set: str | Path, out_root: str | Path | None = None) -> lis
         run_set: a parameter set file (papermill_runs/<set>.yaml).
         out_root: where `acdc_lib.runs` wrote the runs (default papermill_runs/out).
     Returns:
-        one Source per entry of the set (in its order), then one per missing notebook of `NOTEBOOKS`.
+        one Source per entry of the set, in notebook order (a set lists its notebooks in the order they start,
+        which need not be theirs), then one per missing notebook of `NOTEBOOKS`.
     """
     from acdc_lib import runs
 
@@ -122,6 +123,7 @@ def find_sources(run_set: str | Path, out_root: str | Path | None = None) -> lis
             out.append(Source(run.stem, d, None, run.parameters, f"{p} is damaged ({e}); rerun that notebook", fig))
             continue
         out.append(Source(run.stem, d, res, run.parameters, fig_dir=fig))
+    out.sort(key=lambda s: s.notebook)
     have = {s.notebook for s in out}
     for stem in NOTEBOOKS.values():
         if stem not in have and stem != "08_figures":
