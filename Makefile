@@ -77,7 +77,8 @@ train-toy: env
 
 # Speed targets are checked by benchmarks that print ratios, never by timed unit tests. Each prints
 # measured / target with PASS or FAIL and writes benchmarks/results/<name>.json (git-ignored); run them
-# on a quiet machine, one at a time. bench_paper_scale runs its --quick default (a few minutes on 2 cores).
+# on a quiet machine, one at a time. bench_paper_scale runs its --quick default (a few minutes on 2 cores),
+# then times the ARMs' eager against their compiled decode step on its 1B-sized LM (a few minutes more).
 BENCHES := bench_render bench_correction bench_batching bench_arm_sampling bench_long_stories bench_paper_scale
 bench: env
 	@for b in $(BENCHES); do echo "== benchmarks/$$b.py"; $(BIN)/python benchmarks/$$b.py || exit 1; echo; done

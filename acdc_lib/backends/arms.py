@@ -311,15 +311,20 @@ class _TransformersARM:
         logits, _ = self._forward(inputs, mask, pos, past, cache_position)      # (R, codebook_size)
         return draw_rows(self._scores(logits, guidance, top_k, u.shape[0]).softmax(-1), u)
 
+    def _compiled_step(self):
+        """`_decode_step` through `torch.compile` (CUDA graphs on a GPU), built at first use and kept."""
+        if self._step is None:
+            mode = "reduce-overhead" if self.device.type == "cuda" else None
+            self._step = torch.compile(self._decode_step, mode=mode)
+        return self._step
+
     def _sample_compiled(self, inputs, mask, generators, guidance: float, top_k: int | None) -> torch.LongTensor:
         """The sampling loop over a StaticCache and the compiled `_decode_step` (compile=True)."""
         from transformers import StaticCache
 
         B, (R, L), n = len(generators), mask.shape, self.tokens_per_frame
         total = L + n + self._extra_positions
-        if self._step is None:
-            mode = "reduce-overhead" if self.device.type == "cuda" else None
-            self._step = torch.compile(self._decode_step, mode=mode)
+        step = self._compiled_step()
         past = StaticCache(config=self.model.config, max_cache_len=total)
         full = torch.cat([mask, mask.new_ones(R, total - L)], dim=1)           # (R, total): later keys are causal
         pos = (mask.cumsum(-1) - 1).clamp(min=0)                                # (R, L)
@@ -331,9 +336,8 @@ class _TransformersARM:
             inputs = self._next_inputs(out[:, k - 1], k - 1, R // B)           # (R, t[, D])
             t = inputs.shape[1]
             pos = pos[:, -1:] + torch.arange(1, t + 1, device=self.device)     # (R, t)
-            u = torch.stack([torch.rand((), generator=g, device=g.device) for g in generators]).to(self.device)
-            out[:, k] = self._step(inputs, full, pos, torch.arange(cur, cur + t, device=self.device), past, u,
-                                   guidance, top_k)
+            out[:, k] = step(inputs, full, pos, torch.arange(cur, cur + t, device=self.device), past,
+                             self._uniforms(generators), guidance, top_k)
             cur += t
         return out
 
@@ -354,8 +358,11 @@ class _TransformersARM:
               generators: Sequence[torch.Generator]) -> torch.LongTensor:
         """(R, V) logits -> (B,) codes: `_scores`, then one draw per row from its own generator."""
         scores = self._scores(logits, guidance, top_k, len(generators))         # (B, V)
-        u = torch.stack([torch.rand((), generator=g, device=g.device) for g in generators])
-        return draw_rows(scores.softmax(-1), u.to(scores.device))
+        return draw_rows(scores.softmax(-1), self._uniforms(generators))
+
+    def _uniforms(self, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        """(B,) one uniform per row from its own generator, on the model's device (the draw of one token)."""
+        return torch.stack([torch.rand((), generator=g, device=g.device) for g in generators]).to(self.device)
 
     # ---- D and E -------------------------------------------------------------------------
     @torch.no_grad()
