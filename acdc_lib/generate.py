@@ -549,7 +549,7 @@ def unknown_word_warnings(stories: Sequence[Story], args: argparse.Namespace) ->
     world's); models that take any text (real ones) are not checked.
     """
     backends = {available("arm")[args.arm]}
-    if args.generator:  # the generator replaces the ARM and the corrector
+    if getattr(args, "generator", None):  # the generator replaces the ARM and the corrector
         backends = {available("story_generator")[args.generator]}
     elif _corrects_any(args.correct):
         backends.add(available("corrector")[args.dm])

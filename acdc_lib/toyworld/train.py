@@ -1003,8 +1003,8 @@ def run_parallel(todo: Sequence[str], out: Path, jobs: int, forwarded: Sequence[
     Each task runs `python -m acdc_lib.toyworld.train <models> --out <out> --threads 1`; a task
     starts once the tasks it reads have finished (a dependency outside `todo` must already be in
     `out`). Children print to our stdout. If one fails, the others are stopped and RuntimeError
-    names it. Returns the wall time in seconds, also logged in train_log.json: as "all" when `todo` covers every
-    task, else as "all_<task>+<task>...", beside the full run's record.
+    names it. Returns the wall time in seconds, also logged in train_log.json: as "all", or as
+    "all_<task>+<task>..." beside an earlier "all" that holds tasks this run did not train.
     `configs` (task -> the config its child will train with) makes the run resumable: it is marked in
     out/.retrain.json when it begins, a run started again with the same configs skips the tasks it
     already finished (`finished_tasks`), and the mark is removed once every task is done.
@@ -1051,9 +1051,12 @@ def run_parallel(todo: Sequence[str], out: Path, jobs: int, forwarded: Sequence[
             proc.terminate()
     wall = time.time() - t0
     cfg = TrainConfig(steps=0, batch_size=0, lr=0.0, seed=0, extra={"jobs": jobs, "tasks": tasks})
-    # A run of some tasks is logged beside the full run's record ("all"), never over it: gates.training_minutes
-    # adds the wall time of each such later run to the full run's.
-    key = "all" if set(tasks) == set(PRIORITY) else "all_" + "+".join(tasks)
+    # A run never overwrites the record of an earlier run that trained tasks this one did not: it is then logged
+    # beside it as "all_<task>+<task>..." (gates.training_minutes adds each such later run's wall time).
+    log_path = out / "train_log.json"
+    earlier = json.loads(log_path.read_text()).get("all") if log_path.is_file() else None
+    covered = set(earlier["config"]["extra"].get("tasks", [])) if earlier else set()
+    key = "all" if covered <= set(tasks) else "all_" + "+".join(tasks)
     _log(out, key, cfg, t0, [], task_wall_s=walls, what=f"{'every task' if key == 'all' else 'these tasks'}, "
          f"{jobs} at once", resumed=sorted(set(tasks) - set(walls)))
     mark.unlink(missing_ok=True)

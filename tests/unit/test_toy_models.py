@@ -193,6 +193,11 @@ def test_parallel_training_logs_every_task_and_the_run(tmp_path):
     assert log["evaluator_probe"]["torch_threads"] == 1
     assert log["all"]["config"]["extra"] == {"jobs": 2, "tasks": ["probe", "clip"]} and wall > 0
     assert (tmp_path / "evaluator" / "probe").is_dir() and (tmp_path / "evaluator" / "clip").is_dir()
+    # a later run of fewer tasks is logged beside the first run's record, which keeps its tasks and wall time
+    T.run_parallel(["probe"], tmp_path, jobs=2, forwarded=["--steps-scale=0.002"], poll_s=0.2)
+    again = json.loads((tmp_path / "train_log.json").read_text())
+    assert again["all"] == log["all"]
+    assert again["all_probe"]["config"]["extra"] == {"jobs": 2, "tasks": ["probe"]}
 
 
 def test_parallel_training_stops_on_a_failed_task(tmp_path):
