@@ -24,7 +24,9 @@ The toy version, and where it differs:
   is (species, coat marking, collar colour), not where frame 1 put it or the place and time of frame 1, which
   other tokens carry and which change along the story.
 - L_reg reads the cross-attention probabilities through a diffusers attention processor (`StoreCrossAttnProcessor`)
-  on the masks pooled to each layer's resolution.
+  on the masks pooled to each layer's resolution, in every cross-attention layer (the toy UNet's finest is 8 x 8,
+  coarser than the SD layers theirs skip), and is weighted 1e-3 against the denoising loss, the authors' released
+  code's default (the paper gives no weight; see `train.DEFAULTS`).
 - The LM is a small `transformers.LlamaForCausalLM` (the toy ARM's size class) trained from scratch, as no
   pretrained toy LLM exists; the frames it reads are the VQ's latents of whole frames through one linear map
   (W_v2t) to m token embeddings, and the mapper is a `torch.nn.TransformerDecoder` over L learned queries.
@@ -571,7 +573,7 @@ def train_char_ldm(stories: Sequence[Story], dm: UNetCorrector, cfg=None, verbos
     p_text, p_uncond = float(cfg.extra.get("p_text", 0.1)), float(cfg.extra.get("p_uncond", 0.1))
     if min(p_text, p_uncond) < 0 or p_text + p_uncond > 1:
         raise ValueError(f"p_text={p_text} and p_uncond={p_uncond} must be >= 0 and sum to at most 1")
-    reg_weight = float(cfg.extra.get("reg_weight", 1.0))
+    reg_weight = float(cfg.extra.get("reg_weight", 1e-3))
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
