@@ -171,9 +171,8 @@ DEFAULTS: dict[str, TrainConfig] = {
 # weight for L_reg; the authors' released training code adds it at 1e-3 (its default, which their first-stage
 # script keeps), so the toy does too. At weight 1 (the toy's first choice) L_reg, in [0, 2] against an epsilon MSE
 # near 0.04, outweighed denoising sixfold and cut the Char-LDM's character accuracy from .99 to .54 on validation
-# stories: the name token was pushed to take the character's pixels from the species word, which in the toy is what
-# tells the look. Budgets, from a few timed steps on one CPU thread (shipped DM, train
-# split): a Char-LDM step at batch 32 takes 1.5 s (1,500 steps: about 38 min), an aligned-LM step at batch 32
+# stories, most likely because it pushed the name token to take the character's pixels from the species word, which
+# in the toy is what tells the look. Budgets, from a few timed steps on one CPU thread (shipped DM, train split): a Char-LDM step at batch 32 takes 1.5 s (1,500 steps: about 38 min), an aligned-LM step at batch 32
 # 1.2 s (1,000 steps: 20 min, plus about 3 min to precompute 5,000 stories' targets); the six models about
 # 170 min on one thread, about 85 min as two parallel jobs.
 _CHAR = dict(p_text=0.1, p_uncond=0.1, reg_weight=1e-3, feature_dim=64, n_stories=15000)
