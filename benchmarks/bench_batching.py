@@ -19,7 +19,9 @@ directly. One untimed call warms the models first; with `repeats` > 1 the best r
 Where the time goes, per story at each batch size: the loop's stages (LoopOutput.timings: arm, decode,
 memory, correction, encode), split further into the ARM's LM forwards (prefill of the context and one
 step per code) against the rest of the ARM stage (building the context ids, the per-row sampling
-loop), and the corrector's UNet forwards against the rest of correction. Then, at batch `policy-batch`,
+loop), and the corrector's UNet forwards against the rest of correction. Where the ratio misses the target,
+what would reach it: by Amdahl's law over those parts, the ratio if one part that batches below the target
+batched at the target, and the fewest such parts that would have to. Then, at batch `policy-batch`,
 the stage shares for the policies: every frame, the first 2, the first 4, none.
 """
 from __future__ import annotations
@@ -45,6 +47,30 @@ SUBPARTS = ("ARM: LM prefill", "ARM: LM steps", "UNet forwards")
 def lm_part(*args, **kwargs) -> str:
     ids = kwargs.get("input_ids", kwargs.get("inputs_embeds", args[0] if args else None))  # (B, L[, D])
     return SUBPARTS[0] if ids is not None and ids.shape[1] > 1 else SUBPARTS[1]
+
+
+def what_would_reach_it(gains: dict, speedup: float, target: float = TARGET_SPEEDUP) -> dict:
+    """Amdahl's law over the measured parts: the ratio if one part that batches below the target batched at
+    the target (the others as measured), and the fewest such parts, largest gain first, that would reach it.
+    """
+    parts = [k for k in gains if k not in ("arm", "correction")]  # those two stages are split into their sub-parts
+    lo = {k: gains[k]["per_story_s_lo"] for k in parts}
+    hi = {k: gains[k]["per_story_s_hi"] for k in parts}
+    lo_total, hi_total = sum(lo.values()), sum(hi.values())  # the wall time per story at each batch size
+    slow = [k for k in parts if hi[k] > 0 and lo[k] / hi[k] < target]
+    each = {k: lo_total / (hi_total - hi[k] + lo[k] / target) for k in slow}
+    print(f"\nwhat would reach {target:g}x (measured {speedup:.2f}x): the ratio if one part batched at {target:g}x, the "
+          "others as measured:")
+    for k in sorted(each, key=each.get, reverse=True):
+        print(f"  {k:44s} {lo[k] / hi[k]:5.2f}x now -> ratio {each[k]:5.2f}x")
+    needed, t = [], hi_total
+    for k in sorted(each, key=each.get, reverse=True):
+        if lo_total / t >= target:
+            break
+        needed.append(k)
+        t += lo[k] / target - hi[k]
+    print(f"  {target:g}x needs {len(needed)} part(s) at {target:g}x at once: " + ", ".join(needed))
+    return {"if_one_part_at_target": each, "parts_needed": needed}
 
 
 def run(stories, batch: int, arm, dm, memory, config: LoopConfig, timers: Timers) -> dict:
@@ -144,6 +170,8 @@ def main() -> None:
             print(f"  {k:44s} {a * 1e3:8.1f} -> {c * 1e3:8.1f} ms/story  {sp}  share at batch {hi}: "
                   f"{100 * parts_hi[k] / wall_hi:5.1f} %")
         payload["per_part"] = gains
+        if not ok:
+            payload["what_would_reach_it"] = what_would_reach_it(gains, speedup)
 
     # Stage shares per policy at one batch size.
     pb = args.policy_batch

@@ -78,6 +78,24 @@ def test_compiled_sampling_keeps_rows_independent_of_the_batch(parts):
     assert torch.equal(alone[0], batch[1])
 
 
+def test_another_arm_reuses_the_compiled_step_without_recompiling(parts):
+    # Dynamo guards a compiled bound method's modules as inputs, not by identity, so an ARM loaded later in the
+    # same process (notebook 03 loads three) reuses the graphs; guards on identity would recompile for each
+    # and, past dynamo's recompile limit, fall back to eager without an error.
+    import copy
+
+    from torch._dynamo.utils import counters
+
+    tok, vq, layout, lm, slots = parts
+    want = story_codes(M.ToyARM(lm, vq, tok, layout, slots=slots), [1, 2, 3])
+    story_codes(M.ToyARM(lm, vq, tok, layout, slots=slots, compile=True), [1, 2, 3])
+    graphs = counters["stats"]["unique_graphs"]
+    for _ in range(3):
+        other = M.ToyARM(copy.deepcopy(lm), vq, tok, layout, slots=copy.deepcopy(slots), compile=True)
+        assert torch.equal(story_codes(other, [1, 2, 3]), want)
+    assert counters["stats"]["unique_graphs"] == graphs
+
+
 def test_compile_must_be_a_bool(parts):
     tok, vq, layout, lm, slots = parts
     with pytest.raises(ValueError, match="compile must be True or False"):
