@@ -79,9 +79,9 @@ def test_compiled_sampling_keeps_rows_independent_of_the_batch(parts):
 
 
 def test_another_arm_reuses_the_compiled_step_without_recompiling(parts):
-    # Dynamo guards a compiled bound method's modules as inputs, not by identity, so an ARM loaded later in the
-    # same process (notebook 03 loads three) reuses the graphs; guards on identity would recompile for each
-    # and, past dynamo's recompile limit, fall back to eager without an error.
+    # An ARM loaded later in the same process (notebook 03 loads the ARM, its weak and its strong snapshot)
+    # reuses the compiled step's graphs. A step that specialised on anything of one instance would recompile
+    # for each and, past dynamo's recompile limit, fall back to eager without an error.
     import copy
 
     from torch._dynamo.utils import counters
